@@ -1,0 +1,35 @@
+# Regatta — the README's first two commands are `make up` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PORT ?= 8000
+export UV_LINK_MODE ?= copy
+
+.PHONY: help up test lint typecheck pytest sync deps clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+deps: ## Install uv (and, for tests, Postgres and Redis) when missing
+	@infra/ensure-test-deps.sh
+
+sync:
+	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	@uv sync --frozen --quiet
+
+up: sync ## Run every service in one process on http://127.0.0.1:$(PORT) (SQLite unless DATABASE_URL)
+	@PORT=$(PORT) uv run --frozen python infra/embedded.py
+
+lint: sync ## ruff check and ruff format --check
+	uv run --frozen ruff check .
+	uv run --frozen ruff format --check .
+
+typecheck: sync ## mypy --strict over services/, tests/ and infra/
+	uv run --frozen mypy services tests infra
+
+pytest: deps sync ## The test suites (they start Postgres and Redis on free ports)
+	uv run --frozen pytest
+
+test: lint typecheck pytest ## Everything CI runs
+
+clean: ## Remove the local data directory and caches
+	rm -rf data .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Shared building blocks of every Regatta service. A library: imported, never run."""

@@ -1,0 +1,77 @@
+"""ETags from integer versions, If-None-Match (304) and If-Match (412) evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Header
+
+from regatta.common.errors import ProblemError
+
+# Clients must revalidate every time (a write is visible to the next read), which the ETag
+# makes cheap: a 304 carries no body.
+CACHE_CONTROL = "no-cache"
+
+
+def make_etag(version: int) -> str:
+    """The strong ETag of a resource at ``version``."""
+    return f'"{version}"'
+
+
+def _tags(header: str) -> list[str]:
+    return [tag.strip() for tag in header.split(",") if tag.strip()]
+
+
+def none_match(if_none_match: str | None, etag: str) -> bool:
+    """True when If-None-Match names the current tag (weak comparison), so 304 applies."""
+    if not if_none_match:
+        return False
+    opaque = etag.removeprefix("W/")
+    return any(tag == "*" or tag.removeprefix("W/") == opaque for tag in _tags(if_none_match))
+
+
+@dataclass(frozen=True, slots=True)
+class Precondition:
+    """What If-Match requires: any current version (``*``), or one of ``versions``."""
+
+    any_version: bool
+    versions: frozenset[int]
+
+    def admits(self, version: int) -> bool:
+        """Whether a resource at ``version`` satisfies the precondition."""
+        return self.any_version or version in self.versions
+
+
+def parse_if_match(if_match: str | None) -> Precondition | None:
+    """Parse If-Match with strong comparison; tags that are not ours can never match."""
+    if if_match is None:
+        return None
+    tags = _tags(if_match)
+    if "*" in tags:
+        return Precondition(any_version=True, versions=frozenset())
+    versions = set()
+    for tag in tags:
+        inner = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else ""  # noqa: PLR2004
+        if inner.isdigit() and len(inner) <= 18:  # noqa: PLR2004 -- fits a BIGINT
+            versions.add(int(inner))
+    return Precondition(any_version=False, versions=frozenset(versions))
+
+
+def precondition_failed(current_version: int) -> ProblemError:
+    """The 412 for a write whose If-Match names another version."""
+    return ProblemError(
+        412,
+        "The resource has changed since you read it: fetch it again and retry with its ETag.",
+        slug="precondition-failed",
+        headers={"ETag": make_etag(current_version)},
+        extra={"current_version": current_version},
+    )
+
+
+IfMatchHeader = Annotated[
+    str | None, Header(alias="If-Match", description="Write only if the ETag still matches.")
+]
+IfNoneMatchHeader = Annotated[
+    str | None, Header(alias="If-None-Match", description="Answer 304 if the ETag is unchanged.")
+]

@@ -1,0 +1,98 @@
+"""Settings shared by every service, read from the environment (pydantic-settings)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/regatta.db"
+
+
+class Environment(StrEnum):
+    """Where the process runs; anything but development refuses insecure defaults."""
+
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ServiceSettings(BaseSettings):
+    """Configuration common to every service; each service subclasses it."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    environment: Environment = Environment.DEVELOPMENT
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=5, ge=0, le=200)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    db_statement_timeout_ms: int = Field(default=10_000, ge=0)
+    redis_url: SecretStr | None = None
+    redis_key_prefix: str = Field(default="regatta:", pattern=r"^[A-Za-z0-9:_.-]{0,64}$")
+    cache_ttl_seconds: int = Field(default=300, ge=1, le=86_400)
+    cache_max_entries: int = Field(default=10_000, ge=1)
+    idempotency_ttl_seconds: int = Field(default=86_400, ge=60)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    run_migrations_on_start: bool | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # Above the ingress's upstream keep-alive (nginx: 60 s), so the proxy closes idle
+    # connections first and never sends a request on one uvicorn is closing.
+    keepalive_seconds: int = Field(default=75, ge=1)
+    graceful_shutdown_seconds: int = Field(default=20, ge=1)
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_lists(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key in ("cors_origins", "api_keys"):
+                if key in data:
+                    data[key] = _split_csv(data[key])
+        return data
+
+    @model_validator(mode="after")
+    def _refuse_insecure(self) -> Self:
+        if "*" in self.cors_origins and self.cors_allow_credentials:
+            msg = "CORS_ORIGINS='*' cannot be combined with CORS_ALLOW_CREDENTIALS"
+            raise ValueError(msg)
+        if self.environment is Environment.PRODUCTION:
+            if self.uses_sqlite:
+                msg = "production needs DATABASE_URL pointing at Postgres, not the SQLite default"
+                raise ValueError(msg)
+            if self.redis_url is None:
+                msg = "production needs REDIS_URL: the cache must be shared by every replica"
+                raise ValueError(msg)
+            if not self.api_keys and self.api_keys_file is None:
+                msg = "production needs API_KEYS or API_KEYS_FILE: writes must not be open"
+                raise ValueError(msg)
+            if "*" in self.cors_origins:
+                msg = "production refuses CORS_ORIGINS='*'"
+                raise ValueError(msg)
+        return self
+
+    @property
+    def uses_sqlite(self) -> bool:
+        """Whether the database is the embedded SQLite file."""
+        return self.database_url.get_secret_value().startswith("sqlite")
+
+    @property
+    def migrate_on_start(self) -> bool:
+        """Run migrations in the lifespan: on by default only outside production."""
+        if self.run_migrations_on_start is not None:
+            return self.run_migrations_on_start
+        return self.environment is not Environment.PRODUCTION

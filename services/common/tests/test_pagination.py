@@ -1,0 +1,45 @@
+"""Cursors are opaque, round-trip, and refuse anything they did not produce."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from regatta.common.errors import ProblemError
+from regatta.common.pagination import decode_cursor, encode_cursor, next_cursor
+
+
+@pytest.mark.parametrize("after", [0, 1, 42, 2**63 - 1])
+def test_round_trip(after: int) -> None:
+    assert decode_cursor(encode_cursor(after)) == after
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",
+        "!!!",
+        "e30",  # {}
+        base64.urlsafe_b64encode(b'{"v":2,"after":1}').decode(),
+        base64.urlsafe_b64encode(b'{"v":1,"after":"1"}').decode(),
+        base64.urlsafe_b64encode(b'{"v":1,"after":true}').decode(),
+        base64.urlsafe_b64encode(b'{"v":1,"after":1.5}').decode(),
+        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+        "é",
+        "A" * 1000,
+    ],
+)
+def test_malformed_cursors_are_422(cursor: str) -> None:
+    with pytest.raises(ProblemError) as raised:
+        decode_cursor(cursor)
+    assert raised.value.status == 422
+    assert raised.value.extra["errors"][0]["field"] == "cursor"
+
+
+def test_next_cursor_only_when_more_rows_exist() -> None:
+    assert next_cursor([1, 2, 3], 3) is None
+    assert next_cursor([], 3) is None
+    cursor = next_cursor([1, 2, 3, 4], 3)
+    assert cursor is not None
+    assert decode_cursor(cursor) == 3

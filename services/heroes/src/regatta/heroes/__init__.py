@@ -1,0 +1,1 @@
+"""The heroes service: heroes with a write-only secret identity."""

@@ -1,0 +1,124 @@
+"""HTTP routes of the heroes service: parse, call the service, return."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
+
+from regatta.common.auth import WriterDep
+from regatta.common.conditional import IfMatchHeader, IfNoneMatchHeader, parse_if_match
+from regatta.common.db import SessionDep
+from regatta.common.errors import problem_responses
+from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
+from regatta.common.pagination import PageDep
+from regatta.common.resources import (
+    CacheDep,
+    entry_response,
+    idempotency_store,
+    json_response,
+    stored_response,
+)
+from regatta.heroes import service
+from regatta.heroes.schemas import Age, HeroCreate, HeroPage, HeroRead, HeroUpdate
+
+router = APIRouter(
+    prefix="/heroes",
+    tags=["heroes"],
+    responses=problem_responses(400, 413, 415, 422, 429, 500, 503),
+)
+
+StoreDep = Annotated[IdempotencyStore, Depends(idempotency_store(service.SERVICE_NAME))]
+HeroId = Annotated[int, Path(description="The hero's id.")]
+WRITE_ERRORS = problem_responses(401, 403, 404, 409, 412)
+
+
+@router.post("", status_code=201, response_model=HeroRead, responses=WRITE_ERRORS)
+async def create_hero(
+    hero: HeroCreate,
+    request: Request,
+    session: SessionDep,
+    cache: CacheDep,
+    store: StoreDep,
+    principal: WriterDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Create a hero. Retry safely with an ``Idempotency-Key``."""
+    stored = await service.create_hero(
+        request=request,
+        session=session,
+        cache=cache,
+        store=store,
+        idempotency_key=idempotency_key,
+        principal=principal,
+        hero=hero,
+    )
+    return stored_response(stored)
+
+
+@router.get("", response_model=HeroPage)
+async def list_heroes(
+    session: SessionDep,
+    page: PageDep,
+    name: Annotated[str | None, Query(max_length=100, description="Exact name.")] = None,
+    name_prefix: Annotated[
+        str | None, Query(max_length=100, description="Name starts with (case-sensitive).")
+    ] = None,
+    min_age: Annotated[Age | None, Query()] = None,
+    max_age: Annotated[Age | None, Query()] = None,
+) -> Response:
+    """List heroes by id, a page at a time."""
+    body = await service.list_heroes(
+        session=session,
+        page=page,
+        name=name,
+        name_prefix=name_prefix,
+        min_age=min_age,
+        max_age=max_age,
+    )
+    return json_response(body)
+
+
+@router.get("/{hero_id}", response_model=HeroRead, responses=problem_responses(404))
+async def get_hero(
+    hero_id: HeroId, session: SessionDep, cache: CacheDep, if_none_match: IfNoneMatchHeader = None
+) -> Response:
+    """One hero, with its ETag (``If-None-Match`` → 304)."""
+    entry = await service.get_hero(session=session, cache=cache, hero_id=hero_id)
+    return entry_response(entry, if_none_match=if_none_match)
+
+
+@router.patch("/{hero_id}", response_model=HeroRead, responses=WRITE_ERRORS)
+async def update_hero(
+    hero_id: HeroId,
+    changes: HeroUpdate,
+    session: SessionDep,
+    cache: CacheDep,
+    _principal: WriterDep,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    """Change some fields of a hero (``If-Match`` → 412 when it changed meanwhile)."""
+    entry = await service.update_hero(
+        session=session,
+        cache=cache,
+        hero_id=hero_id,
+        changes=changes,
+        precondition=parse_if_match(if_match),
+    )
+    return entry_response(entry)
+
+
+@router.delete("/{hero_id}", status_code=204, responses=WRITE_ERRORS)
+async def delete_hero(
+    hero_id: HeroId,
+    session: SessionDep,
+    cache: CacheDep,
+    _principal: WriterDep,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    """Delete a hero (``If-Match`` → 412 when it changed meanwhile)."""
+    await service.delete_hero(
+        session=session, cache=cache, hero_id=hero_id, precondition=parse_if_match(if_match)
+    )
+    return Response(status_code=204)

@@ -1,0 +1,27 @@
+"""The heroes service's application: ``create_app()``; run with ``python -m regatta.heroes``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from regatta.common.app import ServiceSpec
+from regatta.common.app import create_app as create_service_app
+from regatta.common.migrations import MigrationSpec
+from regatta.heroes.api import router
+from regatta.heroes.models import idempotency_keys
+from regatta.heroes.service import SERVICE_NAME
+from regatta.heroes.settings import HeroesSettings
+
+SERVICE = ServiceSpec(
+    name=SERVICE_NAME,
+    router=router,
+    migrations=MigrationSpec(
+        script_location="regatta.heroes:migrations", version_table="alembic_version_heroes"
+    ),
+    idempotency_table=idempotency_keys,
+)
+
+
+def create_app(settings: HeroesSettings | None = None) -> FastAPI:
+    """The heroes service as an ASGI app."""
+    return create_service_app(settings or HeroesSettings(), [SERVICE], title="Regatta heroes")

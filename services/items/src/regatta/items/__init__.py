@@ -1,0 +1,1 @@
+"""The items service: a catalogue of priced items."""

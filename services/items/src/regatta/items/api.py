@@ -1,0 +1,117 @@
+"""HTTP routes of the items service: parse, call the service, return."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
+
+from regatta.common.auth import WriterDep
+from regatta.common.conditional import IfMatchHeader, IfNoneMatchHeader, parse_if_match
+from regatta.common.db import SessionDep
+from regatta.common.errors import problem_responses
+from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
+from regatta.common.pagination import PageDep
+from regatta.common.resources import (
+    CacheDep,
+    entry_response,
+    idempotency_store,
+    json_response,
+    stored_response,
+)
+from regatta.common.schemas import Price
+from regatta.items import service
+from regatta.items.schemas import ItemCreate, ItemPage, ItemRead, ItemUpdate
+
+router = APIRouter(
+    prefix="/items",
+    tags=["items"],
+    responses=problem_responses(400, 413, 415, 422, 429, 500, 503),
+)
+
+StoreDep = Annotated[IdempotencyStore, Depends(idempotency_store(service.SERVICE_NAME))]
+ItemId = Annotated[int, Path(description="The item's id.")]
+WRITE_ERRORS = problem_responses(401, 403, 404, 409, 412)
+
+
+@router.post("", status_code=201, response_model=ItemRead, responses=WRITE_ERRORS)
+async def create_item(
+    item: ItemCreate,
+    request: Request,
+    session: SessionDep,
+    cache: CacheDep,
+    store: StoreDep,
+    principal: WriterDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Create an item. Retry safely with an ``Idempotency-Key``."""
+    stored = await service.create_item(
+        request=request,
+        session=session,
+        cache=cache,
+        store=store,
+        idempotency_key=idempotency_key,
+        principal=principal,
+        item=item,
+    )
+    return stored_response(stored)
+
+
+@router.get("", response_model=ItemPage)
+async def list_items(
+    session: SessionDep,
+    page: PageDep,
+    q: Annotated[str | None, Query(max_length=200, description="Name contains (any case).")] = None,
+    min_price: Annotated[Price | None, Query()] = None,
+    max_price: Annotated[Price | None, Query()] = None,
+) -> Response:
+    """List items by id, a page at a time."""
+    body = await service.list_items(
+        session=session, page=page, q=q, min_price=min_price, max_price=max_price
+    )
+    return json_response(body)
+
+
+@router.get("/{item_id}", response_model=ItemRead, responses=problem_responses(404))
+async def get_item(
+    item_id: ItemId, session: SessionDep, cache: CacheDep, if_none_match: IfNoneMatchHeader = None
+) -> Response:
+    """One item, with its ETag (``If-None-Match`` → 304)."""
+    entry = await service.get_item(session=session, cache=cache, item_id=item_id)
+    return entry_response(entry, if_none_match=if_none_match)
+
+
+@router.patch("/{item_id}", response_model=ItemRead, responses=WRITE_ERRORS)
+async def update_item(
+    item_id: ItemId,
+    changes: ItemUpdate,
+    session: SessionDep,
+    cache: CacheDep,
+    _principal: WriterDep,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    """Change some fields of an item (``If-Match`` → 412 when it changed meanwhile)."""
+    entry = await service.update_item(
+        session=session,
+        cache=cache,
+        item_id=item_id,
+        changes=changes,
+        precondition=parse_if_match(if_match),
+    )
+    return entry_response(entry)
+
+
+@router.delete("/{item_id}", status_code=204, responses=WRITE_ERRORS)
+async def delete_item(
+    item_id: ItemId,
+    session: SessionDep,
+    cache: CacheDep,
+    _principal: WriterDep,
+    if_match: IfMatchHeader = None,
+) -> Response:
+    """Delete an item (``If-Match`` → 412 when it changed meanwhile)."""
+    await service.delete_item(
+        session=session, cache=cache, item_id=item_id, precondition=parse_if_match(if_match)
+    )
+    return Response(status_code=204)

@@ -1,0 +1,27 @@
+"""The items service's application: ``create_app()``; run with ``python -m regatta.items``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from regatta.common.app import ServiceSpec
+from regatta.common.app import create_app as create_service_app
+from regatta.common.migrations import MigrationSpec
+from regatta.items.api import router
+from regatta.items.models import idempotency_keys
+from regatta.items.service import SERVICE_NAME
+from regatta.items.settings import ItemsSettings
+
+SERVICE = ServiceSpec(
+    name=SERVICE_NAME,
+    router=router,
+    migrations=MigrationSpec(
+        script_location="regatta.items:migrations", version_table="alembic_version_items"
+    ),
+    idempotency_table=idempotency_keys,
+)
+
+
+def create_app(settings: ItemsSettings | None = None) -> FastAPI:
+    """The items service as an ASGI app."""
+    return create_service_app(settings or ItemsSettings(), [SERVICE], title="Regatta items")

@@ -1,0 +1,51 @@
+"""Tables of the items service."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import Index, MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from regatta.common.columns import Money
+from regatta.common.idempotency import idempotency_table
+from regatta.common.versioned import VersionedMixin
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the items tables."""
+
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Item(VersionedMixin, Base):
+    """An item for sale."""
+
+    __tablename__ = "items"
+    __table_args__ = (
+        Index("ix_items_price", "price"),
+        # Trigram index: "name contains q" (ILIKE '%q%') without a sequential scan.
+        Index(
+            "ix_items_name_trgm",
+            "name",
+            postgresql_using="gin",
+            postgresql_ops={"name": "gin_trgm_ops"},
+        ),
+        {"sqlite_autoincrement": True},  # never reuse the id of a deleted item
+    )
+
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str | None] = mapped_column(String(2000))
+    price: Mapped[Decimal] = mapped_column(Money, nullable=False)
+    tax: Mapped[Decimal | None] = mapped_column(Money)
+
+
+idempotency_keys = idempotency_table(Base.metadata, "items_idempotency_keys")

@@ -1,0 +1,91 @@
+"""Rules of the items service; the common Resource does the caching and concurrency."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from regatta.common.cache import CachedResponse, ResponseCache
+from regatta.common.conditional import Precondition
+from regatta.common.errors import invalid_field
+from regatta.common.idempotency import IdempotencyStore, StoredResponse
+from regatta.common.pagination import PageRequest
+from regatta.common.resources import Resource
+from regatta.items.models import Item
+from regatta.items.repository import ItemRepository
+from regatta.items.schemas import ItemCreate, ItemRead, ItemUpdate
+
+SERVICE_NAME = "items"
+
+items: Resource[Item, ItemRead] = Resource(
+    name=SERVICE_NAME, singular="item", repository=ItemRepository(), read_schema=ItemRead
+)
+
+
+async def create_item(
+    *,
+    request: Request,
+    session: AsyncSession,
+    cache: ResponseCache,
+    store: IdempotencyStore,
+    idempotency_key: str | None,
+    principal: str,
+    item: ItemCreate,
+) -> StoredResponse:
+    """Create an item, once per idempotency key."""
+    return await items.create(
+        request=request,
+        session=session,
+        cache=cache,
+        store=store,
+        idempotency_key=idempotency_key,
+        principal=principal,
+        values=item.model_dump(),
+    )
+
+
+async def get_item(*, session: AsyncSession, cache: ResponseCache, item_id: int) -> CachedResponse:
+    """One item, rendered."""
+    return await items.read(session=session, cache=cache, row_id=item_id)
+
+
+async def list_items(
+    *,
+    session: AsyncSession,
+    page: PageRequest,
+    q: str | None,
+    min_price: Decimal | None,
+    max_price: Decimal | None,
+) -> bytes:
+    """A page of items matching the filters."""
+    if min_price is not None and max_price is not None and min_price > max_price:
+        raise invalid_field("min_price", "query", "must not exceed max_price", kind="range")
+    where = ItemRepository.filters(q=q, min_price=min_price, max_price=max_price)
+    return await items.list(session=session, page=page, where=where)
+
+
+async def update_item(
+    *,
+    session: AsyncSession,
+    cache: ResponseCache,
+    item_id: int,
+    changes: ItemUpdate,
+    precondition: Precondition | None,
+) -> CachedResponse:
+    """Change some fields of an item."""
+    return await items.update(
+        session=session,
+        cache=cache,
+        row_id=item_id,
+        values=changes.changes(),
+        precondition=precondition,
+    )
+
+
+async def delete_item(
+    *, session: AsyncSession, cache: ResponseCache, item_id: int, precondition: Precondition | None
+) -> None:
+    """Delete an item."""
+    await items.delete(session=session, cache=cache, row_id=item_id, precondition=precondition)

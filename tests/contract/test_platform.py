@@ -1,0 +1,211 @@
+"""What every service shares: health, errors, request ids, compression, metrics, auth, CORS."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from tests.conftest import AppFactory, client_for
+
+PROBLEM = "application/problem+json"
+
+
+async def test_liveness_and_readiness(client: httpx.AsyncClient) -> None:
+    for path in ("/livez", "/healthz"):
+        response = await client.get(path)
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["database"] == "ok"
+
+
+async def test_readiness_turns_503_once_shutdown_begins(start_app: AppFactory) -> None:
+    async with start_app() as app, client_for(app) as client:
+        app.state.lifecycle.begin_shutdown()
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert (await client.get("/livez")).status_code == 200
+
+
+async def test_readiness_is_503_when_the_database_is_gone(start_app: AppFactory) -> None:
+    async with start_app() as app, client_for(app) as client:
+
+        async def broken() -> None:
+            raise ConnectionRefusedError
+
+        app.state.lifecycle.checks["database"] = broken
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"] == "unavailable"
+        assert (await client.get("/livez")).status_code == 200
+
+
+async def test_request_id_is_echoed_when_sane_and_minted_otherwise(
+    client: httpx.AsyncClient,
+) -> None:
+    echoed = await client.get("/items", headers={"X-Request-ID": "abc-123.trace:7"})
+    assert echoed.headers["x-request-id"] == "abc-123.trace:7"
+    minted = await client.get("/items")
+    assert len(minted.headers["x-request-id"]) == 32
+    for hostile in ("a b", "x" * 200, "<script>", "id\u00e9".encode().decode("latin-1")):
+        response = await client.get("/items", headers={b"X-Request-ID": hostile.encode("latin-1")})
+        assert response.headers["x-request-id"] != hostile
+        assert len(response.headers["x-request-id"]) == 32
+    missing = await client.get("/items/999")
+    assert missing.headers["x-request-id"]
+
+
+async def test_unknown_routes_are_404_problems(client: httpx.AsyncClient) -> None:
+    response = await client.get("/nowhere")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["status"] == 404
+
+
+async def test_large_responses_are_gzipped_small_ones_not(client: httpx.AsyncClient) -> None:
+    for n in range(15):
+        await client.post(
+            "/items", json={"name": f"Item {n}", "description": "d" * 100, "price": 1}
+        )
+    big = await client.get("/items", headers={"Accept-Encoding": "gzip"})
+    assert big.headers["content-encoding"] == "gzip"
+    assert len(big.json()["data"]) == 15  # httpx decoded it
+    small = await client.get("/items/1", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in small.headers
+    raw = await client.get("/items", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in raw.headers
+    assert gzip.compress(raw.content)  # sanity: the identity body is plain JSON
+    assert raw.json() == big.json()
+
+
+async def test_metrics_are_exposed_with_route_templates(client: httpx.AsyncClient) -> None:
+    await client.post("/items", json={"name": "Metered", "price": 2})
+    await client.get("/items/1")
+    await client.get("/items/2")
+    metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "text/plain" in metrics.headers["content-type"]
+    text = metrics.text
+    assert 'handler="/items/{item_id}"' in text
+    assert 'handler="/items/1"' not in text
+
+
+async def test_openapi_documents_every_route_and_problem_responses(
+    client: httpx.AsyncClient,
+) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert {"/items", "/items/{item_id}", "/heroes", "/heroes/{hero_id}"} <= spec["paths"].keys()
+    create = spec["paths"]["/items"]["post"]["responses"]
+    assert PROBLEM in create["422"]["content"]
+    hero_read = spec["components"]["schemas"]["HeroRead"]
+    assert "secret_name" not in hero_read["properties"]
+
+
+async def test_unexpected_errors_are_500_problems_without_internals(
+    start_app: AppFactory,
+) -> None:
+    async with start_app() as app:
+        _add_failing_route(app)
+        async with client_for(app) as client:
+            response = await client.get("/items/boom/explode")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == PROBLEM
+    assert "secret detail" not in response.text
+    assert "Traceback" not in response.text
+    assert response.headers["x-request-id"]
+
+
+def _add_failing_route(app: FastAPI) -> None:
+    async def explode() -> None:
+        msg = "secret detail: SELECT * FROM items"
+        raise RuntimeError(msg)
+
+    app.router.add_api_route("/items/boom/explode", explode)
+
+
+async def test_database_outage_is_503_not_500(start_app: AppFactory) -> None:
+    async with start_app() as app, client_for(app) as client:
+        await app.state.database.engine.dispose()
+        app.state.database.engine.pool._creator = _refuse
+        response = await client.post("/items", json={"name": "x", "price": 1})
+    assert response.status_code == 503
+    assert response.headers["content-type"] == PROBLEM
+    assert response.headers["retry-after"]
+
+
+def _refuse(*_args: object, **_kwargs: object) -> object:
+    raise ConnectionRefusedError
+
+
+class TestApiKeys:
+    KEY = "rg_live_4f1c2d"
+
+    @pytest.fixture
+    async def secured(self, start_app: AppFactory) -> httpx.AsyncClient:  # type: ignore[misc]
+        async with start_app(api_keys=[SecretStr(self.KEY)]) as app, client_for(app) as client:
+            yield client
+
+    async def test_writes_need_a_known_key_reads_do_not(self, secured: httpx.AsyncClient) -> None:
+        body = {"name": "Guarded", "price": 5}
+        missing = await secured.post("/items", json=body)
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        assert missing.headers["content-type"] == PROBLEM
+        wrong = await secured.post("/items", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403
+        basic = await secured.post("/items", json=body, headers={"Authorization": "Basic eDp5"})
+        assert basic.status_code == 401
+        auth = {"Authorization": f"Bearer {self.KEY}"}
+        created = await secured.post("/items", json=body, headers=auth)
+        assert created.status_code == 201
+        location = created.headers["location"]
+        assert (await secured.get(location)).status_code == 200
+        assert (await secured.get("/items")).status_code == 200
+        assert (await secured.patch(location, json={"price": 6})).status_code == 401
+        assert (await secured.delete(location)).status_code == 401
+        assert (await secured.patch(location, json={"price": 6}, headers=auth)).status_code == 200
+        assert (await secured.delete(location, headers=auth)).status_code == 204
+
+
+async def test_keys_file_rotates_without_restart(start_app: AppFactory, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("old-key\n")
+    async with start_app(api_keys_file=keys) as app, client_for(app) as client:
+        body = {"name": "Rotated", "price": 1}
+        old = {"Authorization": "Bearer old-key"}
+        new = {"Authorization": "Bearer new-key"}
+        assert (await client.post("/items", json=body, headers=old)).status_code == 201
+        digest = hashlib.sha256(b"new-key").hexdigest()
+        keys.write_text(f"# rotated\nsha256:{digest}\n")
+        os.utime(keys, (1, 1))  # a different mtime, even within the same clock tick
+        assert (await client.post("/items", json=body, headers=new)).status_code == 201
+        assert (await client.post("/items", json=body, headers=old)).status_code == 403
+
+
+async def test_cors_allows_only_configured_origins(start_app: AppFactory) -> None:
+    async with start_app(cors_origins=["https://app.example"]) as app, client_for(app) as client:
+        preflight = await client.options(
+            "/items",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,idempotency-key",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        other = await client.get("/items", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_no_cors_headers_by_default(client: httpx.AsyncClient) -> None:
+    response = await client.get("/items", headers={"Origin": "https://app.example"})
+    assert "access-control-allow-origin" not in response.headers

@@ -11,7 +11,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from regatta.common.db import Database
 from tests.conftest import AppFactory, client_for
 
 PROBLEM = "application/problem+json"
@@ -132,17 +134,18 @@ def _add_failing_route(app: FastAPI) -> None:
 
 
 async def test_database_outage_is_503_not_500(start_app: AppFactory) -> None:
+    unreachable = Database(
+        create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none", pool_timeout=1)
+    )
     async with start_app() as app, client_for(app) as client:
-        await app.state.database.engine.dispose()
-        app.state.database.engine.pool._creator = _refuse
-        response = await client.post("/items", json={"name": "x", "price": 1})
+        app.state.database = unreachable  # what request handlers use from now on
+        try:
+            response = await client.post("/items", json={"name": "x", "price": 1})
+        finally:
+            await unreachable.close()
     assert response.status_code == 503
     assert response.headers["content-type"] == PROBLEM
     assert response.headers["retry-after"]
-
-
-def _refuse(*_args: object, **_kwargs: object) -> object:
-    raise ConnectionRefusedError
 
 
 class TestApiKeys:

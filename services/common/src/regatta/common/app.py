@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
-from redis.asyncio import Redis
 from sqlalchemy import Table
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
 from regatta.common import health, migrations
 from regatta.common.auth import ApiKeys
-from regatta.common.cache import MemoryCache, RedisCache, ResponseCache
-from regatta.common.db import Database, create_engine
 from regatta.common.errors import UnhandledErrorMiddleware, install_problem_handlers
+from regatta.common.events import relay_outbox
 from regatta.common.health import Lifecycle
 from regatta.common.idempotency import IdempotencyStore
 from regatta.common.middleware import (
@@ -29,6 +27,7 @@ from regatta.common.middleware import (
     JsonContentTypeMiddleware,
     RequestIdMiddleware,
 )
+from regatta.common.runtime import Runtime, open_runtime
 from regatta.common.settings import ServiceSettings
 
 logger = logging.getLogger("regatta.app")
@@ -36,103 +35,105 @@ logger = logging.getLogger("regatta.app")
 IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 600
 GZIP_MINIMUM_BYTES = 1024
 
+Worker = Callable[[Runtime], Awaitable[None]]
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceSpec:
-    """What a service contributes to an app: its routes, schema migrations and tables."""
+    """What a service contributes to an app: its routes, schema, tables and background work."""
 
     name: str
     router: APIRouter
     migrations: migrations.MigrationSpec
     idempotency_table: Table
+    # Events written with each change; relayed to the stream by every replica of the service.
+    outbox_table: Table | None = None
+    # Work that runs in its own process in production (``python -m regatta.<name>.worker``)
+    # and inside the app when ``run_workers`` is set (the embedded default).
+    workers: Sequence[tuple[str, Worker]] = ()
 
 
-def create_redis(settings: ServiceSettings) -> Redis | None:
-    """A Redis client with short timeouts (a slow Redis degrades to the database, not a hang)."""
-    if settings.redis_url is None:
-        return None
-    return Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_timeout=0.5,
-        socket_connect_timeout=0.5,
-        health_check_interval=10,
-        retry_on_timeout=False,
-    )
+async def _purge_idempotency(runtime: Runtime, stores: Sequence[IdempotencyStore]) -> None:
+    while not await runtime.pause(IDEMPOTENCY_PURGE_INTERVAL_SECONDS):
+        for store in stores:
+            async with runtime.database.sessions() as session:
+                purged = await store.purge_expired(session)
+            logger.info("purged %d expired idempotency records", purged)
 
 
-async def _purge_idempotency(app: FastAPI) -> None:
-    database: Database = app.state.database
-    while True:
-        await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL_SECONDS)
-        for store in app.state.idempotency.values():
-            try:
-                async with database.sessions() as session:
-                    purged = await store.purge_expired(session)
-                logger.info("purged %d expired idempotency records", purged)
-            except Exception:
-                logger.exception("purging idempotency records failed; will retry")
+def _start_background(app: FastAPI, runtime: Runtime) -> None:
+    services: Sequence[ServiceSpec] = app.state.services
+    stores = list(app.state.idempotency.values())
+    if stores:
+        runtime.start("idempotency-purge", partial(_purge_idempotency, runtime, stores))
+    for service in services:
+        if service.outbox_table is not None:
+            runtime.start(
+                f"{service.name}-outbox-relay",
+                partial(
+                    relay_outbox,
+                    database=runtime.database,
+                    outbox=service.outbox_table,
+                    source=service.name,
+                    stream=runtime.events,
+                    pause=runtime.pause,
+                ),
+            )
+        if app.state.run_workers:
+            for name, worker in service.workers:
+                runtime.start(f"{service.name}-{name}", partial(worker, runtime))
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ServiceSettings = app.state.settings
     services: Sequence[ServiceSpec] = app.state.services
-    if settings.migrate_on_start:
+    if settings.migrate_on_start and services:
         await migrations.upgrade(settings, [service.migrations for service in services])
-    database = Database(create_engine(settings))
-    redis = create_redis(settings)
-    cache: ResponseCache = (
-        RedisCache(
-            redis,
-            ttl_seconds=settings.cache_ttl_seconds,
-            prefix=settings.redis_key_prefix + "cache:",
-        )
-        if redis is not None
-        else MemoryCache(
-            ttl_seconds=settings.cache_ttl_seconds, max_entries=settings.cache_max_entries
-        )
-    )
     lifecycle: Lifecycle = app.state.lifecycle
-    lifecycle.checks["database"] = database.ping
-    if redis is not None:
-        lifecycle.checks["redis"] = redis.ping
-    lifecycle.watch_signals()
-    app.state.database = database
-    app.state.redis = redis
-    app.state.cache = cache
-    app.state.idempotency = {
-        service.name: IdempotencyStore(
-            service.idempotency_table, ttl_seconds=settings.idempotency_ttl_seconds
+    async with open_runtime(settings) as runtime:
+        lifecycle.checks["database"] = runtime.database.ping
+        if runtime.redis is not None:
+            lifecycle.checks["redis"] = runtime.redis.ping
+        lifecycle.watch_signals()
+        app.state.runtime = runtime
+        app.state.database = runtime.database
+        app.state.redis = runtime.redis
+        app.state.cache = runtime.cache
+        app.state.idempotency = {
+            service.name: IdempotencyStore(
+                service.idempotency_table, ttl_seconds=settings.idempotency_ttl_seconds
+            )
+            for service in services
+        }
+        _start_background(app, runtime)
+        logger.info(
+            "serving %s on %s with %s cache%s",
+            ", ".join(f"/{s.name}" for s in services) or "health only",
+            runtime.database.dialect,
+            "redis" if runtime.redis is not None else "in-process",
+            " and in-process workers" if app.state.run_workers else "",
         )
-        for service in services
-    }
-    purger = asyncio.create_task(_purge_idempotency(app), name="idempotency-purge")
-    logger.info(
-        "serving %s on %s with %s cache",
-        ", ".join(f"/{s.name}" for s in services),
-        database.dialect,
-        "redis" if redis is not None else "in-process",
-    )
-    try:
-        yield
-    finally:
-        lifecycle.begin_shutdown()
-        lifecycle.restore_signals()
-        purger.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purger
-        if redis is not None:
-            await redis.aclose()
-        await database.close()
+        try:
+            yield
+        finally:
+            # Runs before open_runtime closes: readiness is off before the pools go away.
+            lifecycle.begin_shutdown()
+            lifecycle.restore_signals()
 
 
 def create_app(
-    settings: ServiceSettings, services: Sequence[ServiceSpec], *, title: str
+    settings: ServiceSettings,
+    services: Sequence[ServiceSpec],
+    *,
+    title: str,
+    run_workers: bool = False,
 ) -> FastAPI:
     """Build the app: middleware, problem handlers, health, metrics and each service's routes."""
     app = FastAPI(title=title, version="0.1.0", lifespan=_lifespan)
     app.state.settings = settings
     app.state.services = list(services)
+    app.state.run_workers = run_workers
     app.state.lifecycle = Lifecycle()
     app.state.api_keys = ApiKeys.from_settings(settings)
     install_problem_handlers(app)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import Connection, MetaData
+from sqlalchemy import exc as sa_exc
 
 from regatta.common.db import create_engine
 from regatta.common.settings import ServiceSettings
@@ -70,8 +72,31 @@ def run_env(target_metadata: MetaData) -> None:
         context.run_migrations()
 
 
+async def wait_for_database(settings: ServiceSettings, *, timeout_seconds: float) -> None:
+    """Retry until the database answers: a Job started beside a new Postgres must not fail."""
+    engine = create_engine(settings)
+    deadline = time.monotonic() + timeout_seconds
+    delay = 0.5
+    try:
+        while True:
+            try:
+                async with engine.connect() as connection:
+                    await connection.exec_driver_sql("SELECT 1")
+            except (OSError, sa_exc.OperationalError, sa_exc.InterfaceError, TimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.info("database not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                return
+    finally:
+        await engine.dispose()
+
+
 def main(settings: ServiceSettings, specs: list[MigrationSpec]) -> None:
-    """Command-line entry: migrate and exit (the Kubernetes hook Job runs this)."""
+    """Command-line entry: wait for the database, migrate and exit (the hook Job runs this)."""
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s %(message)s")
+    asyncio.run(wait_for_database(settings, timeout_seconds=settings.migrate_wait_seconds))
     asyncio.run(upgrade(settings, specs))
     logger.info("migrations complete")

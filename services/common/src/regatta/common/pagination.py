@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Annotated, Generic, TypeVar
 
 from fastapi import Depends, Query
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from regatta.common.errors import invalid_field
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -28,26 +30,38 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None
 
 
-def encode_cursor(after_id: int) -> str:
+def encode_cursor(after: int | str) -> str:
     """An opaque token meaning "the rows after this id"."""
-    raw = json.dumps({"v": _CURSOR_VERSION, "after": after_id}, separators=(",", ":"))
+    raw = json.dumps({"v": _CURSOR_VERSION, "after": after}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _parse_cursor(cursor: str) -> int | None:
+def _parse_cursor(cursor: str) -> object:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        after = payload["after"]
-        valid = payload.get("v") == _CURSOR_VERSION and type(after) is int and after >= 0
+        if payload.get("v") != _CURSOR_VERSION:
+            return None
+        return payload["after"]
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeError):
         return None
-    return after if valid else None
 
 
-def decode_cursor(cursor: str) -> int:
-    """The id a cursor points after; a malformed cursor is the client's mistake (422)."""
-    after = _parse_cursor(cursor) if len(cursor) <= _MAX_CURSOR_LENGTH else None
+def _integer_id(value: object) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+def _uuid_id(value: object) -> uuid.UUID | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def _decode(cursor: str, parse: Callable[[object], K | None]) -> K:
+    after = parse(_parse_cursor(cursor)) if len(cursor) <= _MAX_CURSOR_LENGTH else None
     if after is None:
         raise invalid_field(
             "cursor", "query", "malformed cursor: pass back a next_cursor unchanged", kind="cursor"
@@ -55,28 +69,53 @@ def decode_cursor(cursor: str) -> int:
     return after
 
 
+def decode_cursor(cursor: str) -> int:
+    """The integer id a cursor points after; a malformed cursor is the client's mistake (422)."""
+    return _decode(cursor, _integer_id)
+
+
+def decode_uuid_cursor(cursor: str) -> uuid.UUID:
+    """The UUID a cursor points after (422 when malformed)."""
+    return _decode(cursor, _uuid_id)
+
+
 class PageRequest(BaseModel):
-    """The parsed ``limit`` and ``cursor`` of a list request."""
+    """The parsed ``limit`` and ``cursor`` of a list request over integer ids."""
 
     limit: int
     after: int | None
 
 
-def page_request(
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = DEFAULT_LIMIT,
-    cursor: Annotated[
-        str | None, Query(description="The next_cursor of the previous page.")
-    ] = None,
-) -> PageRequest:
+class UuidPageRequest(BaseModel):
+    """The parsed ``limit`` and ``cursor`` of a list request over (time-ordered) UUIDs."""
+
+    limit: int
+    after: uuid.UUID | None
+
+
+LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
+CursorQuery = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
+
+
+def page_request(limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> PageRequest:
     """Parse paging parameters (dependency)."""
     return PageRequest(limit=limit, after=decode_cursor(cursor) if cursor else None)
 
 
+def uuid_page_request(
+    limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
+) -> UuidPageRequest:
+    """Parse paging parameters over UUID ids (dependency)."""
+    return UuidPageRequest(limit=limit, after=decode_uuid_cursor(cursor) if cursor else None)
+
+
 PageDep = Annotated[PageRequest, Depends(page_request)]
+UuidPageDep = Annotated[UuidPageRequest, Depends(uuid_page_request)]
 
 
-def next_cursor(ids: Sequence[int], limit: int) -> str | None:
+def next_cursor(ids: Sequence[int | uuid.UUID], limit: int) -> str | None:
     """Given the ids fetched with ``limit + 1``, the cursor of the following page or None."""
     if len(ids) <= limit:
         return None
-    return encode_cursor(ids[limit - 1])
+    last = ids[limit - 1]
+    return encode_cursor(str(last) if isinstance(last, uuid.UUID) else last)

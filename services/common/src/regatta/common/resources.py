@@ -12,7 +12,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from fastapi import Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.cache import DELETED, CachedResponse, ResponseCache
@@ -24,6 +24,7 @@ from regatta.common.conditional import (
     precondition_failed,
 )
 from regatta.common.errors import ProblemError
+from regatta.common.events import record_event
 from regatta.common.idempotency import (
     REPLAYED_HEADER,
     IdempotencyStore,
@@ -49,9 +50,12 @@ class Resource(Generic[M, R]):
         singular: str,
         repository: VersionedRepository[M],
         read_schema: type[R],
+        outbox: Table | None = None,
     ) -> None:
         self.name = name
         self.singular = singular
+        # Events "<singular>.created|updated|deleted", carrying the public representation.
+        self.outbox = outbox
         self.repository = repository
         self.read_schema = read_schema
         self._one = TypeAdapter(read_schema)
@@ -128,6 +132,7 @@ class Resource(Generic[M, R]):
         async def write(write_session: AsyncSession) -> StoredResponse:
             row = await self.repository.insert(write_session, values)
             entry = self.render(row)
+            await self._record(write_session, "created", entry)
             created.append(entry)
             return StoredResponse(
                 status_code=201,
@@ -164,6 +169,8 @@ class Resource(Generic[M, R]):
         async with session.begin():
             outcome = await self.repository.update(session, row_id, values, precondition)
             entry = self.render(outcome.row) if outcome.row is not None else None
+            if entry is not None:
+                await self._record(session, "updated", entry)
         if entry is None:
             raise self._write_refused(row_id, outcome.current_version)
         # Replaces any older entry atomically: invalidation and refill in one round trip.
@@ -182,9 +189,15 @@ class Resource(Generic[M, R]):
         self._check_id(row_id)
         async with session.begin():
             outcome = await self.repository.delete(session, row_id, precondition)
+            if outcome.row is not None:
+                await self._record(session, "deleted", self.render(outcome.row))
         if outcome.row is None:
             raise self._write_refused(row_id, outcome.current_version)
         await cache.invalidate(self.cache_key(row_id), DELETED)
+
+    async def _record(self, session: AsyncSession, action: str, entry: CachedResponse) -> None:
+        if self.outbox is not None:
+            await record_event(session, self.outbox, f"{self.singular}.{action}", entry.body)
 
     def _write_refused(self, row_id: int, current_version: int | None) -> ProblemError:
         if current_version is None:

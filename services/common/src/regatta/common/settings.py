@@ -48,6 +48,7 @@ class ServiceSettings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
     run_migrations_on_start: bool | None = None
+    migrate_wait_seconds: float = Field(default=300, ge=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     # Above the ingress's upstream keep-alive (nginx: 60 s), so the proxy closes idle

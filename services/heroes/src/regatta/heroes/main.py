@@ -8,7 +8,7 @@ from regatta.common.app import ServiceSpec
 from regatta.common.app import create_app as create_service_app
 from regatta.common.migrations import MigrationSpec
 from regatta.heroes.api import router
-from regatta.heroes.models import idempotency_keys
+from regatta.heroes.models import idempotency_keys, outbox
 from regatta.heroes.service import SERVICE_NAME
 from regatta.heroes.settings import HeroesSettings
 
@@ -19,6 +19,7 @@ SERVICE = ServiceSpec(
         script_location="regatta.heroes:migrations", version_table="alembic_version_heroes"
     ),
     idempotency_table=idempotency_keys,
+    outbox_table=outbox,
 )
 
 

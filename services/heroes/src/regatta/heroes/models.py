@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from regatta.common.events import outbox_table
 from regatta.common.idempotency import idempotency_table
 from regatta.common.versioned import VersionedMixin
 
@@ -38,3 +39,4 @@ class Hero(VersionedMixin, Base):
 
 
 idempotency_keys = idempotency_table(Base.metadata, "heroes_idempotency_keys")
+outbox = outbox_table(Base.metadata, "heroes_outbox")

@@ -11,14 +11,18 @@ from regatta.common.errors import invalid_field
 from regatta.common.idempotency import IdempotencyStore, StoredResponse
 from regatta.common.pagination import PageRequest
 from regatta.common.resources import Resource
-from regatta.heroes.models import Hero
+from regatta.heroes.models import Hero, outbox
 from regatta.heroes.repository import HeroRepository
 from regatta.heroes.schemas import HeroCreate, HeroRead, HeroUpdate
 
 SERVICE_NAME = "heroes"
 
 heroes: Resource[Hero, HeroRead] = Resource(
-    name=SERVICE_NAME, singular="hero", repository=HeroRepository(), read_schema=HeroRead
+    name=SERVICE_NAME,
+    singular="hero",
+    repository=HeroRepository(),
+    read_schema=HeroRead,
+    outbox=outbox,
 )
 
 

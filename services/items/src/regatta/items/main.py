@@ -8,7 +8,7 @@ from regatta.common.app import ServiceSpec
 from regatta.common.app import create_app as create_service_app
 from regatta.common.migrations import MigrationSpec
 from regatta.items.api import router
-from regatta.items.models import idempotency_keys
+from regatta.items.models import idempotency_keys, outbox
 from regatta.items.service import SERVICE_NAME
 from regatta.items.settings import ItemsSettings
 
@@ -19,6 +19,7 @@ SERVICE = ServiceSpec(
         script_location="regatta.items:migrations", version_table="alembic_version_items"
     ),
     idempotency_table=idempotency_keys,
+    outbox_table=outbox,
 )
 
 

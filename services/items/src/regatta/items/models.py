@@ -8,6 +8,7 @@ from sqlalchemy import Index, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from regatta.common.columns import Money
+from regatta.common.events import outbox_table
 from regatta.common.idempotency import idempotency_table
 from regatta.common.versioned import VersionedMixin
 
@@ -49,3 +50,4 @@ class Item(VersionedMixin, Base):
 
 
 idempotency_keys = idempotency_table(Base.metadata, "items_idempotency_keys")
+outbox = outbox_table(Base.metadata, "items_outbox")

@@ -13,14 +13,18 @@ from regatta.common.errors import invalid_field
 from regatta.common.idempotency import IdempotencyStore, StoredResponse
 from regatta.common.pagination import PageRequest
 from regatta.common.resources import Resource
-from regatta.items.models import Item
+from regatta.items.models import Item, outbox
 from regatta.items.repository import ItemRepository
 from regatta.items.schemas import ItemCreate, ItemRead, ItemUpdate
 
 SERVICE_NAME = "items"
 
 items: Resource[Item, ItemRead] = Resource(
-    name=SERVICE_NAME, singular="item", repository=ItemRepository(), read_schema=ItemRead
+    name=SERVICE_NAME,
+    singular="item",
+    repository=ItemRepository(),
+    read_schema=ItemRead,
+    outbox=outbox,
 )
 
 

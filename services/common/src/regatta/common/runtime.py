@@ -1,0 +1,111 @@
+"""What a process holds open while it serves: database, Redis, cache, event stream, tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from regatta.common.cache import MemoryCache, RedisCache, ResponseCache
+from regatta.common.db import Database, create_engine
+from regatta.common.events import EventStream, InProcessEventStream, RedisEventStream
+from regatta.common.settings import ServiceSettings
+
+logger = logging.getLogger("regatta.runtime")
+
+RESTART_DELAY_SECONDS = 1.0
+STOP_GRACE_SECONDS = 10.0
+
+
+def create_redis(settings: ServiceSettings) -> Redis | None:
+    """A Redis client with short timeouts (a slow Redis degrades to the database, not a hang)."""
+    if settings.redis_url is None:
+        return None
+    return Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_timeout=2.0,
+        socket_connect_timeout=0.5,
+        health_check_interval=10,
+        retry_on_timeout=False,
+    )
+
+
+@dataclass
+class Runtime:
+    """Pools and clients of one process, opened together and closed together."""
+
+    settings: ServiceSettings
+    database: Database
+    redis: Redis | None
+    cache: ResponseCache
+    events: EventStream
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` in the background until shutdown, restarting it if it crashes.
+
+        ``work`` should loop until :attr:`stopping` is set, waiting with :meth:`pause`, so that
+        shutdown lets it finish what it holds instead of cancelling it mid-query.
+        """
+        self.tasks.append(asyncio.create_task(self._supervise(name, work), name=name))
+
+    async def pause(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True (at once) when shutdown has begun."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        return self.stopping.is_set()
+
+    async def stop_tasks(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+        """Ask background tasks to stop, give them ``grace_seconds``, then cancel the rest."""
+        self.stopping.set()
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=grace_seconds)
+            for task in pending:
+                logger.warning("background task %s did not stop in time; cancelling", task)
+                task.cancel()
+            for task in self.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self.tasks.clear()
+
+    async def _supervise(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
+        while not self.stopping.is_set():
+            try:
+                await work()
+            except Exception:
+                logger.exception("background task %s crashed; restarting", name)
+            await self.pause(RESTART_DELAY_SECONDS)
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: ServiceSettings) -> AsyncIterator[Runtime]:
+    """Open the pools the settings call for; close them (tasks first) on the way out."""
+    database = Database(create_engine(settings))
+    redis = create_redis(settings)
+    cache: ResponseCache
+    events: EventStream
+    if redis is not None:
+        cache = RedisCache(
+            redis,
+            ttl_seconds=settings.cache_ttl_seconds,
+            prefix=settings.redis_key_prefix + "cache:",
+        )
+        events = RedisEventStream(redis, settings.redis_key_prefix + "events")
+    else:
+        cache = MemoryCache(
+            ttl_seconds=settings.cache_ttl_seconds, max_entries=settings.cache_max_entries
+        )
+        events = InProcessEventStream()
+    runtime = Runtime(settings=settings, database=database, redis=redis, cache=cache, events=events)
+    try:
+        yield runtime
+    finally:
+        await runtime.stop_tasks()
+        if redis is not None:
+            await redis.aclose()
+        await database.close()

@@ -1,0 +1,44 @@
+"""Add the heroes_outbox table: platform events written with each change.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-25
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from regatta.common.columns import BigIntPK, UTCDateTime
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Create the outbox and the partial index the relay scans."""
+    op.create_table(
+        "heroes_outbox",
+        sa.Column("id", BigIntPK, primary_key=True),
+        sa.Column("event_type", sa.String(64), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("occurred_at", UTCDateTime(), nullable=False),
+        sa.Column("published_at", UTCDateTime()),
+        sa.PrimaryKeyConstraint("id", name="pk_heroes_outbox"),
+        sqlite_autoincrement=True,
+    )
+    op.create_index(
+        "ix_heroes_outbox_unpublished",
+        "heroes_outbox",
+        ["id"],
+        postgresql_where=sa.text("published_at IS NULL"),
+        sqlite_where=sa.text("published_at IS NULL"),
+    )
+
+
+def downgrade() -> None:
+    """Drop the outbox."""
+    op.drop_table("heroes_outbox")

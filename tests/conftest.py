@@ -14,7 +14,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from embedded import create_embedded_app
-from regatta.common.settings import Environment, ServiceSettings
+from regatta.common.settings import Environment
+from regatta.notifications.settings import NotificationsSettings
 
 BACKENDS = ["embedded", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -22,14 +23,14 @@ AppFactory = Callable[..., AbstractAsyncContextManager[FastAPI]]
 
 
 @pytest.fixture(params=BACKENDS)
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> ServiceSettings:
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> NotificationsSettings:
     """Test settings for each backend: SQLite + memory cache, or Postgres + Redis."""
     if request.param == "embedded":
-        return ServiceSettings(
+        return NotificationsSettings(
             environment=Environment.TEST,
             database_url=f"sqlite+aiosqlite:///{tmp_path}/regatta.db",
         )
-    return ServiceSettings(
+    return NotificationsSettings(
         environment=Environment.TEST,
         database_url=request.getfixturevalue("postgres_url"),
         redis_url=request.getfixturevalue("redis_url"),
@@ -38,7 +39,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> ServiceSettings:
 
 
 @pytest.fixture
-def start_app(settings: ServiceSettings) -> AppFactory:
+def start_app(settings: NotificationsSettings) -> AppFactory:
     """Start an embedded app (lifespan included) on the test's backend, with overrides."""
 
     @asynccontextmanager

@@ -82,6 +82,8 @@ def _start_background(app: FastAPI, runtime: Runtime) -> None:
         if app.state.run_workers:
             for name, worker in service.workers:
                 runtime.start(f"{service.name}-{name}", partial(worker, runtime))
+    for name, worker in app.state.workers:
+        runtime.start(name, partial(worker, runtime))
 
 
 @contextlib.asynccontextmanager
@@ -112,7 +114,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             ", ".join(f"/{s.name}" for s in services) or "health only",
             runtime.database.dialect,
             "redis" if runtime.redis is not None else "in-process",
-            " and in-process workers" if app.state.run_workers else "",
+            " and in-process workers" if app.state.run_workers or app.state.workers else "",
         )
         try:
             yield
@@ -128,12 +130,14 @@ def create_app(
     *,
     title: str,
     run_workers: bool = False,
+    workers: Sequence[tuple[str, Worker]] = (),
 ) -> FastAPI:
     """Build the app: middleware, problem handlers, health, metrics and each service's routes."""
     app = FastAPI(title=title, version="0.1.0", lifespan=_lifespan)
     app.state.settings = settings
     app.state.services = list(services)
     app.state.run_workers = run_workers
+    app.state.workers = list(workers)
     app.state.lifecycle = Lifecycle()
     app.state.api_keys = ApiKeys.from_settings(settings)
     install_problem_handlers(app)

@@ -45,6 +45,13 @@ class Runtime:
     events: EventStream
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # In-process nudges ("there is work for you"), so a worker in the same process need not
+    # wait for its next poll.
+    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def wake(self, name: str) -> None:
+        """Nudge whoever waits in :meth:`pause` on ``name``."""
+        self.wakeups.setdefault(name, asyncio.Event()).set()
 
     def start(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` in the background until shutdown, restarting it if it crashes.
@@ -54,10 +61,22 @@ class Runtime:
         """
         self.tasks.append(asyncio.create_task(self._supervise(name, work), name=name))
 
-    async def pause(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True (at once) when shutdown has begun."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), seconds)
+    async def pause(self, seconds: float, *, wake_on: str | None = None) -> bool:
+        """Sleep up to ``seconds`` (less when woken); True, at once, when shutdown has begun."""
+        if self.stopping.is_set():
+            return True
+        waits = [asyncio.ensure_future(self.stopping.wait())]
+        if wake_on is not None:
+            waits.append(
+                asyncio.ensure_future(self.wakeups.setdefault(wake_on, asyncio.Event()).wait())
+            )
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if wake_on is not None:
+            self.wakeups[wake_on].clear()
         return self.stopping.is_set()
 
     async def stop_tasks(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:

@@ -1,0 +1,120 @@
+"""HTTP routes of the notifications service: parse, call the service, return."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from regatta.common.auth import WriterDep
+from regatta.common.db import SessionDep
+from regatta.common.errors import problem_responses
+from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
+from regatta.common.pagination import UuidPageDep
+from regatta.common.resources import idempotency_store, stored_response
+from regatta.common.runtime import Runtime
+from regatta.notifications import service
+from regatta.notifications.schemas import (
+    NotificationCreate,
+    NotificationPage,
+    NotificationRead,
+    Status,
+    SubscriptionCreate,
+    SubscriptionPage,
+    SubscriptionRead,
+)
+from regatta.notifications.ssrf import AddressPolicy
+
+router = APIRouter(
+    prefix="/notifications",
+    tags=["notifications"],
+    responses=problem_responses(400, 413, 415, 422, 429, 500, 503),
+)
+
+StoreDep = Annotated[IdempotencyStore, Depends(idempotency_store(service.SERVICE_NAME))]
+WRITE_ERRORS = problem_responses(401, 403, 409)
+
+
+def address_policy(request: Request) -> AddressPolicy:
+    """The webhook address policy of this process's settings (dependency)."""
+    settings = service.notifications_settings(request.app.state.settings)
+    return AddressPolicy(settings.allowed_networks)
+
+
+PolicyDep = Annotated[AddressPolicy, Depends(address_policy)]
+
+
+@router.post("", status_code=202, response_model=NotificationRead, responses=WRITE_ERRORS)
+async def create_notification(
+    notification: NotificationCreate,
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    policy: PolicyDep,
+    principal: WriterDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Queue an e-mail or a webhook: 202 once it is stored, delivered at least once after."""
+    stored = await service.create_notification(
+        request=request,
+        session=session,
+        store=store,
+        policy=policy,
+        idempotency_key=idempotency_key,
+        principal=principal,
+        notification=notification,
+    )
+    runtime: Runtime = request.app.state.runtime
+    runtime.wake(service.WAKEUP)
+    return stored_response(stored)
+
+
+@router.get("", response_model=NotificationPage)
+async def list_notifications(
+    session: SessionDep,
+    page: UuidPageDep,
+    status: Annotated[Status | None, Query(description="Only this delivery status.")] = None,
+) -> NotificationPage:
+    """List notifications, oldest first."""
+    return await service.list_notifications(session=session, page=page, status=status)
+
+
+@router.post(
+    "/subscriptions",
+    status_code=201,
+    response_model=SubscriptionRead,
+    responses=problem_responses(401, 403),
+)
+async def create_subscription(
+    subscription: SubscriptionCreate, session: SessionDep, policy: PolicyDep, _principal: WriterDep
+) -> SubscriptionRead:
+    """Send every event of one type to a webhook."""
+    return await service.create_subscription(
+        session=session, policy=policy, subscription=subscription
+    )
+
+
+@router.get("/subscriptions", response_model=SubscriptionPage)
+async def list_subscriptions(session: SessionDep, page: UuidPageDep) -> SubscriptionPage:
+    """List subscriptions, oldest first."""
+    return await service.list_subscriptions(session=session, page=page)
+
+
+@router.delete(
+    "/subscriptions/{subscription_id}",
+    status_code=204,
+    responses=problem_responses(401, 403, 404),
+)
+async def delete_subscription(
+    subscription_id: str, session: SessionDep, _principal: WriterDep
+) -> Response:
+    """Stop sending events to a webhook."""
+    await service.delete_subscription(session=session, subscription_id=subscription_id)
+    return Response(status_code=204)
+
+
+@router.get("/{notification_id}", response_model=NotificationRead, responses=problem_responses(404))
+async def get_notification(notification_id: str, session: SessionDep) -> NotificationRead:
+    """One notification: status, attempts, last error."""
+    return await service.get_notification(session=session, notification_id=notification_id)

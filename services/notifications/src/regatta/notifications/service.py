@@ -1,0 +1,257 @@
+"""Rules of the notifications service: accept durably, deliver with retries, fan out events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from regatta.common.columns import utcnow
+from regatta.common.db import Database
+from regatta.common.errors import ProblemError, invalid_field
+from regatta.common.events import Event
+from regatta.common.idempotency import (
+    IdempotencyStore,
+    IdempotentRequest,
+    StoredResponse,
+    fingerprint,
+)
+from regatta.common.pagination import UuidPageRequest, next_cursor
+from regatta.common.settings import ServiceSettings
+from regatta.notifications import repository
+from regatta.notifications.delivery import Deliverer, Outcome
+from regatta.notifications.models import Notification
+from regatta.notifications.schemas import (
+    EmailCreate,
+    NotificationPage,
+    NotificationRead,
+    SubscriptionCreate,
+    SubscriptionPage,
+    SubscriptionRead,
+    WebhookCreate,
+)
+from regatta.notifications.settings import NotificationsSettings
+from regatta.notifications.ssrf import AddressPolicy, BlockedAddressError
+
+logger = logging.getLogger("regatta.notifications")
+
+SERVICE_NAME = "notifications"
+WAKEUP = "notifications"  # the in-process nudge from the API to a worker in the same process
+
+
+def notifications_settings(settings: ServiceSettings) -> NotificationsSettings:
+    """The notifications view of a process's settings (the embedded app shares one object)."""
+    if isinstance(settings, NotificationsSettings):
+        return settings
+    return NotificationsSettings(**settings.model_dump())
+
+
+def parse_id(raw: str, what: str) -> uuid.UUID:
+    """A UUID from the path; anything else names nothing that exists (404)."""
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ProblemError(404, f"No {what} has id {raw[:64]!r}.", slug="not-found") from None
+
+
+def check_url(url: str, policy: AddressPolicy) -> None:
+    """Refuse a URL whose host is a literal address webhooks may not reach (422)."""
+    host = str(url).split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    try:
+        policy.check_literal_host(host)
+    except BlockedAddressError as exc:
+        raise invalid_field("url", "body", f"not a reachable public address: {exc}") from exc
+
+
+async def create_notification(
+    *,
+    request: Request,
+    session: AsyncSession,
+    store: IdempotencyStore,
+    policy: AddressPolicy,
+    idempotency_key: str | None,
+    principal: str,
+    notification: EmailCreate | WebhookCreate,
+) -> StoredResponse:
+    """Store a notification (committed before this returns) and answer 202."""
+    if isinstance(notification, WebhookCreate):
+        check_url(str(notification.url), policy)
+        values = {
+            "channel": "webhook",
+            "url": str(notification.url),
+            "payload": notification.payload,
+        }
+    else:
+        values = {
+            "channel": "email",
+            "recipient": str(notification.to),
+            "subject": notification.subject,
+            "body": notification.body,
+        }
+
+    async def write(write_session: AsyncSession) -> StoredResponse:
+        row = await repository.insert_notification(write_session, values)
+        body = NotificationRead.model_validate(row).model_dump_json().encode()
+        return StoredResponse(
+            status_code=202, body=body, headers={"Location": f"/notifications/{row.id}"}
+        )
+
+    keyed = (
+        IdempotentRequest(
+            key=idempotency_key,
+            scope=principal,
+            fingerprint=fingerprint(
+                request.method, request.url.path, notification.model_dump(mode="json")
+            ),
+        )
+        if idempotency_key is not None
+        else None
+    )
+    return await store.run(session, keyed, write)
+
+
+async def get_notification(*, session: AsyncSession, notification_id: str) -> NotificationRead:
+    """One notification and its delivery state."""
+    row = await repository.get_notification(session, parse_id(notification_id, "notification"))
+    if row is None:
+        raise ProblemError(404, f"No notification has id {notification_id}.", slug="not-found")
+    return NotificationRead.model_validate(row)
+
+
+async def list_notifications(
+    *, session: AsyncSession, page: UuidPageRequest, status: str | None
+) -> NotificationPage:
+    """A page of notifications, oldest first."""
+    rows = await repository.page_notifications(
+        session, after=page.after, limit=page.limit, status=status
+    )
+    return NotificationPage(
+        data=[NotificationRead.model_validate(r) for r in rows[: page.limit]],
+        next_cursor=next_cursor([r.id for r in rows], page.limit),
+    )
+
+
+async def create_subscription(
+    *, session: AsyncSession, policy: AddressPolicy, subscription: SubscriptionCreate
+) -> SubscriptionRead:
+    """Subscribe a webhook to one event type."""
+    check_url(str(subscription.url), policy)
+    async with session.begin():
+        row = await repository.insert_subscription(
+            session, event=subscription.event, url=str(subscription.url)
+        )
+    return SubscriptionRead.model_validate(row)
+
+
+async def list_subscriptions(*, session: AsyncSession, page: UuidPageRequest) -> SubscriptionPage:
+    """A page of subscriptions, oldest first."""
+    rows = await repository.page_subscriptions(session, after=page.after, limit=page.limit)
+    return SubscriptionPage(
+        data=[SubscriptionRead.model_validate(r) for r in rows[: page.limit]],
+        next_cursor=next_cursor([r.id for r in rows], page.limit),
+    )
+
+
+async def delete_subscription(*, session: AsyncSession, subscription_id: str) -> None:
+    """Remove a subscription (notifications it already queued are still delivered)."""
+    async with session.begin():
+        deleted = await repository.delete_subscription(
+            session, parse_id(subscription_id, "subscription")
+        )
+    if not deleted:
+        raise ProblemError(404, f"No subscription has id {subscription_id}.", slug="not-found")
+
+
+async def fan_out(database: Database, event: Event) -> int:
+    """Queue one webhook per subscription to ``event``; repeats of an event queue nothing."""
+    now = utcnow()
+    async with database.sessions() as session, session.begin():
+        subscriptions = await repository.subscribers(session, event.type)
+        payload = {
+            "id": event.id,
+            "type": event.type,
+            "occurred_at": event.occurred_at,
+            "data": event.payload,
+        }
+        for subscription in subscriptions:
+            await repository.insert_event_notification(
+                session,
+                subscription=subscription,
+                event_id=event.id,
+                event_type=event.type,
+                payload=payload,
+                now=now,
+            )
+    return len(subscriptions)
+
+
+async def _attempt(
+    database: Database,
+    deliverer: Deliverer,
+    worker: str,
+    settings: NotificationsSettings,
+    notification: Notification,
+) -> None:
+    if notification.attempts > settings.delivery_max_attempts:
+        # A worker died holding it after its last attempt: give up, loudly.
+        outcome = Outcome(delivered=False, error="delivery abandoned: attempts exhausted")
+    else:
+        outcome = await deliverer.deliver(notification)
+    values = outcome_values(notification, outcome, settings)
+    async with database.sessions() as session, session.begin():
+        await repository.record_outcome(session, notification.id, worker=worker, values=values)
+    logger.info(
+        "delivery %s via %s attempt %d: %s%s",
+        notification.id,
+        notification.channel,
+        notification.attempts,
+        values["status"],
+        f" ({outcome.error})" if outcome.error else "",
+    )
+
+
+def backoff_seconds(attempt: int, settings: NotificationsSettings) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
+    ceiling = min(
+        settings.delivery_backoff_max_seconds,
+        settings.delivery_backoff_base_seconds * 2 ** max(attempt - 1, 0),
+    )
+    return random.uniform(0, ceiling)  # noqa: S311 -- jitter, not cryptography
+
+
+def outcome_values(
+    notification: Notification, outcome: Outcome, settings: NotificationsSettings
+) -> dict[str, object]:
+    """The columns to store after an attempt."""
+    now = utcnow()
+    if outcome.delivered:
+        return {"status": "delivered", "delivered_at": now, "last_error": None}
+    exhausted = notification.attempts >= settings.delivery_max_attempts
+    if not outcome.retryable or exhausted:
+        return {"status": "failed", "last_error": outcome.error}
+    delay = timedelta(seconds=backoff_seconds(notification.attempts, settings))
+    return {"status": "queued", "last_error": outcome.error, "next_attempt_at": now + delay}
+
+
+async def deliver_batch(
+    *, database: Database, deliverer: Deliverer, worker: str, settings: NotificationsSettings
+) -> Sequence[Notification]:
+    """Claim due notifications, attempt them concurrently, record each outcome."""
+    async with database.sessions() as session, session.begin():
+        claimed = await repository.claim_due(
+            session,
+            worker=worker,
+            batch=settings.delivery_batch_size,
+            lease=timedelta(seconds=settings.delivery_lease_seconds),
+        )
+    await asyncio.gather(
+        *(_attempt(database, deliverer, worker, settings, notification) for notification in claimed)
+    )
+    return claimed

@@ -1,0 +1,107 @@
+"""The delivery worker: ``python -m regatta.notifications.worker``.
+
+It claims due notifications (a lease, so a worker that dies mid-delivery loses nothing: its
+claim expires and another worker delivers), and consumes platform events from the stream with
+a consumer group, taking over the pending entries of dead consumers with XAUTOCLAIM. It serves
+``/livez``, ``/readyz`` and ``/metrics`` on ``WORKER_PORT``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from redis.exceptions import ResponseError
+
+from regatta.common.app import create_app
+from regatta.common.events import Event, InProcessEventStream, RedisEventStream, consumer_name
+from regatta.common.runtime import Runtime
+from regatta.common.serve import serve
+from regatta.notifications import repository
+from regatta.notifications.delivery import Deliverer
+from regatta.notifications.service import WAKEUP, deliver_batch, fan_out, notifications_settings
+from regatta.notifications.settings import NotificationsSettings
+
+logger = logging.getLogger("regatta.notifications.worker")
+
+CONSUMER_GROUP = "notifications"
+STALE_AFTER_MS = 60_000
+EVENTS_BATCH = 100
+BLOCK_MS = 1000
+ERROR_PAUSE_SECONDS = 2.0
+
+
+async def deliver_forever(runtime: Runtime) -> None:
+    """Deliver due notifications until shutdown, then hand back anything still claimed."""
+    settings = notifications_settings(runtime.settings)
+    deliverer = Deliverer(settings)
+    worker = consumer_name()
+    try:
+        while not runtime.stopping.is_set():
+            try:
+                claimed = await deliver_batch(
+                    database=runtime.database, deliverer=deliverer, worker=worker, settings=settings
+                )
+            except Exception:
+                logger.exception("delivery batch failed; retrying")
+                claimed = []
+                if await runtime.pause(ERROR_PAUSE_SECONDS):
+                    break
+            if not claimed and await runtime.pause(settings.worker_poll_seconds, wake_on=WAKEUP):
+                break
+    finally:
+        await deliverer.close()
+        async with runtime.database.sessions() as session, session.begin():
+            released = await repository.release_claims(session, worker=worker)
+        if released:
+            logger.info("released %d claimed notifications for another worker", released)
+
+
+async def consume_events(runtime: Runtime) -> None:
+    """Turn platform events into webhook notifications, one per matching subscription."""
+    stream = runtime.events
+
+    async def handle(event: Event) -> None:
+        if await fan_out(runtime.database, event):
+            runtime.wake(WAKEUP)
+
+    if isinstance(stream, InProcessEventStream):
+        stream.subscribe(handle)
+        await runtime.stopping.wait()
+        return
+    assert isinstance(stream, RedisEventStream)  # noqa: S101 -- the only other kind
+    me = consumer_name()
+    group_ready = False
+    while not runtime.stopping.is_set():
+        try:
+            if not group_ready:
+                await stream.ensure_group(CONSUMER_GROUP)
+                group_ready = True
+            entries = await stream.claim_stale(
+                CONSUMER_GROUP, me, min_idle_ms=STALE_AFTER_MS, count=EVENTS_BATCH
+            ) or await stream.read(CONSUMER_GROUP, me, count=EVENTS_BATCH, block_ms=BLOCK_MS)
+            for _, event in entries:
+                await handle(event)
+            await stream.ack(CONSUMER_GROUP, [entry_id for entry_id, _ in entries])
+        except ResponseError as exc:
+            group_ready = "NOGROUP" not in str(exc)  # Redis restarted empty: make it again
+            logger.warning("event stream error: %r", exc)
+            await runtime.pause(ERROR_PAUSE_SECONDS)
+        except Exception as exc:  # noqa: BLE001 -- Redis down: wait, the outbox keeps the events
+            logger.warning("event stream unavailable, retrying: %r", exc)
+            group_ready = False
+            await runtime.pause(ERROR_PAUSE_SECONDS)
+
+
+WORKERS = (("delivery", deliver_forever), ("events", consume_events))
+
+
+def create_worker_app(settings: NotificationsSettings | None = None) -> FastAPI:
+    """The worker process: health and metrics routes, delivery and event consumption."""
+    settings = settings or NotificationsSettings()
+    worker_settings = settings.model_copy(update={"port": settings.worker_port})
+    return create_app(worker_settings, [], title="Regatta notifications worker", workers=WORKERS)
+
+
+if __name__ == "__main__":
+    serve(create_worker_app)

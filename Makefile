@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PORT ?= 8000
 export UV_LINK_MODE ?= copy
 
-.PHONY: help up test lint typecheck pytest sync deps clean
+.PHONY: help up test lint typecheck pytest sync deps clean stack stack-down
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ deps: ## Install uv (and, for tests, Postgres and Redis) when missing
 	@infra/ensure-test-deps.sh
 
 sync:
-	@command -v uv >/dev/null || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null || PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet uv
 	@uv sync --frozen --quiet
 
 up: sync ## Run every service in one process on http://127.0.0.1:$(PORT) (SQLite unless DATABASE_URL)
@@ -31,5 +31,11 @@ pytest: deps sync ## The test suites (they start Postgres and Redis on free port
 
 test: lint typecheck pytest ## Everything CI runs
 
+stack: deps sync ## Run the local stack in the background: Postgres, Redis, 2 replicas per API, worker, nginx
+	uv run --frozen python infra/local/stack.py up
+
+stack-down: ## Stop the local stack
+	uv run --frozen python infra/local/stack.py down
+
 clean: ## Remove the local data directory and caches
-	rm -rf data .mypy_cache .pytest_cache .ruff_cache
+	rm -rf data .stack .mypy_cache .pytest_cache .ruff_cache

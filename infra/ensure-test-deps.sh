@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the test suite needs from the system when it is missing: the Postgres and
-# Redis servers that tests/servers.py starts, and uv. Prints nothing when all are present.
+# Redis servers that tests/servers.py starts, nginx for the local stack, and uv. Prints nothing when all are present.
 set -euo pipefail
 
 log() { echo "ensure-test-deps: $*" >&2; }
@@ -11,6 +11,9 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null; then
 fi
 if ! command -v redis-server >/dev/null 2>&1; then
     packages+=(redis-server)
+fi
+if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+    packages+=(nginx-light)
 fi
 need_uv=false
 if ! command -v uv >/dev/null 2>&1; then

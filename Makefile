@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PORT ?= 8000
 export UV_LINK_MODE ?= copy
 
-.PHONY: help up test lint typecheck pytest sync deps clean stack stack-down
+.PHONY: help up test lint typecheck pytest sync deps clean stack stack-down bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ stack: deps sync ## Run the local stack in the background: Postgres, Redis, 2 re
 
 stack-down: ## Stop the local stack
 	uv run --frozen python infra/local/stack.py down
+
+bench: deps sync ## The benchmark suite (wrk; prints ratios against baselines measured in the same run)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	PYTHONPATH=infra/local:tests/load uv run --frozen python tests/load/bench.py
 
 clean: ## Remove the local data directory and caches
 	rm -rf data .stack .mypy_cache .pytest_cache .ruff_cache

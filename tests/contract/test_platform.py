@@ -212,3 +212,14 @@ async def test_cors_allows_only_configured_origins(start_app: AppFactory) -> Non
 async def test_no_cors_headers_by_default(client: httpx.AsyncClient) -> None:
     response = await client.get("/items", headers={"Origin": "https://app.example"})
     assert "access-control-allow-origin" not in response.headers
+
+
+async def test_cache_can_be_disabled_and_reads_stay_correct(start_app: AppFactory) -> None:
+    async with start_app(cache_enabled=False) as app, client_for(app) as client:
+        location = (await client.post("/items", json={"name": "Raw", "price": 1})).headers[
+            "location"
+        ]
+        assert (await client.get(location)).json()["version"] == 1
+        await client.patch(location, json={"price": 2})
+        assert (await client.get(location)).json()["price"] == 2
+        assert await app.state.cache.get("items:1") is None

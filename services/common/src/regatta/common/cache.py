@@ -73,6 +73,20 @@ class MemoryCache:
             self._entries[key] = (version, entry)
 
 
+class NullCache:
+    """No caching at all (``CACHE_ENABLED=false``): every read goes to the database."""
+
+    async def get(self, key: str) -> CachedResponse | None:  # noqa: ARG002
+        """Always a miss."""
+        return None
+
+    async def put(self, key: str, entry: CachedResponse) -> None:
+        """Store nothing."""
+
+    async def invalidate(self, key: str, version: int) -> None:
+        """Nothing to forget."""
+
+
 # One round trip, atomic: refuse to move an entry backwards in version.
 _STORE_IF_NOT_OLDER = """
 local current = redis.call('GET', KEYS[1])

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from regatta.common.cache import MemoryCache, RedisCache, ResponseCache
+from regatta.common.cache import MemoryCache, NullCache, RedisCache, ResponseCache
 from regatta.common.db import Database, create_engine
 from regatta.common.events import EventStream, InProcessEventStream, RedisEventStream
 from regatta.common.settings import ServiceSettings
@@ -108,18 +108,23 @@ async def open_runtime(settings: ServiceSettings) -> AsyncIterator[Runtime]:
     redis = create_redis(settings)
     cache: ResponseCache
     events: EventStream
-    if redis is not None:
+    if not settings.cache_enabled:
+        cache = NullCache()
+    elif redis is not None:
         cache = RedisCache(
             redis,
             ttl_seconds=settings.cache_ttl_seconds,
             prefix=settings.redis_key_prefix + "cache:",
         )
-        events = RedisEventStream(redis, settings.redis_key_prefix + "events")
     else:
         cache = MemoryCache(
             ttl_seconds=settings.cache_ttl_seconds, max_entries=settings.cache_max_entries
         )
-        events = InProcessEventStream()
+    events = (
+        RedisEventStream(redis, settings.redis_key_prefix + "events")
+        if redis is not None
+        else InProcessEventStream()
+    )
     runtime = Runtime(settings=settings, database=database, redis=redis, cache=cache, events=events)
     try:
         yield runtime

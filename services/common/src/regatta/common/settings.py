@@ -39,6 +39,7 @@ class ServiceSettings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
     redis_url: SecretStr | None = None
     redis_key_prefix: str = Field(default="regatta:", pattern=r"^[A-Za-z0-9:_.-]{0,64}$")
+    cache_enabled: bool = True
     cache_ttl_seconds: int = Field(default=300, ge=1, le=86_400)
     cache_max_entries: int = Field(default=10_000, ge=1)
     idempotency_ttl_seconds: int = Field(default=86_400, ge=60)

@@ -1,0 +1,294 @@
+"""The benchmark suite: ``make bench``. Prints figures; asserts nothing.
+
+One server process on CPU 0, wrk on CPU 1 (`taskset`), Postgres and Redis private to the run.
+Every figure is measured in the same run as the two baselines with the same wrk flags:
+**B**, a bare Starlette JSON route, and **F**, a minimal FastAPI route with a response model
+(``baselines.py``), and against the same endpoints written the common way (``naive.py``).
+
+    make bench                      # BENCH_SECONDS=5 per figure, BENCH_SOAK_SECONDS=60
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemons import (
+    PostgresServer,
+    RedisServer,
+    find_postgres_bindir,
+    find_redis,
+    free_port,
+    postgres_os_user,
+    spawn_child,
+    stop_child,
+)
+
+HERE = Path(__file__).parent
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+SOAK_SECONDS = int(os.environ.get("BENCH_SOAK_SECONDS", "60"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+API_KEY = "bench-key"
+SEED_ITEMS = 200
+
+GET_SCRIPT = """
+local n = 0
+request = function()
+  n = n % {items} + 1
+  return wrk.format("GET", "/items/" .. n, {{["If-None-Match"] = {etag}}})
+end
+"""
+POST_SCRIPT = """
+local n = 0
+local seed = tostring(math.random(1, 1000000000))
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/items", {{
+    ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer {key}",
+    ["Idempotency-Key"] = "bench-" .. seed .. "-" .. n,
+  }}, '{{"name": "Bench item", "price": 9.99, "tax": 0.5}}')
+end
+"""
+PACED_SUFFIX = """
+delay = function() return {delay_ms} end
+"""
+
+
+@dataclass
+class Figure:
+    """One wrk run."""
+
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(name: str, url: str, script: str, *, seconds: int = SECONDS) -> Figure:
+    """Run wrk on CPU 1 and parse requests/s, p50, p99 and non-2xx/3xx answers."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", handle.name, url]
+    if shutil.which("taskset"):
+        argv = ["taskset", "-c", "1", *argv]
+    output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    Path(handle.name).unlink()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    if socket_errors:
+        print(f"  {name}: socket errors: {socket_errors.group(1)}")
+    return Figure(name, rps, p50, p99, int(errors.group(1)) if errors else 0)
+
+
+def serve(argv: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start a server process on CPU 0 and wait until it answers."""
+    if shutil.which("taskset"):
+        argv = ["taskset", "-c", "0", *argv]
+    process = spawn_child(argv, log_path=log, env=env)
+    deadline = time.monotonic() + 60
+    last_error: OSError | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/items/1", timeout=2):
+                return process
+        except urllib.error.HTTPError:
+            return process  # it answers (a 404 before seeding is an answer)
+        except OSError as exc:
+            last_error = exc
+            if process.poll() is not None:
+                msg = f"exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+                raise RuntimeError(msg) from None
+            time.sleep(0.2)
+    msg = f"no answer on port {port} ({last_error!r}):\n{log.read_text()[-3000:]}"
+    raise RuntimeError(msg)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (its children excluded)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def uvicorn_argv(app: str, port: int) -> list[str]:
+    """One uvicorn process, the production loop and parser, no access log."""
+    return [
+        sys.executable, "-m", "uvicorn", app, "--port", str(port), "--loop", "uvloop",
+        "--http", "httptools", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def run_endpoints(label: str, base: str, *, with_etag: bool) -> dict[str, Figure]:
+    """The five endpoint figures of one implementation."""
+    items = SEED_ITEMS
+    return {
+        "cached GET": wrk(f"{label} GET", base + "/", GET_SCRIPT.format(items=items, etag="nil")),
+        "304 revalidation": wrk(
+            f"{label} 304",
+            base + "/",
+            GET_SCRIPT.format(items=items, etag='"\\"1\\""' if with_etag else "nil"),
+        ),
+        "list page": wrk(f"{label} list", base + "/items?limit=20", ""),
+        "POST /items": wrk(f"{label} POST", base + "/", POST_SCRIPT.format(key=API_KEY)),
+    }
+
+
+def main() -> int:
+    """Run every figure and print the table."""
+    if shutil.which("wrk") is None:
+        print("wrk is missing: apt-get install wrk")
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="regatta-bench-"))
+    with ExitStack() as stack:
+        postgres = stack.enter_context(PostgresServer(find_postgres_bindir(), postgres_os_user()))
+        postgres.start()
+        redis = stack.enter_context(RedisServer(find_redis()))
+        redis.start()
+        database_url = postgres.url(postgres.create_database())
+        env = {
+            **os.environ,
+            "ENVIRONMENT": "production",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis.url(),
+            "API_KEYS": API_KEY,
+            "RUN_MIGRATIONS_ON_START": "false",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(HERE),
+        }
+        subprocess.run([sys.executable, "-m", "regatta.items.migrate"], env=env, check=True)
+        ports = {name: free_port() for name in ("B", "F", "regatta", "nocache", "naive")}
+        processes = {}
+
+        def start(name: str, argv: list[str], extra: dict[str, str] | None = None) -> None:
+            process = serve(argv, {**env, **(extra or {})}, ports[name], work / f"{name}.log")
+            processes[name] = process
+            stack.callback(stop_child, process)
+
+        start("regatta", [sys.executable, "-m", "regatta.items"], {"PORT": str(ports["regatta"])})
+        seed(f"http://127.0.0.1:{ports['regatta']}")
+        start("B", uvicorn_argv("baselines:bare", ports["B"]))
+        start("F", uvicorn_argv("baselines:minimal", ports["F"]))
+        start(
+            "nocache",
+            [sys.executable, "-m", "regatta.items"],
+            {"PORT": str(ports["nocache"]), "CACHE_ENABLED": "false"},
+        )
+        start("naive", uvicorn_argv("naive:app", ports["naive"]))
+        url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+
+        b = wrk("B", url["B"] + "/", GET_SCRIPT.format(items=SEED_ITEMS, etag="nil"))
+        f = wrk("F", url["F"] + "/", GET_SCRIPT.format(items=SEED_ITEMS, etag="nil"))
+        ours = run_endpoints("regatta", url["regatta"], with_etag=True)
+        ours["database point read"] = wrk(
+            "regatta no-cache GET",
+            url["nocache"] + "/",
+            GET_SCRIPT.format(items=SEED_ITEMS, etag="nil"),
+        )
+        naive = run_endpoints("naive", url["naive"], with_etag=False)
+        naive["database point read"] = naive["cached GET"]
+        paced = {
+            name: wrk(
+                f"regatta {name} at 60%",
+                url["regatta"] + "/",
+                (
+                    POST_SCRIPT.format(key=API_KEY)
+                    if name == "POST /items"
+                    else GET_SCRIPT.format(items=SEED_ITEMS, etag="nil")
+                )
+                + PACED_SUFFIX.format(delay_ms=int(CONNECTIONS * 1000 / (0.6 * fig.rps))),
+            )
+            for name, fig in (
+                ("cached GET", ours["cached GET"]),
+                ("POST /items", ours["POST /items"]),
+            )
+        }
+        regatta_pid = processes["regatta"].pid
+        rss_after = rss_mib(regatta_pid)
+        soak = wrk(
+            "soak",
+            url["regatta"] + "/",
+            GET_SCRIPT.format(items=SEED_ITEMS, etag="nil"),
+            seconds=SOAK_SECONDS,
+        )
+        rss_soaked = rss_mib(regatta_pid)
+        report(b, f, ours, naive, paced, rss_after, rss_soaked, soak)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def seed(base: str) -> None:
+    """Create the items every GET script cycles through."""
+    import json  # noqa: PLC0415
+
+    for n in range(SEED_ITEMS):
+        request = urllib.request.Request(  # noqa: S310 -- loopback
+            base + "/items",
+            data=json.dumps({"name": f"Seed {n}", "price": n + 1}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+            pass
+
+
+def report(  # noqa: PLR0917
+    b: Figure,
+    f: Figure,
+    ours: dict[str, Figure],
+    naive: dict[str, Figure],
+    paced: dict[str, Figure],
+    rss_after: float,
+    rss_soaked: float,
+    soak: Figure,
+) -> None:
+    """Print the table with ratios against F and against the naive implementation."""
+    print(f"\nwrk -t1 -c{CONNECTIONS} -d{SECONDS}s, server on CPU 0, wrk on CPU 1")
+    for label, base in (("B (bare Starlette)", b), ("F (minimal FastAPI)", f)):
+        latency = f"p50 {base.p50_ms:6.2f} ms  p99 {base.p99_ms:6.2f} ms"
+        print(f"{label:20} {base.rps:8.0f} req/s  {latency}")
+    print()
+    columns = ("req/s", "× F", "p50 ms", "p99 ms", "non-2xx", "naive req/s", "× naive")
+    widths = (8, 6, 7, 7, 7, 11, 7)
+    print(f"{'endpoint':24} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
+    for name, fig in ours.items():
+        other = naive[name]
+        print(
+            f"{name:24} {fig.rps:8.0f} {fig.rps / f.rps:6.2f} {fig.p50_ms:7.2f} {fig.p99_ms:7.2f} "
+            f"{fig.errors:7d} {other.rps:11.0f} {fig.rps / other.rps:7.2f}"
+        )
+    print("\nat about 60 % of each endpoint's maximum (wrk delay() pacing):")
+    for name, fig in paced.items():
+        print(
+            f"{name:24} {fig.rps:8.0f} req/s  p50 {fig.p50_ms:6.2f} ms  p99 {fig.p99_ms:6.2f} ms  "
+            f"p99/p50 {fig.p99_ms / fig.p50_ms:4.1f}  non-2xx {fig.errors}"
+        )
+    print(
+        f"\nRSS of one replica after the runs: {rss_after:.1f} MiB; after a {SOAK_SECONDS}s soak "
+        f"({soak.rps * SOAK_SECONDS:.0f} more requests): {rss_soaked:.1f} MiB "
+        f"({(rss_soaked - rss_after) / rss_after * 100:+.1f} %)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -77,8 +77,12 @@ class Figure:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if found is None:
+        msg = f"unexpected wrk latency {text!r}"
+        raise ValueError(msg)
+    value, unit = found.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
 def wrk(name: str, url: str, script: str, *, seconds: int = SECONDS) -> Figure:
@@ -89,10 +93,13 @@ def wrk(name: str, url: str, script: str, *, seconds: int = SECONDS) -> Figure:
     if shutil.which("taskset"):
         argv = ["taskset", "-c", "1", *argv]
     output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    if "Requests/sec" not in output or "50%" not in output:
+        msg = f"wrk said:\n{output}"
+        raise RuntimeError(msg)
     Path(handle.name).unlink()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", output, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", output, re.MULTILINE).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     socket_errors = re.search(r"Socket errors: (.*)", output)
     if socket_errors:

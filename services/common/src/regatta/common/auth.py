@@ -87,7 +87,7 @@ def _api_keys(request: Request) -> ApiKeys:
     return keys
 
 
-def require_writer(request: Request) -> str:
+async def require_writer(request: Request) -> str:
     """Authorize a write: 401 without a bearer key, 403 for an unknown one (dependency)."""
     keys = _api_keys(request)
     if not keys.enabled:

@@ -82,15 +82,16 @@ class Database:
         await self.engine.dispose()
 
 
-def get_database(request: Request) -> Database:
-    """The application's database, opened by the lifespan."""
+async def get_database(request: Request) -> Database:
+    """The application's database (async: FastAPI runs plain ``def`` dependencies in threads)."""
     database: Database = request.app.state.database
     return database
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request; the service decides where transactions begin and end."""
-    async with get_database(request).sessions() as session:
+    database: Database = request.app.state.database
+    async with database.sessions() as session:
         yield session
 
 

@@ -97,12 +97,14 @@ LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
 CursorQuery = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
 
 
-def page_request(limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None) -> PageRequest:
+async def page_request(
+    limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
+) -> PageRequest:
     """Parse paging parameters (dependency)."""
     return PageRequest(limit=limit, after=decode_cursor(cursor) if cursor else None)
 
 
-def uuid_page_request(
+async def uuid_page_request(
     limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
 ) -> UuidPageRequest:
     """Parse paging parameters over UUID ids (dependency)."""

@@ -6,7 +6,7 @@ HTTP contract promises; its own ``service.py`` adds only its rules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Request
@@ -228,7 +228,7 @@ def json_response(body: bytes) -> Response:
     return Response(body, media_type=JSON_MEDIA_TYPE)
 
 
-def get_cache(request: Request) -> ResponseCache:
+async def get_cache(request: Request) -> ResponseCache:
     """The application's response cache (dependency)."""
     cache: ResponseCache = request.app.state.cache
     return cache
@@ -237,10 +237,10 @@ def get_cache(request: Request) -> ResponseCache:
 CacheDep = Annotated[ResponseCache, Depends(get_cache)]
 
 
-def idempotency_store(service: str) -> Callable[[Request], IdempotencyStore]:
+def idempotency_store(service: str) -> Callable[[Request], Awaitable[IdempotencyStore]]:
     """A dependency returning ``service``'s idempotency store."""
 
-    def get_store(request: Request) -> IdempotencyStore:
+    async def get_store(request: Request) -> IdempotencyStore:
         store: IdempotencyStore = request.app.state.idempotency[service]
         return store
 

@@ -36,7 +36,7 @@ StoreDep = Annotated[IdempotencyStore, Depends(idempotency_store(service.SERVICE
 WRITE_ERRORS = problem_responses(401, 403, 409)
 
 
-def address_policy(request: Request) -> AddressPolicy:
+async def address_policy(request: Request) -> AddressPolicy:
     """The webhook address policy of this process's settings (dependency)."""
     settings = service.notifications_settings(request.app.state.settings)
     return AddressPolicy(settings.allowed_networks)

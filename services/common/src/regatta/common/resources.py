@@ -23,6 +23,7 @@ from regatta.common.conditional import (
     none_match,
     precondition_failed,
 )
+from regatta.common.db import Database
 from regatta.common.errors import ProblemError
 from regatta.common.events import record_event
 from regatta.common.idempotency import (
@@ -83,15 +84,16 @@ class Resource(Generic[M, R]):
             raise self.not_found(row_id)
 
     async def read(
-        self, *, session: AsyncSession, cache: ResponseCache, row_id: int
+        self, *, database: Database, cache: ResponseCache, row_id: int
     ) -> CachedResponse:
         """The rendered resource, from the cache when warm, else from the database (then cached)."""
         self._check_id(row_id)
         key = self.cache_key(row_id)
         cached = await cache.get(key)
         if cached is not None:
-            return cached
-        row = await self.repository.get(session, row_id)
+            return cached  # no session, no connection: a hit costs one cache round trip
+        async with database.sessions() as session:
+            row = await self.repository.get(session, row_id)
         if row is None:
             raise self.not_found(row_id)
         entry = self.render(row)

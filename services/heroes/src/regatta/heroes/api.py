@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from regatta.common.auth import WriterDep
 from regatta.common.conditional import IfMatchHeader, IfNoneMatchHeader, parse_if_match
-from regatta.common.db import SessionDep
+from regatta.common.db import DatabaseDep, SessionDep
 from regatta.common.errors import problem_responses
 from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
 from regatta.common.pagination import PageDep
@@ -82,10 +82,13 @@ async def list_heroes(
 
 @router.get("/{hero_id}", response_model=HeroRead, responses=problem_responses(404))
 async def get_hero(
-    hero_id: HeroId, session: SessionDep, cache: CacheDep, if_none_match: IfNoneMatchHeader = None
+    hero_id: HeroId,
+    database: DatabaseDep,
+    cache: CacheDep,
+    if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
     """One hero, with its ETag (``If-None-Match`` → 304)."""
-    entry = await service.get_hero(session=session, cache=cache, hero_id=hero_id)
+    entry = await service.get_hero(database=database, cache=cache, hero_id=hero_id)
     return entry_response(entry, if_none_match=if_none_match)
 
 

@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.cache import CachedResponse, ResponseCache
 from regatta.common.conditional import Precondition
+from regatta.common.db import Database
 from regatta.common.errors import invalid_field
 from regatta.common.idempotency import IdempotencyStore, StoredResponse
 from regatta.common.pagination import PageRequest
@@ -48,9 +49,9 @@ async def create_hero(
     )
 
 
-async def get_hero(*, session: AsyncSession, cache: ResponseCache, hero_id: int) -> CachedResponse:
+async def get_hero(*, database: Database, cache: ResponseCache, hero_id: int) -> CachedResponse:
     """One hero, rendered (without the secret name)."""
-    return await heroes.read(session=session, cache=cache, row_id=hero_id)
+    return await heroes.read(database=database, cache=cache, row_id=hero_id)
 
 
 async def list_heroes(

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from regatta.common.auth import WriterDep
 from regatta.common.conditional import IfMatchHeader, IfNoneMatchHeader, parse_if_match
-from regatta.common.db import SessionDep
+from regatta.common.db import DatabaseDep, SessionDep
 from regatta.common.errors import problem_responses
 from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
 from regatta.common.pagination import PageDep
@@ -75,10 +75,13 @@ async def list_items(
 
 @router.get("/{item_id}", response_model=ItemRead, responses=problem_responses(404))
 async def get_item(
-    item_id: ItemId, session: SessionDep, cache: CacheDep, if_none_match: IfNoneMatchHeader = None
+    item_id: ItemId,
+    database: DatabaseDep,
+    cache: CacheDep,
+    if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
     """One item, with its ETag (``If-None-Match`` → 304)."""
-    entry = await service.get_item(session=session, cache=cache, item_id=item_id)
+    entry = await service.get_item(database=database, cache=cache, item_id=item_id)
     return entry_response(entry, if_none_match=if_none_match)
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.cache import CachedResponse, ResponseCache
 from regatta.common.conditional import Precondition
+from regatta.common.db import Database
 from regatta.common.errors import invalid_field
 from regatta.common.idempotency import IdempotencyStore, StoredResponse
 from regatta.common.pagination import PageRequest
@@ -50,9 +51,9 @@ async def create_item(
     )
 
 
-async def get_item(*, session: AsyncSession, cache: ResponseCache, item_id: int) -> CachedResponse:
+async def get_item(*, database: Database, cache: ResponseCache, item_id: int) -> CachedResponse:
     """One item, rendered."""
-    return await items.read(session=session, cache=cache, row_id=item_id)
+    return await items.read(database=database, cache=cache, row_id=item_id)
 
 
 async def list_items(

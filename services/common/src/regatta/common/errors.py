@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -113,14 +114,34 @@ _HTTP_DETAILS = {
 }
 
 
-async def _on_http_error(_request: Request, exc: Exception) -> Response:
+async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101 -- registered for this type only
     detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
+    headers = dict(exc.headers or {})
+    if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     return problem_response(
         exc.status_code,
         detail or _HTTP_DETAILS.get(exc.status_code, HTTPStatus(exc.status_code).phrase),
-        headers=exc.headers,
+        headers=headers,
     )
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Starlette names only the first route whose path matched; a path served by several routes
+    # (GET and POST /items) allows the union of their methods. Asking the router per method
+    # works however the routes are nested.
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -94,7 +94,13 @@ class UuidPageRequest(BaseModel):
 
 
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
-CursorQuery = Annotated[str | None, Query(description="The next_cursor of the previous page.")]
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        description="The next_cursor of the previous page.",
+        pattern=r"^[A-Za-z0-9_-]{1,200}$",  # base64url, as encode_cursor writes it
+    ),
+]
 
 
 async def page_request(

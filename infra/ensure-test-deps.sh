@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the test suite needs from the system when it is missing: the Postgres and
-# Redis servers that tests/servers.py starts, nginx for the local stack, and uv. Prints nothing when all are present.
+# Redis servers that tests/servers.py starts, nginx for the local stack, Prometheus (and promtool)
+# for the observability suite, and uv. Prints nothing when all are present.
 set -euo pipefail
 
 log() { echo "ensure-test-deps: $*" >&2; }
@@ -14,6 +15,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
     packages+=(nginx-light)
+fi
+# Prometheus and promtool: the observability suite scrapes the services and tests the rules.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    packages+=(prometheus)
 fi
 need_uv=false
 if ! command -v uv >/dev/null 2>&1; then

@@ -10,13 +10,12 @@ from functools import partial
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry
-from prometheus_fastapi_instrumentator import Instrumentator
+from opentelemetry.trace import TracerProvider
 from sqlalchemy import Table
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from regatta.common import health, migrations
+from regatta.common import health, migrations, observability
 from regatta.common.auth import ApiKeys
 from regatta.common.errors import UnhandledErrorMiddleware, install_problem_handlers
 from regatta.common.events import relay_outbox
@@ -33,6 +32,7 @@ from regatta.common.settings import ServiceSettings
 logger = logging.getLogger("regatta.app")
 
 IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 600
+POOL_SAMPLE_SECONDS = 5.0
 GZIP_MINIMUM_BYTES = 1024
 
 Worker = Callable[[Runtime], Awaitable[None]]
@@ -61,9 +61,18 @@ async def _purge_idempotency(runtime: Runtime, stores: Sequence[IdempotencyStore
             logger.info("purged %d expired idempotency records", purged)
 
 
+async def _sample_pool(runtime: Runtime) -> None:
+    # Scrapes also sample; this keeps other processes' values fresh in multiprocess mode.
+    while True:
+        runtime.metrics.sample_pool(runtime.database.engine)
+        if await runtime.pause(POOL_SAMPLE_SECONDS):
+            return
+
+
 def _start_background(app: FastAPI, runtime: Runtime) -> None:
     services: Sequence[ServiceSpec] = app.state.services
     stores = list(app.state.idempotency.values())
+    runtime.start("pool-sampler", partial(_sample_pool, runtime))
     if stores:
         runtime.start("idempotency-purge", partial(_purge_idempotency, runtime, stores))
     for service in services:
@@ -77,6 +86,8 @@ def _start_background(app: FastAPI, runtime: Runtime) -> None:
                     source=service.name,
                     stream=runtime.events,
                     pause=runtime.pause,
+                    metrics=runtime.metrics,
+                    tracer=runtime.tracer("regatta.events"),
                 ),
             )
         if app.state.run_workers:
@@ -93,7 +104,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.migrate_on_start and services:
         await migrations.upgrade(settings, [service.migrations for service in services])
     lifecycle: Lifecycle = app.state.lifecycle
-    async with open_runtime(settings) as runtime:
+    metrics: observability.PlatformMetrics = app.state.metrics
+    async with (
+        observability.flush_on_exit(app.state.tracer_provider),
+        open_runtime(
+            settings, metrics=metrics, tracer_provider=app.state.tracer_provider
+        ) as runtime,
+    ):
         lifecycle.checks["database"] = runtime.database.ping
         if runtime.redis is not None:
             lifecycle.checks["redis"] = runtime.redis.ping
@@ -104,7 +121,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.cache = runtime.cache
         app.state.idempotency = {
             service.name: IdempotencyStore(
-                service.idempotency_table, ttl_seconds=settings.idempotency_ttl_seconds
+                service.idempotency_table,
+                ttl_seconds=settings.idempotency_ttl_seconds,
+                observe=partial(metrics.count_idempotency, service.name),
             )
             for service in services
         }
@@ -131,9 +150,24 @@ def create_app(
     title: str,
     run_workers: bool = False,
     workers: Sequence[tuple[str, Worker]] = (),
+    service_name: str | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
-    """Build the app: middleware, problem handlers, health, metrics and each service's routes."""
+    """Build the app: middleware, problem handlers, health, metrics and each service's routes.
+
+    ``service_name`` names the process in metrics, logs and traces (by default the one
+    service's name, or ``regatta`` for several). Traces are on when ``tracer_provider`` is
+    given or the ``OTEL_*`` variables ask for them.
+    """
     app = FastAPI(title=title, version="0.1.0", lifespan=_lifespan)
+    name = service_name or (services[0].name if len(services) == 1 else "regatta")
+    app.state.service_name = name
+    app.state.metrics = observability.PlatformMetrics(
+        service_name=name, services=[service.name for service in services]
+    )
+    app.state.tracer_provider = tracer_provider or observability.tracer_provider_from_environment(
+        name
+    )
     app.state.settings = settings
     app.state.services = list(services)
     app.state.run_workers = run_workers
@@ -172,9 +206,8 @@ def create_app(
             ],
             expose_headers=["ETag", "Location", "X-Request-ID", "Retry-After"],
         )
-    Instrumentator(
-        excluded_handlers=["/metrics", "/livez", "/readyz", "/healthz"],
-        registry=CollectorRegistry(),
-    ).instrument(app).expose(app, include_in_schema=False)
+    observability.instrument_http(app, app.state.metrics)
     app.add_middleware(RequestIdMiddleware)
+    if app.state.tracer_provider is not None:
+        observability.instrument_app(app, app.state.tracer_provider)
     return app

@@ -10,6 +10,7 @@ after a successful write.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -142,3 +143,25 @@ def _decode(raw: bytes) -> CachedResponse | None:
     if not etag:
         return None  # a tombstone
     return CachedResponse(version=int(version), etag=etag.decode(), body=body)
+
+
+class MeteredCache:
+    """Any cache, with every look-up reported as a hit or a miss."""
+
+    def __init__(self, inner: ResponseCache, count: Callable[[str, bool], None]) -> None:
+        self.inner = inner
+        self._count = count
+
+    async def get(self, key: str) -> CachedResponse | None:
+        """The entry under ``key``, or None; counted."""
+        found = await self.inner.get(key)
+        self._count(key, found is not None)
+        return found
+
+    async def put(self, key: str, entry: CachedResponse) -> None:
+        """Store unless a newer version is known."""
+        await self.inner.put(key, entry)
+
+    async def invalidate(self, key: str, version: int) -> None:
+        """Leave a tombstone at ``version``."""
+        await self.inner.invalidate(key, version)

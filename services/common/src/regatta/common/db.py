@@ -25,7 +25,7 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {
@@ -43,6 +43,8 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args=connect_args,
+        # Errors (and so log lines) show statements but never values: a value may be a secret.
+        hide_parameters=True,
     )
 
 

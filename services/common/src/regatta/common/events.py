@@ -14,18 +14,26 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from opentelemetry.trace import NoOpTracer, SpanKind, Tracer
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
-from sqlalchemy import Column, Index, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import Column, Index, MetaData, String, Table, Text, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.columns import BigIntPK, UTCDateTime, utcnow
 from regatta.common.db import Database
+from regatta.common.observability import (
+    PlatformMetrics,
+    carrier_of,
+    current_trace_context,
+    parent_context,
+)
 
 logger = logging.getLogger("regatta.events")
 
@@ -33,6 +41,7 @@ STREAM_MAX_LENGTH = 100_000
 RELAY_BATCH = 100
 RELAY_IDLE_SECONDS = 0.2
 RELAY_MAX_BACKOFF_SECONDS = 10.0
+BACKLOG_SAMPLE_SECONDS = 5.0
 
 
 def outbox_table(metadata: MetaData, name: str) -> Table:
@@ -45,6 +54,8 @@ def outbox_table(metadata: MetaData, name: str) -> Table:
         Column("payload", Text, nullable=False),
         Column("occurred_at", UTCDateTime, nullable=False),
         Column("published_at", UTCDateTime),
+        # The W3C trace context of the change (JSON), so the event's consumers join its trace.
+        Column("trace_context", Text),
         sqlite_autoincrement=True,
     )
     # The relay only ever looks for unpublished rows: keep that index tiny.
@@ -65,15 +76,19 @@ class Event:
     type: str
     payload: dict[str, Any]
     occurred_at: str
+    trace_context: str | None = None
 
     def fields(self) -> dict[str, str]:
         """The event as flat string fields (a Redis Stream entry)."""
-        return {
+        fields = {
             "id": self.id,
             "type": self.type,
             "payload": json.dumps(self.payload, separators=(",", ":")),
             "occurred_at": self.occurred_at,
         }
+        if self.trace_context:
+            fields["trace_context"] = self.trace_context
+        return fields
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> Event:
@@ -84,7 +99,13 @@ class Event:
             type=text["type"],
             payload=json.loads(text["payload"]),
             occurred_at=text["occurred_at"],
+            trace_context=text.get("trace_context"),
         )
+
+    def age_seconds(self) -> float:
+        """How long ago the change behind the event was committed."""
+        occurred = datetime.fromisoformat(self.occurred_at)
+        return max((utcnow() - occurred).total_seconds(), 0.0)
 
 
 async def record_event(
@@ -92,7 +113,12 @@ async def record_event(
 ) -> None:
     """Add an event to the outbox, inside the caller's transaction."""
     await session.execute(
-        insert(outbox).values(event_type=event_type, payload=payload.decode(), occurred_at=utcnow())
+        insert(outbox).values(
+            event_type=event_type,
+            payload=payload.decode(),
+            occurred_at=utcnow(),
+            trace_context=current_trace_context(),
+        )
     )
 
 
@@ -184,6 +210,16 @@ class RedisEventStream:
         if entry_ids:
             await self.redis.xack(self.key, group, *entry_ids)
 
+    async def group_lag(self, group: str) -> tuple[int | None, int]:
+        """Entries the group has not read yet (None if Redis cannot tell) and read but unacked."""
+        groups: list[dict[str, Any]] = await self.redis.xinfo_groups(self.key)
+        for info in groups:
+            name = info.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == group:
+                lag = info.get("lag")
+                return (int(lag) if lag is not None else None), int(info.get("pending") or 0)
+        return None, 0
+
 
 def consumer_name() -> str:
     """A name unique to this process, stable for its lifetime (host and pid)."""
@@ -197,16 +233,29 @@ async def relay_outbox(
     source: str,
     stream: EventStream,
     pause: Callable[[float], Awaitable[bool]],
+    metrics: PlatformMetrics | None = None,
+    tracer: Tracer | None = None,
 ) -> None:
     """Until ``pause`` says stop: move unpublished rows to the stream, oldest first, then mark."""
+    metrics = metrics or PlatformMetrics(service_name=source)
+    # Zero is an answer ("nothing relayed", "no failure"): the series exist from the start.
+    metrics.outbox_relayed.labels(source)
+    metrics.outbox_relay_errors.labels(source)
+    # Without a tracer the events still carry the trace context their change stored.
+    relay = _Relay(database, outbox, source, stream, metrics, tracer or NoOpTracer())
     backoff = RELAY_IDLE_SECONDS
+    next_sample = time.monotonic()
     while True:
         try:
-            moved = await _relay_batch(database, outbox, source, stream)
+            if time.monotonic() >= next_sample:
+                await relay.sample_backlog()
+                next_sample = time.monotonic() + BACKLOG_SAMPLE_SECONDS
+            moved = await relay.relay_batch()
         except NoConsumerError:
             moved = 0
         except Exception as exc:  # noqa: BLE001 -- the relay must outlive any failure
             logger.warning("relaying %s events failed, will retry: %r", source, exc)
+            metrics.outbox_relay_errors.labels(source).inc()
             backoff = min(backoff * 2, RELAY_MAX_BACKOFF_SECONDS)
             if await pause(backoff):
                 return
@@ -216,36 +265,86 @@ async def relay_outbox(
             return
 
 
-async def _relay_batch(database: Database, outbox: Table, source: str, stream: EventStream) -> int:
-    async with database.sessions() as session, session.begin():
-        query = (
-            select(outbox.c.id, outbox.c.event_type, outbox.c.payload, outbox.c.occurred_at)
-            .where(outbox.c.published_at.is_(None))
-            .order_by(outbox.c.id)
-            .limit(RELAY_BATCH)
-        )
-        if database.dialect == "postgresql":
-            # Replicas relay side by side without taking the same rows.
-            query = query.with_for_update(skip_locked=True)
-        rows = (await session.execute(query)).all()
-        if not rows:
-            return 0
-        events = [
-            Event(
-                id=f"{source}:{row.id}",
-                type=row.event_type,
-                payload=json.loads(row.payload),
-                occurred_at=_rfc3339(row.occurred_at),
+@dataclass(frozen=True, slots=True)
+class _Relay:
+    database: Database
+    outbox: Table
+    source: str
+    stream: EventStream
+    metrics: PlatformMetrics
+    tracer: Tracer
+
+    async def relay_batch(self) -> int:
+        outbox = self.outbox
+        async with self.database.sessions() as session, session.begin():
+            query = (
+                select(
+                    outbox.c.id,
+                    outbox.c.event_type,
+                    outbox.c.payload,
+                    outbox.c.occurred_at,
+                    outbox.c.trace_context,
+                )
+                .where(outbox.c.published_at.is_(None))
+                .order_by(outbox.c.id)
+                .limit(RELAY_BATCH)
             )
-            for row in rows
-        ]
-        await stream.publish(events)
-        await session.execute(
-            update(outbox)
-            .where(outbox.c.id.in_([row.id for row in rows]))
-            .values(published_at=utcnow())
-        )
-    return len(rows)
+            if self.database.dialect == "postgresql":
+                # Replicas relay side by side without taking the same rows.
+                query = query.with_for_update(skip_locked=True)
+            rows = (await session.execute(query)).all()
+            if not rows:
+                return 0
+            # One producer span per event, in the trace of the change that wrote it.
+            spans = [
+                self.tracer.start_span(
+                    f"publish {row.event_type}",
+                    context=parent_context(row.trace_context),
+                    kind=SpanKind.PRODUCER,
+                    attributes={"messaging.message.id": f"{self.source}:{row.id}"},
+                )
+                for row in rows
+            ]
+            events = [
+                Event(
+                    id=f"{self.source}:{row.id}",
+                    type=row.event_type,
+                    payload=json.loads(row.payload),
+                    occurred_at=_rfc3339(row.occurred_at),
+                    trace_context=carrier_of(span),
+                )
+                for row, span in zip(rows, spans, strict=True)
+            ]
+            try:
+                await self.stream.publish(events)
+            finally:
+                for span in spans:
+                    span.end()
+            published_at = utcnow()
+            await session.execute(
+                update(outbox)
+                .where(outbox.c.id.in_([row.id for row in rows]))
+                .values(published_at=published_at)
+            )
+        self.metrics.outbox_relayed.labels(self.source).inc(len(rows))
+        lag = self.metrics.outbox_relay_lag.labels(self.source)
+        for row in rows:
+            lag.observe(max((published_at - row.occurred_at).total_seconds(), 0.0))
+        return len(rows)
+
+    async def sample_backlog(self) -> None:
+        outbox = self.outbox
+        async with self.database.sessions() as session:
+            count, oldest = (
+                await session.execute(
+                    select(func.count(), func.min(outbox.c.occurred_at)).where(
+                        outbox.c.published_at.is_(None)
+                    )
+                )
+            ).one()
+        self.metrics.outbox_backlog.labels(self.source).set(count)
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        self.metrics.outbox_oldest_age.labels(self.source).set(max(age, 0.0))
 
 
 def _rfc3339(moment: datetime) -> str:

@@ -100,10 +100,18 @@ def fingerprint(method: str, path: str, payload: Any) -> str:
 class IdempotencyStore:
     """Runs creating writes so that a key is honoured exactly once within the retention window."""
 
-    def __init__(self, table: Table, *, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        table: Table,
+        *,
+        ttl_seconds: int,
+        observe: Callable[[str], None] | None = None,
+    ) -> None:
         self.table = table
         self.ttl = timedelta(seconds=ttl_seconds)
         self._in_flight: set[tuple[str, str]] = set()
+        # Told each keyed request's outcome: stored, replayed, conflict or mismatch.
+        self._observe = observe or (lambda _outcome: None)
 
     async def run(
         self,
@@ -115,6 +123,22 @@ class IdempotencyStore:
         if request is None:
             async with session.begin():
                 return await write(session)
+        try:
+            response = await self._run_keyed(session, request, write)
+        except ProblemError as exc:
+            outcome = _OUTCOMES_BY_SLUG.get(exc.slug or "")
+            if outcome is not None:
+                self._observe(outcome)
+            raise
+        self._observe("replayed" if response.replayed else "stored")
+        return response
+
+    async def _run_keyed(
+        self,
+        session: AsyncSession,
+        request: IdempotentRequest,
+        write: Callable[[AsyncSession], Awaitable[StoredResponse]],
+    ) -> StoredResponse:
         with self._claim_locally(session, request):
             async with session.begin():
                 await self._lock(session, request)
@@ -197,6 +221,9 @@ class IdempotencyStore:
                 delete(self.table).where(self.table.c.created_at <= utcnow() - self.ttl)
             )
         return int(getattr(result, "rowcount", 0) or 0)
+
+
+_OUTCOMES_BY_SLUG = {"idempotency-key-in-flight": "conflict", "idempotency-key-reused": "mismatch"}
 
 
 def _in_flight_error() -> ProblemError:

@@ -6,6 +6,7 @@ import re
 import uuid
 from contextvars import ContextVar
 
+from opentelemetry import trace
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,6 +34,9 @@ class RequestIdMiddleware:
         request_id = supplied if supplied and _SANE_REQUEST_ID.match(supplied) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("regatta.request_id", request_id)  # find a trace by request id
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

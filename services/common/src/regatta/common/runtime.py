@@ -8,9 +8,11 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import Tracer, TracerProvider
 from redis.asyncio import Redis
 
-from regatta.common.cache import MemoryCache, NullCache, RedisCache, ResponseCache
+from regatta.common import observability
+from regatta.common.cache import MemoryCache, MeteredCache, NullCache, RedisCache, ResponseCache
 from regatta.common.db import Database, create_engine
 from regatta.common.events import EventStream, InProcessEventStream, RedisEventStream
 from regatta.common.settings import ServiceSettings
@@ -43,11 +45,20 @@ class Runtime:
     redis: Redis | None
     cache: ResponseCache
     events: EventStream
+    metrics: observability.PlatformMetrics = field(
+        default_factory=lambda: observability.PlatformMetrics(service_name="regatta")
+    )
+    # None while tracing is off: then nothing is instrumented.
+    tracer_provider: TracerProvider | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # In-process nudges ("there is work for you"), so a worker in the same process need not
     # wait for its next poll.
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def tracer(self, name: str) -> Tracer:
+        """A tracer for background work (a no-op one, passing context on, while tracing is off)."""
+        return observability.tracer(self.tracer_provider, name)
 
     def wake(self, name: str) -> None:
         """Nudge whoever waits in :meth:`pause` on ``name``."""
@@ -102,10 +113,20 @@ class Runtime:
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: ServiceSettings) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    settings: ServiceSettings,
+    *,
+    metrics: observability.PlatformMetrics | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> AsyncIterator[Runtime]:
     """Open the pools the settings call for; close them (tasks first) on the way out."""
+    metrics = metrics or observability.PlatformMetrics(service_name="regatta")
     database = Database(create_engine(settings))
     redis = create_redis(settings)
+    if tracer_provider is not None:
+        observability.instrument_engine(database.engine, tracer_provider)
+        if redis is not None:
+            observability.instrument_redis(redis, tracer_provider)
     cache: ResponseCache
     events: EventStream
     if not settings.cache_enabled:
@@ -125,7 +146,15 @@ async def open_runtime(settings: ServiceSettings) -> AsyncIterator[Runtime]:
         if redis is not None
         else InProcessEventStream()
     )
-    runtime = Runtime(settings=settings, database=database, redis=redis, cache=cache, events=events)
+    runtime = Runtime(
+        settings=settings,
+        database=database,
+        redis=redis,
+        cache=MeteredCache(cache, metrics.count_cache),
+        events=events,
+        metrics=metrics,
+        tracer_provider=tracer_provider,
+    )
     try:
         yield runtime
     finally:

@@ -8,16 +8,23 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import FastAPI
 
+from regatta.common.logs import configure_logging
 from regatta.common.settings import ServiceSettings
+
+logger = logging.getLogger("regatta.serve")
 
 
 def serve(create_app: Callable[[], FastAPI]) -> None:
     """Build the app and serve it until SIGTERM/SIGINT, draining in-flight requests."""
     app = create_app()
     settings: ServiceSettings = app.state.settings
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    configure_logging(
+        level=settings.log_level,
+        log_format=settings.log_format,
+        service=app.state.service_name,
     )
+    if app.state.tracer_provider is not None:
+        logger.info("tracing on, as the OTEL_* variables configure it")
     # One process per pod (or per laptop): scale with replicas, so metrics stay per process.
     uvicorn.run(
         app,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -57,6 +57,8 @@ class ServiceSettings(BaseSettings):
     keepalive_seconds: int = Field(default=75, ge=1)
     graceful_shutdown_seconds: int = Field(default=20, ge=1)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    # One JSON object per line for Loki; "text" reads better in a terminal.
+    log_format: Literal["json", "text"] = "json"
 
     @model_validator(mode="before")
     @classmethod

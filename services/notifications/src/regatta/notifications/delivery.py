@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import aiosmtplib
 import httpcore
 import httpx
+from opentelemetry.trace import TracerProvider
 
 from regatta.notifications.models import Notification
 from regatta.notifications.settings import NotificationsSettings
@@ -52,7 +53,9 @@ def webhook_body(payload: Any) -> bytes:
 class Deliverer:
     """Holds the HTTP client and SMTP settings; delivers one notification per call."""
 
-    def __init__(self, settings: NotificationsSettings) -> None:
+    def __init__(
+        self, settings: NotificationsSettings, *, tracer_provider: TracerProvider | None = None
+    ) -> None:
         self.settings = settings
         self.policy = AddressPolicy(settings.allowed_networks)
         transport = httpx.AsyncHTTPTransport(retries=0)
@@ -70,6 +73,13 @@ class Deliverer:
             trust_env=False,  # a proxy would be the only address we check
             headers={"User-Agent": USER_AGENT},
         )
+        if tracer_provider is not None:
+            # A client span per webhook request, and a traceparent header the receiver may use.
+            from opentelemetry.instrumentation.httpx import (  # noqa: PLC0415 -- only when tracing
+                HTTPXClientInstrumentor,
+            )
+
+            HTTPXClientInstrumentor.instrument_client(self.http, tracer_provider=tracer_provider)
 
     async def close(self) -> None:
         """Close pooled connections."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -104,6 +104,18 @@ async def record_outcome(
     return bool(getattr(result, "rowcount", 0))
 
 
+async def due_backlog(session: AsyncSession) -> tuple[int, datetime | None]:
+    """How many queued notifications are due now, and since when the oldest has been."""
+    count, oldest = (
+        await session.execute(
+            select(func.count(), func.min(Notification.next_attempt_at)).where(
+                Notification.status == "queued", Notification.next_attempt_at <= utcnow()
+            )
+        )
+    ).one()
+    return int(count), oldest
+
+
 async def release_claims(session: AsyncSession, *, worker: str) -> int:
     """Hand back what this worker holds, uncounted, so another takes it at once (shutdown)."""
     result = await session.execute(
@@ -158,6 +170,7 @@ async def insert_event_notification(
     event_type: str,
     payload: dict[str, Any],
     now: datetime,
+    trace_context: str | None = None,
 ) -> None:
     """Queue one webhook for a subscription, unless this event already queued it."""
     values = {
@@ -173,6 +186,7 @@ async def insert_event_notification(
         "next_attempt_at": now,
         "created_at": now,
         "updated_at": now,
+        "trace_context": trace_context,
     }
     dialect = session.get_bind().dialect.name
     builder = postgresql.insert if dialect == "postgresql" else sqlite.insert

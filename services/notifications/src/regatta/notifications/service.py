@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Final
+from urllib.parse import urlsplit
 
 from fastapi import Request
+from opentelemetry.trace import Status, StatusCode, Tracer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.columns import utcnow
@@ -22,6 +26,13 @@ from regatta.common.idempotency import (
     StoredResponse,
     fingerprint,
 )
+from regatta.common.observability import (
+    PlatformMetrics,
+    continue_trace,
+    current_trace_context,
+    trace_exemplar,
+)
+from regatta.common.observability import tracer as tracer_for
 from regatta.common.pagination import UuidPageRequest, next_cursor
 from regatta.common.settings import ServiceSettings
 from regatta.notifications import repository
@@ -43,6 +54,8 @@ logger = logging.getLogger("regatta.notifications")
 
 SERVICE_NAME = "notifications"
 WAKEUP = "notifications"  # the in-process nudge from the API to a worker in the same process
+# How an attempt ended, by the status it left: what metrics and log lines call it.
+OUTCOMES: Final = {"delivered": "delivered", "queued": "retry", "failed": "failed"}
 
 
 def notifications_settings(settings: ServiceSettings) -> NotificationsSettings:
@@ -83,7 +96,7 @@ async def create_notification(
     """Store a notification (committed before this returns) and answer 202."""
     if isinstance(notification, WebhookCreate):
         check_url(str(notification.url), policy)
-        values = {
+        values: dict[str, object] = {
             "channel": "webhook",
             "url": str(notification.url),
             "payload": notification.payload,
@@ -95,6 +108,7 @@ async def create_notification(
             "subject": notification.subject,
             "body": notification.body,
         }
+    values["trace_context"] = current_trace_context()
 
     async def write(write_session: AsyncSession) -> StoredResponse:
         row = await repository.insert_notification(write_session, values)
@@ -188,33 +202,79 @@ async def fan_out(database: Database, event: Event) -> int:
                 event_type=event.type,
                 payload=payload,
                 now=now,
+                trace_context=current_trace_context(),
             )
     return len(subscriptions)
 
 
-async def _attempt(
+async def _attempt(  # noqa: PLR0917 -- one attempt needs all of these
     database: Database,
     deliverer: Deliverer,
     worker: str,
     settings: NotificationsSettings,
     notification: Notification,
+    metrics: PlatformMetrics,
+    tracer: Tracer,
 ) -> None:
-    if notification.attempts > settings.delivery_max_attempts:
-        # A worker died holding it after its last attempt: give up, loudly.
-        outcome = Outcome(delivered=False, error="delivery abandoned: attempts exhausted")
-    else:
-        outcome = await deliverer.deliver(notification)
-    values = outcome_values(notification, outcome, settings)
-    async with database.sessions() as session, session.begin():
-        await repository.record_outcome(session, notification.id, worker=worker, values=values)
-    logger.info(
-        "delivery %s via %s attempt %d: %s%s",
-        notification.id,
-        notification.channel,
-        notification.attempts,
-        values["status"],
-        f" ({outcome.error})" if outcome.error else "",
-    )
+    channel = notification.channel
+    with continue_trace(
+        tracer,
+        f"deliver {channel}",
+        notification.trace_context,
+        attributes={
+            "regatta.notification_id": str(notification.id),
+            "regatta.channel": channel,
+            "regatta.attempt": notification.attempts,
+        },
+    ) as span:
+        started = time.perf_counter()
+        if notification.attempts > settings.delivery_max_attempts:
+            # A worker died holding it after its last attempt: give up, loudly.
+            outcome = Outcome(delivered=False, error="delivery abandoned: attempts exhausted")
+        else:
+            outcome = await deliverer.deliver(notification)
+        duration = time.perf_counter() - started
+        values = outcome_values(notification, outcome, settings)
+        async with database.sessions() as session, session.begin():
+            await repository.record_outcome(session, notification.id, worker=worker, values=values)
+        result = OUTCOMES[str(values["status"])]
+        if outcome.error is not None:
+            span.set_status(Status(StatusCode.ERROR, outcome.error[:200]))
+        metrics.deliveries.labels(channel, result).inc()
+        metrics.delivery_attempt_duration.labels(channel).observe(
+            duration, exemplar=trace_exemplar()
+        )
+        if result != "retry":
+            accepted_for = (utcnow() - notification.created_at).total_seconds()
+            metrics.delivery_latency.labels(channel, result).observe(max(accepted_for, 0.0))
+            metrics.delivery_attempts.labels(channel, result).observe(notification.attempts)
+        logger.info(
+            "delivery %s via %s attempt %d: %s%s",
+            notification.id,
+            channel,
+            notification.attempts,
+            values["status"],
+            f" ({outcome.error})" if outcome.error else "",
+            extra={
+                "event": "delivery",
+                "notification_id": str(notification.id),
+                "channel": channel,
+                "target": _target(notification),
+                "event_type": notification.event_type,
+                "attempt": notification.attempts,
+                "outcome": result,
+                "status": values["status"],
+                "duration_ms": round(duration * 1000, 3),
+                "error": outcome.error,
+            },
+        )
+
+
+def _target(notification: Notification) -> str | None:
+    # Only the host or mail domain: a webhook URL's path may hold a token, an address is personal.
+    if notification.channel == "webhook":
+        return urlsplit(notification.url or "").hostname
+    return (notification.recipient or "").rpartition("@")[2] or None
 
 
 def backoff_seconds(attempt: int, settings: NotificationsSettings) -> float:
@@ -241,9 +301,17 @@ def outcome_values(
 
 
 async def deliver_batch(
-    *, database: Database, deliverer: Deliverer, worker: str, settings: NotificationsSettings
+    *,
+    database: Database,
+    deliverer: Deliverer,
+    worker: str,
+    settings: NotificationsSettings,
+    metrics: PlatformMetrics | None = None,
+    tracer: Tracer | None = None,
 ) -> Sequence[Notification]:
     """Claim due notifications, attempt them concurrently, record each outcome."""
+    metrics = metrics or PlatformMetrics(service_name=SERVICE_NAME)
+    tracer = tracer or tracer_for(None, __name__)
     async with database.sessions() as session, session.begin():
         claimed = await repository.claim_due(
             session,
@@ -252,6 +320,9 @@ async def deliver_batch(
             lease=timedelta(seconds=settings.delivery_lease_seconds),
         )
     await asyncio.gather(
-        *(_attempt(database, deliverer, worker, settings, notification) for notification in claimed)
+        *(
+            _attempt(database, deliverer, worker, settings, notification, metrics, tracer)
+            for notification in claimed
+        )
     )
     return claimed

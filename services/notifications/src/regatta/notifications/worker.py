@@ -9,12 +9,16 @@ a consumer group, taking over the pending entries of dead consumers with XAUTOCL
 from __future__ import annotations
 
 import logging
+import time
 
 from fastapi import FastAPI
+from opentelemetry.trace import SpanKind
 from redis.exceptions import ResponseError
 
 from regatta.common.app import create_app
+from regatta.common.columns import utcnow
 from regatta.common.events import Event, InProcessEventStream, RedisEventStream, consumer_name
+from regatta.common.observability import continue_trace
 from regatta.common.runtime import Runtime
 from regatta.common.serve import serve
 from regatta.notifications import repository
@@ -29,18 +33,45 @@ STALE_AFTER_MS = 60_000
 EVENTS_BATCH = 100
 BLOCK_MS = 1000
 ERROR_PAUSE_SECONDS = 2.0
+SAMPLE_SECONDS = 5.0  # how often the backlog and the stream lag are measured
+WORKER_SERVICE_NAME = "notifications-worker"
+
+
+async def _sample_backlog(runtime: Runtime) -> None:
+    async with runtime.database.sessions() as session:
+        due, oldest = await repository.due_backlog(session)
+    runtime.metrics.delivery_backlog.set(due)
+    waited = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+    runtime.metrics.delivery_oldest_due.set(max(waited, 0.0))
+
+
+async def _sample_stream(stream: RedisEventStream, runtime: Runtime) -> None:
+    lag, pending = await stream.group_lag(CONSUMER_GROUP)
+    if lag is not None:
+        runtime.metrics.stream_lag.labels(CONSUMER_GROUP).set(lag)
+    runtime.metrics.stream_pending.labels(CONSUMER_GROUP).set(pending)
 
 
 async def deliver_forever(runtime: Runtime) -> None:
     """Deliver due notifications until shutdown, then hand back anything still claimed."""
     settings = notifications_settings(runtime.settings)
-    deliverer = Deliverer(settings)
+    deliverer = Deliverer(settings, tracer_provider=runtime.tracer_provider)
+    tracer = runtime.tracer("regatta.notifications")
     worker = consumer_name()
+    next_sample = time.monotonic()
     try:
         while not runtime.stopping.is_set():
             try:
+                if time.monotonic() >= next_sample:
+                    await _sample_backlog(runtime)
+                    next_sample = time.monotonic() + SAMPLE_SECONDS
                 claimed = await deliver_batch(
-                    database=runtime.database, deliverer=deliverer, worker=worker, settings=settings
+                    database=runtime.database,
+                    deliverer=deliverer,
+                    worker=worker,
+                    settings=settings,
+                    metrics=runtime.metrics,
+                    tracer=tracer,
                 )
             except Exception:
                 logger.exception("delivery batch failed; retrying")
@@ -60,23 +91,41 @@ async def deliver_forever(runtime: Runtime) -> None:
 async def consume_events(runtime: Runtime) -> None:
     """Turn platform events into webhook notifications, one per matching subscription."""
     stream = runtime.events
+    tracer = runtime.tracer("regatta.notifications")
+    metrics = runtime.metrics
 
     async def handle(event: Event) -> None:
-        if await fan_out(runtime.database, event):
-            runtime.wake(WAKEUP)
+        with continue_trace(
+            tracer,
+            f"receive {event.type}",
+            event.trace_context,
+            kind=SpanKind.CONSUMER,
+            attributes={"messaging.message.id": event.id},
+        ):
+            if await fan_out(runtime.database, event):
+                runtime.wake(WAKEUP)
+        metrics.events_consumed.labels(CONSUMER_GROUP, event.type).inc()
+        metrics.event_lag.labels(CONSUMER_GROUP).observe(event.age_seconds())
 
     if isinstance(stream, InProcessEventStream):
+        # Handed over in-process as it is published: nothing ever waits in a stream.
+        metrics.stream_lag.labels(CONSUMER_GROUP).set(0)
+        metrics.stream_pending.labels(CONSUMER_GROUP).set(0)
         stream.subscribe(handle)
         await runtime.stopping.wait()
         return
     assert isinstance(stream, RedisEventStream)  # noqa: S101 -- the only other kind
     me = consumer_name()
     group_ready = False
+    next_sample = time.monotonic()
     while not runtime.stopping.is_set():
         try:
             if not group_ready:
                 await stream.ensure_group(CONSUMER_GROUP)
                 group_ready = True
+            if time.monotonic() >= next_sample:
+                await _sample_stream(stream, runtime)
+                next_sample = time.monotonic() + SAMPLE_SECONDS
             entries = await stream.claim_stale(
                 CONSUMER_GROUP, me, min_idle_ms=STALE_AFTER_MS, count=EVENTS_BATCH
             ) or await stream.read(CONSUMER_GROUP, me, count=EVENTS_BATCH, block_ms=BLOCK_MS)
@@ -100,7 +149,13 @@ def create_worker_app(settings: NotificationsSettings | None = None) -> FastAPI:
     """The worker process: health and metrics routes, delivery and event consumption."""
     settings = settings or NotificationsSettings()
     worker_settings = settings.model_copy(update={"port": settings.worker_port})
-    return create_app(worker_settings, [], title="Regatta notifications worker", workers=WORKERS)
+    return create_app(
+        worker_settings,
+        [],
+        title="Regatta notifications worker",
+        workers=WORKERS,
+        service_name=WORKER_SERVICE_NAME,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,136 @@
+"""Logs: one JSON object per line on stdout, carrying the request id and the trace.
+
+Every line has ``time``, ``level``, ``logger``, ``message`` and ``service``; ``request_id``,
+``trace_id`` and ``span_id`` whenever the line is written inside a request or a traced span;
+and the fields its caller passed in ``extra`` (a request line adds ``route``, ``method``,
+``path``, ``status`` and ``duration_ms``). Loki parses these fields (``observability/alloy``)
+and Grafana turns ``trace_id`` into a link to the trace.
+
+Nothing secret belongs in a log line, and callers never log bodies, headers or credentials. As
+a second line of defence the formatter blanks fields whose names say they are secret and masks
+bearer tokens and URL passwords in messages and tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from opentelemetry import trace
+
+from regatta.common.middleware import request_id_var
+
+access_logger = logging.getLogger("regatta.access")
+
+LogFormat = Literal["json", "text"]
+
+# Attributes every LogRecord has; anything else on a record came from ``extra`` (but uvicorn's
+# terminal-coloured copy of its message, which is noise here).
+_RECORD_ATTRIBUTES: Final = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
+    | {"message", "asctime", "taskName", "color_message"}
+)
+_SECRET_FIELDS: Final = frozenset(
+    {
+        "api_key",
+        "api_keys",
+        "authorization",
+        "body",
+        "database_url",
+        "password",
+        "redis_url",
+        "secret",
+        "secret_name",
+        "smtp_password",
+        "token",
+        "webhook_signing_secret",
+    }
+)
+REDACTED: Final = "[redacted]"
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+SERVER_ERROR: Final = 500
+
+
+def scrub(text: str) -> str:
+    """``text`` with bearer tokens and URL passwords masked."""
+    if "://" not in text and "bearer" not in text.lower():
+        return text  # the common case, without running the expressions
+    return _URL_PASSWORD.sub(rf"\1{REDACTED}@", _BEARER.sub(rf"\1{REDACTED}", text))
+
+
+class JsonFormatter(logging.Formatter):
+    """A log record as one JSON object on one line, with request and trace correlation."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record``."""
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": scrub(record.getMessage()),
+            "service": self.service,
+        }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            entry["trace_id"] = trace.format_trace_id(context.trace_id)
+            entry["span_id"] = trace.format_span_id(context.span_id)
+        for key, value in record.__dict__.items():
+            if key in _RECORD_ATTRIBUTES or key.startswith("_"):
+                continue
+            entry[key] = REDACTED if key.lower() in _SECRET_FIELDS else value
+        if record.exc_info:
+            entry["exception"] = scrub(self.formatException(record.exc_info))
+        return json.dumps(entry, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def configure_logging(*, level: str, log_format: LogFormat, service: str) -> None:
+    """Send every logger's records to stdout, as JSON lines or as plain text for a terminal."""
+    handler = logging.StreamHandler(sys.stdout)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def log_request(
+    *, service: str, route: str, method: str, path: str, status: int, duration_seconds: float
+) -> None:
+    """The one line a request leaves (never its query string, headers or body)."""
+    level = logging.ERROR if status >= SERVER_ERROR else logging.INFO
+    if not access_logger.isEnabledFor(level):
+        return
+    duration_ms = round(duration_seconds * 1000, 3)
+    access_logger.log(
+        level,
+        "%s %s %d %.1fms",
+        method,
+        path,
+        status,
+        duration_ms,
+        extra={
+            "event": "request",
+            "service": service,
+            "route": route,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+        },
+    )

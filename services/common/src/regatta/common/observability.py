@@ -1,0 +1,611 @@
+"""Metrics and traces of a Regatta process: what it exports and how trace context travels.
+
+Metrics: every app owns a ``CollectorRegistry`` (tests build many apps in one process) served at
+``/metrics`` — the Prometheus text format, or OpenMetrics with trace exemplars when the scraper
+asks for it. Route templates, never paths, label HTTP metrics, so ids cannot explode cardinality.
+With ``PROMETHEUS_MULTIPROC_DIR`` set, the processes serving together write their values to files
+there and ``/metrics`` adds them up (prometheus_client's multiprocess mode).
+
+Traces: off unless the standard ``OTEL_*`` variables ask for them (an OTLP endpoint, or
+``OTEL_TRACES_EXPORTER``). Then FastAPI, SQLAlchemy, Redis and httpx spans go out over OTLP/HTTP,
+sampled parent-based by trace-id ratio. When off nothing is instrumented: the only cost left is
+a context lookup where trace context is stored. Trace context travels with platform events (in
+the outbox row, the stream entry and the notification row), so a webhook delivery's span belongs
+to the trace of the request that caused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import prometheus_client
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from opentelemetry import propagate, trace
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator.metrics import Info
+
+from regatta.common.logs import log_request
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Link
+    from opentelemetry.trace.span import TraceState
+    from opentelemetry.util.types import Attributes
+    from redis.asyncio import Redis
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+logger = logging.getLogger("regatta.observability")
+
+# `foo_created` series double what Prometheus stores and no panel reads them.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# 1 ms to 10 s: the fast path (a cached read) and a slow database both land in a real bucket.
+LATENCY_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# Lags and end-to-end delivery latency: from milliseconds to an hour of retries.
+LAG_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)  # fmt: skip
+ATTEMPT_BUCKETS: Final = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50, 100)
+
+# Probes and scrapes are neither measured nor traced: they would drown the signal.
+UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
+MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+IDEMPOTENCY_OUTCOMES: Final = ("stored", "replayed", "conflict", "mismatch")
+DELIVERY_CHANNELS: Final = ("email", "webhook")
+DELIVERY_OUTCOMES: Final = ("delivered", "retry", "failed")
+TOO_MANY_REQUESTS: Final = "429"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory shared by processes serving together, when metrics are multi-process."""
+    return os.environ.get(MULTIPROCESS_ENV) or None
+
+
+class PlatformMetrics:
+    """Everything one app exports, registered in the app's own registry."""
+
+    def __init__(
+        self,
+        *,
+        service_name: str,
+        services: Sequence[str] = (),
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.service_name = service_name
+        self.services = frozenset(services)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        self.http_requests = Counter(
+            "http_requests_total",
+            "HTTP requests answered, by route template and status code.",
+            ["service_name", "handler", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "Time from the request's arrival to the end of its response, by route template.",
+            ["service_name", "handler", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "regatta_rate_limited_requests_total",
+            "Requests refused with 429 Too Many Requests.",
+            ["service_name"],
+            registry=r,
+        )
+        self.cache_requests = Counter(
+            "regatta_cache_requests_total",
+            "Response cache look-ups, by result (hit or miss).",
+            ["service_name", "result"],
+            registry=r,
+        )
+        self.pool_size = Gauge(
+            "regatta_db_pool_size",
+            "Connections the database pool keeps open (beyond them it may overflow).",
+            ["service_name"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.pool_checked_out = Gauge(
+            "regatta_db_pool_checked_out",
+            "Database connections currently in use.",
+            ["service_name"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.idempotency = Counter(
+            "regatta_idempotency_requests_total",
+            "Creating requests with an Idempotency-Key, by outcome "
+            "(stored, replayed, conflict: still in flight, mismatch: key reused).",
+            ["service_name", "outcome"],
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "regatta_outbox_backlog",
+            "Platform events written but not yet relayed to the stream.",
+            ["service_name"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.outbox_oldest_age = Gauge(
+            "regatta_outbox_oldest_age_seconds",
+            "Age of the oldest event still waiting in the outbox (0 when empty).",
+            ["service_name"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.outbox_relayed = Counter(
+            "regatta_outbox_relayed_total",
+            "Platform events relayed from the outbox to the stream.",
+            ["service_name"],
+            registry=r,
+        )
+        self.outbox_relay_lag = Histogram(
+            "regatta_outbox_relay_lag_seconds",
+            "Time from an event's commit to its publication on the stream.",
+            ["service_name"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.outbox_relay_errors = Counter(
+            "regatta_outbox_relay_errors_total",
+            "Relay rounds that failed (the events wait in the outbox and are retried).",
+            ["service_name"],
+            registry=r,
+        )
+        self.stream_lag = Gauge(
+            "regatta_stream_consumer_lag",
+            "Stream entries not yet read by the consumer group.",
+            ["group"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.stream_pending = Gauge(
+            "regatta_stream_pending",
+            "Stream entries read by the consumer group but not yet acknowledged.",
+            ["group"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.events_consumed = Counter(
+            "regatta_events_consumed_total",
+            "Platform events handled by a consumer group, by event type.",
+            ["group", "type"],
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "regatta_event_lag_seconds",
+            "Time from an event's commit to its handling by the consumer group.",
+            ["group"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "regatta_deliveries_total",
+            "Delivery attempts, by channel and outcome (delivered, retry, failed).",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.delivery_attempt_duration = Histogram(
+            "regatta_delivery_attempt_duration_seconds",
+            "Duration of one delivery attempt (SMTP conversation or webhook request).",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "regatta_delivery_latency_seconds",
+            "Time from a notification's acceptance to its final outcome (delivered or failed).",
+            ["channel", "outcome"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.delivery_attempts = Histogram(
+            "regatta_delivery_attempts",
+            "Attempts a notification took to reach its final outcome.",
+            ["channel", "outcome"],
+            buckets=ATTEMPT_BUCKETS,
+            registry=r,
+        )
+        self.delivery_backlog = Gauge(
+            "regatta_delivery_backlog",
+            "Notifications due for delivery and waiting for a worker.",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.delivery_oldest_due = Gauge(
+            "regatta_delivery_oldest_due_seconds",
+            "How long the longest-waiting due notification has waited (0 when none).",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        # Zero is an answer ("nothing was refused"), so these exist before the first event.
+        for name in services:
+            self.rate_limited.labels(name)
+            for outcome in IDEMPOTENCY_OUTCOMES:
+                self.idempotency.labels(name, outcome)
+        for channel in DELIVERY_CHANNELS:
+            for outcome in DELIVERY_OUTCOMES:
+                self.deliveries.labels(channel, outcome)
+        if multiprocess_dir() is None:
+            # Per-process CPU and memory; in multiprocess mode only files are aggregated.
+            r.register(_WithLabels(prometheus_client.ProcessCollector(registry=None), service_name))
+
+    def service_for(self, handler: str) -> str:
+        """The service a route template belongs to: its first segment, or this app's name."""
+        first = handler.split("/", 2)[1] if handler.startswith("/") else ""
+        return first if first in self.services else self.service_name
+
+    def observe_request(self, info: Info) -> None:
+        """Count and time one HTTP request, and write its log line."""
+        service = self.service_for(info.modified_handler)
+        handler = info.modified_handler
+        status = info.modified_status
+        self.http_requests.labels(service, handler, info.method, status).inc()
+        self.http_duration.labels(service, handler, info.method).observe(
+            info.modified_duration, exemplar=trace_exemplar()
+        )
+        if status == TOO_MANY_REQUESTS:
+            self.rate_limited.labels(service).inc()
+        log_request(
+            service=service,
+            route=handler,
+            method=info.method,
+            path=info.request.url.path,
+            status=int(status) if status.isdigit() else 0,
+            duration_seconds=info.modified_duration,
+        )
+
+    def count_cache(self, key: str, hit: bool) -> None:
+        """Count a cache look-up; keys start with the service's name (``items:42``)."""
+        self.cache_requests.labels(key.split(":", 1)[0], "hit" if hit else "miss").inc()
+
+    def count_idempotency(self, service: str, outcome: str) -> None:
+        """Count a keyed creating request's outcome."""
+        self.idempotency.labels(service, outcome).inc()
+
+    def sample_pool(self, engine: AsyncEngine) -> None:
+        """Record the pool's size and connections in use (read from the pool, no I/O)."""
+        pool = engine.pool
+        size = getattr(pool, "size", None)
+        checked_out = getattr(pool, "checkedout", None)
+        if callable(size) and callable(checked_out):
+            self.pool_size.labels(self.service_name).set(size())
+            self.pool_checked_out.labels(self.service_name).set(checked_out())
+
+
+class _WithLabels(Collector):
+    """Adds a ``service_name`` label to every sample of another collector."""
+
+    def __init__(self, inner: Collector, service_name: str) -> None:
+        self.inner = inner
+        self.service_name = service_name
+
+    def collect(self) -> Iterable[Metric]:
+        """The inner collector's families, each sample labelled."""
+        for family in self.inner.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                labelled.add_sample(
+                    sample.name,
+                    {**sample.labels, "service_name": self.service_name},
+                    sample.value,
+                    sample.timestamp,
+                    sample.exemplar,
+                )
+            yield labelled
+
+
+def trace_exemplar() -> dict[str, str] | None:
+    """The current sampled trace as an exemplar, linking a latency bucket to a trace."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid or not context.trace_flags.sampled:
+        return None
+    return {"trace_id": trace.format_trace_id(context.trace_id)}
+
+
+def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
+    """Measure and log every request (pure ASGI middleware) and serve ``/metrics``."""
+    Instrumentator(
+        should_group_status_codes=False,
+        excluded_handlers=[f"^{path}$" for path in UNOBSERVED_PATHS],
+        registry=metrics.registry,
+    ).add(metrics.observe_request).instrument(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def serve_metrics(request: Request) -> Response:
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            metrics.sample_pool(runtime.database.engine)
+        registry = metrics.registry
+        if multiprocess_dir() is not None:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encode(registry), headers={"Content-Type": content_type})
+
+
+FLUSH_TIMEOUT_MILLIS: Final = 5000
+
+
+@contextlib.asynccontextmanager
+async def flush_on_exit(provider: TracerProvider | None) -> AsyncIterator[None]:
+    """When the app stops: send the spans still queued, and leave the multiprocess sums.
+
+    Done at the end of the lifespan, because uvicorn ends the process by re-raising the
+    signal that stopped it, and then no ``atexit`` hook runs.
+    """
+    try:
+        yield
+    finally:
+        force_flush = getattr(provider, "force_flush", None)
+        if callable(force_flush):
+            await asyncio.to_thread(force_flush, FLUSH_TIMEOUT_MILLIS)
+        if multiprocess_dir() is not None:
+            # Live gauges (pool connections, backlogs) stop counting this process.
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+# --- Traces -----------------------------------------------------------------------------------
+
+_TRUE = {"true", "1", "yes", "on"}
+SUPPORTED_OTLP_PROTOCOL: Final = "http/protobuf"
+
+
+def tracing_requested(environ: Mapping[str, str]) -> bool:
+    """Whether the standard ``OTEL_*`` variables ask for traces."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
+        return False
+    exporters = environ.get("OTEL_TRACES_EXPORTER")
+    if exporters is not None:
+        return any(name.strip() not in {"", "none"} for name in exporters.split(","))
+    return bool(
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+class DropOrphanClientSpans(Sampler):
+    """Never start a trace with a client span: a background poll's query is noise, not a trace.
+
+    Spans of requests, deliveries and events, and everything under them, are sampled by the
+    delegate (parent-based trace-id ratio unless ``OTEL_TRACES_SAMPLER`` says otherwise).
+    """
+
+    def __init__(self, delegate: Sampler) -> None:
+        self.delegate = delegate
+
+    def should_sample(  # noqa: PLR0917 -- the SDK's Sampler signature
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        """Drop a client span without a parent; ask the delegate about everything else."""
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if kind is SpanKind.CLIENT and not parent.is_valid:
+            return SamplingResult(Decision.DROP)
+        return self.delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        """How the sampler decides."""
+        return f"DropOrphanClientSpans{{{self.delegate.get_description()}}}"
+
+
+def sampler_from_environment(environ: Mapping[str, str]) -> Sampler:
+    """``OTEL_TRACES_SAMPLER`` / ``_ARG``, parent-based trace-id ratio by default."""
+    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_traceidratio").strip().lower()
+    try:
+        ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+    except ValueError:
+        ratio = 1.0
+    ratio = min(max(ratio, 0.0), 1.0)
+    samplers: dict[str, Sampler] = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": TraceIdRatioBased(ratio),
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
+    }
+    if name not in samplers:
+        logger.warning("unknown OTEL_TRACES_SAMPLER %r; using parentbased_traceidratio", name)
+    return DropOrphanClientSpans(samplers.get(name, samplers["parentbased_traceidratio"]))
+
+
+def exporters_from_environment(environ: Mapping[str, str]) -> list[SpanExporter] | None:
+    """The span exporters ``OTEL_TRACES_EXPORTER`` names; None when one cannot be honoured."""
+    names = [
+        name.strip().lower()
+        for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")
+        if name.strip() not in {"", "none"}
+    ]
+    exporters: list[SpanExporter] = []
+    for name in names:
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name == "otlp":
+            protocol = environ.get(
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", SUPPORTED_OTLP_PROTOCOL),
+            )
+            if protocol.strip() != SUPPORTED_OTLP_PROTOCOL:
+                logger.error(
+                    "OTLP protocol %r is not supported, only %s (port 4318): tracing stays off",
+                    protocol,
+                    SUPPORTED_OTLP_PROTOCOL,
+                )
+                return None
+            # Imported here: the exporter pulls in requests, needless while tracing is off.
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+                OTLPSpanExporter,
+            )
+
+            exporters.append(OTLPSpanExporter())
+        else:
+            logger.error("unknown OTEL_TRACES_EXPORTER %r: tracing stays off", name)
+            return None
+    return exporters
+
+
+class _ProcessTracing:
+    """Tracing is decided once per process (the SDK allows one global provider)."""
+
+    decided = False
+    provider: TracerProvider | None = None
+
+
+def tracer_provider_from_environment(service_name: str) -> TracerProvider | None:
+    """This process's tracer provider, built once from ``OTEL_*``; None while tracing is off.
+
+    A provider someone else installed first (``opentelemetry-instrument``, an embedding program)
+    is used as it is. ``service_name`` names the process unless ``OTEL_SERVICE_NAME`` or
+    ``OTEL_RESOURCE_ATTRIBUTES`` does.
+    """
+    if _ProcessTracing.decided:
+        return _ProcessTracing.provider
+    _ProcessTracing.decided = True
+    installed = trace.get_tracer_provider()
+    if isinstance(installed, SdkTracerProvider):
+        _ProcessTracing.provider = installed
+        return installed
+    if not tracing_requested(os.environ):
+        return None
+    exporters = exporters_from_environment(os.environ)
+    if not exporters:
+        return None
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+    provider = SdkTracerProvider(resource=resource, sampler=sampler_from_environment(os.environ))
+    for exporter in exporters:
+        if isinstance(exporter, ConsoleSpanExporter):
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+        else:
+            # Batches leave from a background thread: the event loop never waits on export.
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _ProcessTracing.provider = provider
+    return provider
+
+
+def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
+    """A server span per request (named by route template), outermost, probes excluded."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: PLC0415
+
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=provider,
+        meter_provider=NoOpMeterProvider(),
+        excluded_urls=",".join(f"{path}$" for path in UNOBSERVED_PATHS),
+        exclude_spans=["receive", "send"],
+    )
+
+
+def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
+    """A client span per SQL statement on this engine (and no other)."""
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer  # noqa: PLC0415
+
+    unused = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
+    EngineTracer(  # type: ignore[no-untyped-call]
+        provider.get_tracer("opentelemetry.instrumentation.sqlalchemy"),
+        engine.sync_engine,
+        unused,
+    )
+
+
+def instrument_redis(client: Redis, provider: TracerProvider) -> None:
+    """A client span per Redis command or pipeline of this client (and no other)."""
+    from opentelemetry.instrumentation.redis import RedisInstrumentor  # noqa: PLC0415
+
+    RedisInstrumentor.instrument_client(client, tracer_provider=provider)
+
+
+def tracer(provider: TracerProvider | None, name: str) -> Tracer:
+    """A tracer from ``provider``; without one, a no-op tracer that still passes context on."""
+    if provider is None:
+        return trace.NoOpTracer()
+    return provider.get_tracer(name)
+
+
+def current_trace_context() -> str | None:
+    """The current trace context as a JSON carrier to store beside work done later, or None."""
+    return carrier_of(trace.get_current_span())
+
+
+def carrier_of(span: Span) -> str | None:
+    """The trace context of ``span`` as a JSON carrier (what :func:`parent_context` reads)."""
+    if not span.get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return json.dumps(carrier, separators=(",", ":")) if carrier else None
+
+
+def parent_context(carrier: str | None) -> Context | None:
+    """The context stored in a JSON carrier, to start a span under; None without one."""
+    if not carrier:
+        return None
+    try:
+        fields: Any = json.loads(carrier)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    return propagate.extract({str(key): str(value) for key, value in fields.items()})
+
+
+@contextlib.contextmanager
+def continue_trace(
+    tracer: Tracer,
+    name: str,
+    carrier: str | None,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, str | int] | None = None,
+) -> Iterator[Span]:
+    """A current span continuing the trace stored in ``carrier`` (a new trace without one)."""
+    with tracer.start_as_current_span(
+        name, context=parent_context(carrier), kind=kind, attributes=dict(attributes or {})
+    ) as span:
+        yield span

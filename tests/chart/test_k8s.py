@@ -70,6 +70,13 @@ def test_monitoring_finds_the_charts_objects_and_grafana_has_data() -> None:
     assert loki["type"] == "loki"
     alloy = load_yaml(K8S / "addons" / "alloy.yaml")["alloy"]["configMap"]["content"]
     assert loki["url"] in alloy
+    # The cluster parses logs exactly as observability/alloy/config.alloy does.
+    checked = (K8S.parent / "observability" / "alloy" / "config.alloy").read_text(encoding="utf-8")
+    assert _pipeline(alloy) == _pipeline(checked)
+
+
+def _pipeline(config: str) -> str:
+    return config[config.index('loki.process "regatta"') : config.index('loki.write "default"')]
 
 
 def test_every_add_on_chart_version_is_pinned() -> None:

@@ -139,6 +139,8 @@ def _spawn(
     log_path: Path,
     run_as: pwd.struct_passwd | None,
     death_signal: signal.Signals,
+    env: dict[str, str],
+    cwd: Path | None,
 ) -> subprocess.Popen[bytes]:
     # The server is a direct child (no runuser or pg_ctl in between) so our signals
     # reach it unchanged; a new session keeps a terminal's Ctrl-C away from it so
@@ -149,8 +151,8 @@ def _spawn(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=log_path.parent,
-            env=_clean_env(),
+            cwd=cwd,
+            env=env,
             start_new_session=True,
             preexec_fn=_die_with_parent(death_signal),  # noqa: PLW1509 - only calls prctl
             **_credentials(run_as),
@@ -385,6 +387,8 @@ class _Server:
             log_path=self._log_path,
             run_as=self._run_as(),
             death_signal=self._death_signal,
+            env=_clean_env(),
+            cwd=self._log_path.parent,
         )
         try:
             _wait_until_ready(process, self._ready, what=self._what, log_path=self._log_path)
@@ -579,17 +583,9 @@ def spawn_child(
     argv: list[str], *, log_path: Path, env: dict[str, str], cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a child that the kernel stops (SIGTERM) if this process dies first."""
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent(signal.SIGTERM),  # noqa: PLW1509 - only calls prctl
-        )
+    return _spawn(
+        argv, log_path=log_path, run_as=None, death_signal=signal.SIGTERM, env=env, cwd=cwd
+    )
 
 
 def stop_child(

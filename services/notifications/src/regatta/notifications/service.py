@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 from opentelemetry.trace import Status, StatusCode, Tracer
+from pydantic import AnyHttpUrl
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.columns import utcnow
@@ -73,12 +74,10 @@ def parse_id(raw: str, what: str) -> uuid.UUID:
         raise ProblemError(404, f"No {what} has id {raw[:64]!r}.", slug="not-found") from None
 
 
-def check_url(url: str, policy: AddressPolicy) -> None:
+def check_url(url: AnyHttpUrl, policy: AddressPolicy) -> None:
     """Refuse a URL whose host is a literal address webhooks may not reach (422)."""
-    host = str(url).split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
-    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     try:
-        policy.check_literal_host(host)
+        policy.check_literal_host(url.host or "")
     except BlockedAddressError as exc:
         raise invalid_field("url", "body", f"not a reachable public address: {exc}") from exc
 
@@ -95,7 +94,7 @@ async def create_notification(
 ) -> StoredResponse:
     """Store a notification (committed before this returns) and answer 202."""
     if isinstance(notification, WebhookCreate):
-        check_url(str(notification.url), policy)
+        check_url(notification.url, policy)
         values: dict[str, object] = {
             "channel": "webhook",
             "url": str(notification.url),
@@ -156,7 +155,7 @@ async def create_subscription(
     *, session: AsyncSession, policy: AddressPolicy, subscription: SubscriptionCreate
 ) -> SubscriptionRead:
     """Subscribe a webhook to one event type."""
-    check_url(str(subscription.url), policy)
+    check_url(subscription.url, policy)
     async with session.begin():
         row = await repository.insert_subscription(
             session, event=subscription.event, url=str(subscription.url)

@@ -424,9 +424,15 @@ async def test_every_dashboard_query_and_recording_rule_returns_series(
 
                 async def all_up() -> bool:
                     try:
-                        return len(await query(client, prometheus, "up == 1")) == len(PROCESSES)
+                        answer = await client.get(
+                            f"{prometheus}/api/v1/query", params={"query": "up == 1"}
+                        )
                     except httpx.TransportError:
                         return False
+                    # Prometheus answers 503 until its storage is ready: not up yet.
+                    if answer.status_code == httpx.codes.SERVICE_UNAVAILABLE:
+                        return False
+                    return len(await query(client, prometheus, "up == 1")) == len(PROCESSES)
 
                 # Scrapes before the traffic, so counters are seen rising from their start.
                 await wait_until(

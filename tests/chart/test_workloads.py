@@ -279,10 +279,11 @@ def test_network_policies_fence_the_data_and_the_apis(value_set: str) -> None:
         if policy["metadata"]["name"] in {"regatta-postgresql", "regatta-redis", "regatta-pg"}:
             for labels in _pod_peers(policy):
                 assert labels.keys() & data_clients, policy["metadata"]["name"]
-    # Clients of the data are exactly the services, their worker and their migrations.
+    # Clients of the data are exactly the services, their worker and their migrations (and
+    # the operator, which creates each ApiService's database).
     for workload in rendered.workloads():
         is_client = pod_labels(workload).get("regatta.dev/database-client") == "true"
-        assert is_client == (tier(workload) in {"api", "worker", "migrations"})
+        assert is_client == (tier(workload) in {"api", "worker", "migrations", "operator"})
     api_policy = rendered.get("NetworkPolicy", "regatta-api")
     assert api_policy["spec"]["policyTypes"] == ["Ingress"]
     for rule in api_policy["spec"]["ingress"]:
@@ -366,11 +367,18 @@ def test_the_worker_scales_on_stream_lag_with_keda() -> None:
 
 def test_the_operator_has_least_privilege_rbac() -> None:
     rendered = render_set("production")
-    (role,) = rendered.kind("Role")
-    for rule in role["rules"]:
-        assert "*" not in rule["verbs"]
-        assert "*" not in rule["resources"]
-        assert "secrets" not in rule["resources"]
+    # kopf's own rules and the application's, each bound to the operator's ServiceAccount.
+    roles = {role["metadata"]["name"]: role for role in rendered.kind("Role")}
+    assert set(roles) == {"regatta-operator", "regatta-operator-kopf"}
+    bound = {b["roleRef"]["name"] for b in rendered.kind("RoleBinding")}
+    assert set(roles) <= bound
+    for role in roles.values():
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"]
+            assert "*" not in rule["resources"]
+            # Secrets (each ApiService's credentials) are written by name, never listed.
+            if "secrets" in rule["resources"]:
+                assert not {"list", "watch"} & set(rule["verbs"])
     operator = rendered.get("Deployment", "regatta-operator")
     assert operator["spec"]["strategy"]["type"] == "Recreate"
     args = pod_spec(operator)["containers"][0]["args"]

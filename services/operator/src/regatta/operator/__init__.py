@@ -1,0 +1,1 @@
+"""The Regatta operator: ApiService resources reconciled into workloads (kopf)."""

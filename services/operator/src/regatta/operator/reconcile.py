@@ -1,0 +1,297 @@
+"""Reconcile by state: whatever happened, build what the ApiService should be and make it so.
+
+`reconcile()` runs on create, update, resume and on a timer; it never raises for a bad spec or
+an unreachable database, it reports them in the status conditions (`Ready`, `Progressing`,
+`Degraded`) and tries again on the next tick. `finalize()` runs on deletion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import kopf
+
+from regatta.operator import database
+from regatta.operator.builders import (
+    DATABASE_CONNECTION_SUFFIX,
+    REDIS_CONNECTION_SUFFIX,
+    Manifest,
+    Target,
+    build_children,
+    build_secret,
+    desired_replicas,
+    service_url,
+    stub,
+)
+from regatta.operator.kube import Cluster, HttpError, secret_values
+from regatta.operator.settings import PlatformSettings
+from regatta.operator.spec import ApiServiceSpec, InvalidSpecError, parse_spec
+
+logger = logging.getLogger(__name__)
+
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One standard condition (metav1.Condition without the bookkeeping)."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def failed(reason: str, message: str, *, waiting: str) -> list[Condition]:
+    """The conditions of a service that cannot converge until something changes."""
+    return [
+        Condition("Ready", status=False, reason=reason, message="see the Degraded condition"),
+        Condition("Progressing", status=False, reason=reason, message=waiting),
+        Condition("Degraded", status=True, reason=reason, message=message),
+    ]
+
+
+def converged(*, ready: bool, message: str) -> list[Condition]:
+    """The conditions once every child is written: ready, or rolling out."""
+    return [
+        Condition(
+            "Ready", status=ready, reason="Available" if ready else "RollingOut", message=message
+        ),
+        Condition(
+            "Progressing",
+            status=not ready,
+            reason="Complete" if ready else "RollingOut",
+            message=message,
+        ),
+        Condition(
+            "Degraded", status=False, reason="AsExpected", message="every object is in place"
+        ),
+    ]
+
+
+class _DegradedError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _now() -> str:
+    return dt.datetime.now(tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_conditions(
+    conditions: Sequence[Condition],
+    *,
+    generation: int,
+    previous: Sequence[Mapping[str, Any]] = (),
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """Conditions as the API wants them; a transition time changes only when the status does."""
+    before = {item.get("type"): item for item in previous}
+    timestamp = now or _now()
+    rendered = []
+    for condition in conditions:
+        status = "True" if condition.status else "False"
+        old = before.get(condition.type) or {}
+        changed = old.get("status") != status
+        rendered.append(
+            {
+                "type": condition.type,
+                "status": status,
+                "reason": condition.reason,
+                "message": condition.message,
+                "observedGeneration": generation,
+                "lastTransitionTime": timestamp if changed else old["lastTransitionTime"],
+            }
+        )
+    return rendered
+
+
+def _rollout(deployment: Manifest | None, want: int) -> tuple[bool, str]:
+    """Whether the Deployment runs the current template on enough available replicas."""
+    if deployment is None:
+        return False, "the Deployment does not exist yet"
+    status = deployment.get("status") or {}
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    replicas = deployment.get("spec", {}).get("replicas", want)
+    if status.get("observedGeneration", 0) < generation:
+        return False, "the Deployment controller has not seen the latest template yet"
+    updated = status.get("updatedReplicas", 0)
+    available = status.get("availableReplicas", 0)
+    if updated < replicas or available < replicas:
+        return False, f"{available} of {replicas} replicas available, {updated} updated"
+    return True, f"{available} of {replicas} replicas available"
+
+
+def _with_fqdn(url: str, namespace: str) -> str:
+    # The platform's own Services are named without a domain inside its namespace.
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not host or "." in host or host == "localhost":
+        return url
+    netloc = parts.netloc.replace(f"@{host}", f"@{host}.{namespace}.svc", 1)
+    if "@" not in parts.netloc:
+        netloc = parts.netloc.replace(host, f"{host}.{namespace}.svc", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _database_secret(
+    target: Target, settings: PlatformSettings, cluster: Cluster
+) -> Manifest:
+    """Provision the service's database and return the Secret holding its DATABASE_URL."""
+    if not settings.database_admin_url:
+        raise _DegradedError(
+            "DatabaseUnavailable", "the operator has no database admin connection configured"
+        )
+    name = database.database_name(target.namespace, target.name)
+    placeholder = stub("Secret", target.name + DATABASE_CONNECTION_SUFFIX, target.namespace)
+    existing = await cluster.read(placeholder)
+    password = secret_values(existing).get("password", "") if existing else ""
+    password = password or database.new_password()
+    try:
+        await database.provision(settings.database_admin_url, database=name, password=password)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        logger.warning("provisioning database %s failed: %s", name, exc)
+        raise _DegradedError(
+            "DatabaseProvisioningFailed", f"database {name}: {type(exc).__name__}"
+        ) from exc
+    url = database.service_database_url(
+        settings.database_admin_url, database=name, password=password, namespace=settings.namespace
+    )
+    return build_secret(
+        target,
+        settings,
+        suffix=DATABASE_CONNECTION_SUFFIX,
+        data={"DATABASE_URL": url, "username": name, "password": password, "database": name},
+    )
+
+
+def _redis_secret(target: Target, settings: PlatformSettings) -> Manifest:
+    if not settings.redis_url:
+        raise _DegradedError("RedisUnavailable", "the operator has no Redis connection configured")
+    return build_secret(
+        target,
+        settings,
+        suffix=REDIS_CONNECTION_SUFFIX,
+        data={"REDIS_URL": _with_fqdn(settings.redis_url, settings.namespace)},
+    )
+
+
+def _check_name(target: Target, settings: PlatformSettings) -> None:
+    if target.namespace == settings.namespace and target.name in settings.reserved_names:
+        msg = f"the name {target.name!r} belongs to one of the platform's own workloads"
+        raise InvalidSpecError(msg)
+
+
+async def _converge(
+    target: Target, settings: PlatformSettings, cluster: Cluster, *, owner: Mapping[str, Any]
+) -> Manifest | None:
+    """Write every child, adopted by the owner; returns the Deployment as the server has it."""
+    spec = target.spec
+    connection_secrets: list[Manifest] = []
+    unwanted: list[Manifest] = []
+    if spec.database:
+        connection_secrets.append(await _database_secret(target, settings, cluster))
+    else:
+        unwanted.append(stub("Secret", target.name + DATABASE_CONNECTION_SUFFIX, target.namespace))
+    if spec.redis:
+        connection_secrets.append(_redis_secret(target, settings))
+    else:
+        unwanted.append(stub("Secret", target.name + REDIS_CONNECTION_SUFFIX, target.namespace))
+    present, absent = build_children(target, settings)
+    deployment: Manifest | None = None
+    # Secrets first: the pods reference them.
+    wanted = [*connection_secrets, *present]
+    adopt_all(wanted, owner)
+    for manifest in wanted:
+        applied = await cluster.apply(manifest)
+        if manifest["kind"] == "Deployment":
+            deployment = applied
+    for manifest in [*unwanted, *absent]:
+        await cluster.remove(manifest)
+    return deployment
+
+
+def adopt_all(manifests: Sequence[Manifest], owner: Mapping[str, Any]) -> None:
+    """Owner references to the ApiService (Kubernetes deletes the children with it)."""
+    kopf.adopt(list(manifests), owner=owner)  # type: ignore[arg-type]
+
+
+async def reconcile(
+    *,
+    body: Mapping[str, Any],
+    settings: PlatformSettings,
+    cluster: Cluster,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """Make the ApiService's children match its spec; returns its new status."""
+    metadata = body["metadata"]
+    generation = int(metadata.get("generation", 1))
+    previous = (body.get("status") or {}).get("conditions") or []
+    status: dict[str, Any] = {"observedGeneration": generation}
+    try:
+        spec: ApiServiceSpec = parse_spec(dict(body.get("spec") or {}))
+        target = Target(name=metadata["name"], namespace=metadata["namespace"], spec=spec)
+        _check_name(target, settings)
+    except InvalidSpecError as exc:
+        conditions = failed("InvalidSpec", str(exc), waiting="waiting for a corrected spec")
+        status["conditions"] = render_conditions(
+            conditions, generation=generation, previous=previous, now=now
+        )
+        return status
+    status["url"] = service_url(target, settings)
+    try:
+        deployment = await _converge(target, settings, cluster, owner=body)
+    except _DegradedError as exc:
+        conditions = failed(exc.reason, exc.message, waiting="retrying on the next resync")
+    except HttpError as exc:
+        logger.warning("writing the children of %s failed: %s", target.name, exc)
+        conditions = failed("ApiError", str(exc), waiting="retrying on the next resync")
+    else:
+        ready, message = _rollout(deployment, desired_replicas(target, settings))
+        conditions = converged(ready=ready, message=message)
+    status["conditions"] = render_conditions(
+        conditions, generation=generation, previous=previous, now=now
+    )
+    return status
+
+
+def status_changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of the new status that differ from the current one (what to patch)."""
+    return {key: value for key, value in new.items() if current.get(key) != value}
+
+
+async def finalize(
+    *, body: Mapping[str, Any], settings: PlatformSettings, cluster: Cluster
+) -> None:
+    """Delete the ApiService's children now, and its database only if the spec says so."""
+    metadata = body["metadata"]
+    name, namespace = metadata["name"], metadata["namespace"]
+    spec = dict(body.get("spec") or {})
+    kinds = [
+        "Ingress",
+        "HTTPRoute",
+        "ServiceMonitor",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "Service",
+        "Deployment",
+    ]
+    for kind in kinds:
+        await cluster.remove(stub(kind, name, namespace))
+    for suffix in (DATABASE_CONNECTION_SUFFIX, REDIS_CONNECTION_SUFFIX):
+        await cluster.remove(stub("Secret", name + suffix, namespace))
+    if spec.get("database") and spec.get("databaseDeletionPolicy") == "Delete":
+        if not settings.database_admin_url:
+            raise kopf.TemporaryError("no database admin connection to drop the database", delay=60)
+        await database.drop(
+            settings.database_admin_url, database=database.database_name(namespace, name)
+        )

@@ -417,10 +417,19 @@ class PostgresServer(_Server):
         if os_user is not None:
             os.chown(self._base, os_user.pw_uid, os_user.pw_gid)
 
-    def url(self, database: str = "postgres", *, driver: str | None = "asyncpg") -> str:
-        """Build a URL for database; driver=None gives a plain libpq/asyncpg DSN."""
+    def url(
+        self,
+        database: str = "postgres",
+        *,
+        driver: str | None = "asyncpg",
+        port: int | None = None,
+    ) -> str:
+        """Build a URL for database; driver=None gives a plain libpq/asyncpg DSN.
+
+        ``port`` replaces the server's own port (to reach it through a proxy).
+        """
         scheme = "postgresql" if driver is None else f"postgresql+{driver}"
-        return f"{scheme}://{self.superuser}@{self.host}:{self.port}/{database}"
+        return f"{scheme}://{self.superuser}@{self.host}:{port or self.port}/{database}"
 
     def psql(self, sql: str, *, database: str = "postgres") -> str:
         """Run sql through psql as the superuser and return its unaligned output."""
@@ -511,9 +520,9 @@ class RedisServer(_Server):
         super().__init__("regatta-redis-")
         self._executable = executable
 
-    def url(self, db: int = 0) -> str:
-        """Build a redis:// URL for logical database db."""
-        return f"redis://{self.host}:{self.port}/{db}"
+    def url(self, db: int = 0, *, port: int | None = None) -> str:
+        """Build a redis:// URL for logical database db (``port``: through a proxy)."""
+        return f"redis://{self.host}:{port or self.port}/{db}"
 
     def command(self, *args: str) -> bytes:
         """Send one command and return the raw RESP reply line."""

@@ -8,7 +8,9 @@ Prometheus scraping everything (when installed) — all local processes on free 
     python infra/local/stack.py down    # stop everything
     python infra/local/stack.py run     # the same, in the foreground (Ctrl-C stops)
 
-The end-to-end and benchmark suites start a :class:`Stack` themselves.
+The end-to-end, reliability and benchmark suites start a :class:`Stack` themselves; the
+reliability suite routes the services' database and Redis connections through fault-injecting
+proxies (``dependency_port``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +47,9 @@ from daemons import (
 
 SERVICES = ("items", "heroes", "notifications")
 READY_TIMEOUT_SECONDS = 90.0
+# Longer than a replica's drain: SHUTDOWN_DELAY_SECONDS + GRACEFUL_SHUTDOWN_SECONDS + the
+# background tasks' grace, with the defaults.
+DRAIN_TIMEOUT_SECONDS = 45.0
 STATE_DIR = Path(".stack")
 
 
@@ -72,11 +79,34 @@ class Stack:
     prometheus_port: int | None = None
     database_url: str = ""
     redis_url: str = ""
+    # Given ("postgres" | "redis", the server's port), the port the services should connect
+    # to instead: a proxy in front of the server. None: straight to the servers.
+    dependency_port: Callable[[str, int], int] | None = None
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._postgres: PostgresServer | None = None
         self._redis: RedisServer | None = None
+        # Children get SIGTERM when the *thread* that started them ends (PR_SET_PDEATHSIG is
+        # per thread), so all of them are started from this one, which outlives them: the
+        # stack may then be driven from any thread (asyncio.to_thread, say).
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-spawner")
+
+    @property
+    def postgres(self) -> PostgresServer:
+        """The running Postgres server (for direct access, bypassing any proxy)."""
+        if self._postgres is None:
+            msg = "the stack is not running"
+            raise RuntimeError(msg)
+        return self._postgres
+
+    @property
+    def redis(self) -> RedisServer:
+        """The running Redis server (for direct access, bypassing any proxy)."""
+        if self._redis is None:
+            msg = "the stack is not running"
+            raise RuntimeError(msg)
+        return self._redis
 
     @property
     def gateway(self) -> str:
@@ -104,11 +134,13 @@ class Stack:
         self._postgres = PostgresServer(find_postgres_bindir(), postgres_os_user())
         self._postgres.__enter__()
         self._postgres.start()
-        self.database_url = self._postgres.url(self._postgres.create_database())
+        self.database_url = self._postgres.url(
+            self._postgres.create_database(), port=self._route("postgres", self._postgres.port)
+        )
         self._redis = RedisServer(find_redis())
         self._redis.__enter__()
         self._redis.start()
-        self.redis_url = self._redis.url()
+        self.redis_url = self._redis.url(port=self._route("redis", self._redis.port))
         self._migrate()
         for service in SERVICES:
             self.upstreams[service] = [
@@ -124,10 +156,15 @@ class Stack:
         self._start_prometheus()
 
     def stop(self) -> None:
-        """Stop everything, newest first; servers last."""
+        """Stop everything, newest first (draining side by side); servers last."""
         for child in reversed(self.children):
-            stop_child(child.process, signal.SIGQUIT if child.name == "nginx" else signal.SIGTERM)
+            if child.process.poll() is None:
+                child.process.send_signal(_stop_signal(child.name))
+        for child in reversed(self.children):
+            stop_child(child.process, _stop_signal(child.name))
         self.children.clear()
+        self._spawner.shutdown()
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-spawner")
         for server in (self._redis, self._postgres):
             if server is not None:
                 server.close()
@@ -150,12 +187,18 @@ class Stack:
 
     def child(self, name: str) -> Child:
         """A running child by name (``items-1``, ``worker``, ``nginx`` ...)."""
-        return next(c for c in self.children if c.name == name)
+        # A copy (atomic): restarts in other threads may change the list meanwhile.
+        return next(c for c in list(self.children) if c.name == name)
 
     def restart(self, name: str) -> None:
-        """Stop one replica gracefully and start it again on the same port."""
+        """Stop one replica gracefully (SIGTERM: it drains) and start it again on its port."""
         child = self.child(name)
-        stop_child(child.process)
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+        try:
+            child.process.wait(DRAIN_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            stop_child(child.process, signal.SIGKILL)
         self.children.remove(child)
         module = (
             "regatta.notifications.worker"
@@ -166,6 +209,14 @@ class Stack:
         self._start_python(name, module, port_variable, port=child.port)
         assert child.port is not None  # noqa: S101 -- every Python child has a port
         self._wait_ready(child.port)
+
+    def _spawn(
+        self, argv: list[str], *, log_path: Path, env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        return self._spawner.submit(spawn_child, argv, log_path=log_path, env=env).result()
+
+    def _route(self, dependency: str, port: int) -> int:
+        return port if self.dependency_port is None else self.dependency_port(dependency, port)
 
     def _migrate(self) -> None:
         for service in SERVICES:
@@ -187,12 +238,12 @@ class Stack:
         port = port or free_port()
         log_path = self.directory / f"{name}.log"
         env = {**self.service_env(), port_variable: str(port)}
-        process = spawn_child([sys.executable, "-m", module], log_path=log_path, env=env)
+        process = self._spawn([sys.executable, "-m", module], log_path=log_path, env=env)
         self.children.append(Child(name, process, log_path, port))
         return port
 
     def _wait_ready(self, port: int) -> None:
-        child = next(c for c in self.children if c.port == port)
+        child = next(c for c in list(self.children) if c.port == port)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if child.process.poll() is not None:
@@ -215,7 +266,7 @@ class Stack:
         config = self.directory / "nginx.conf"
         config.write_text(nginx_config(self.gateway_port, self.upstreams, self.directory))
         log_path = self.directory / "nginx.log"
-        process = spawn_child(
+        process = self._spawn(
             [
                 nginx,
                 "-c",
@@ -251,7 +302,7 @@ class Stack:
         config = self.directory / "prometheus.yml"
         config.write_text(prometheus_config(targets))
         log_path = self.directory / "prometheus.log"
-        process = spawn_child(
+        process = self._spawn(
             [
                 prometheus,
                 f"--config.file={config.resolve()}",
@@ -278,6 +329,11 @@ class Stack:
         }
 
 
+def _stop_signal(name: str) -> signal.Signals:
+    # nginx's graceful stop is SIGQUIT (its SIGTERM is a fast shutdown).
+    return signal.SIGQUIT if name == "nginx" else signal.SIGTERM
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 -- loopback only
@@ -296,9 +352,20 @@ def nginx_config(port: int, upstreams: dict[str, list[int]], directory: Path) ->
     }}"""
         for service, ports in upstreams.items()
     )
+    # A request with an Idempotency-Key may be sent again after it reached a replica that then
+    # failed it (a replica that closed the connection as it shut down): the key makes the
+    # retry replay rather than repeat. Other POSTs and PATCHes are never resent once sent.
+    route = (
+        "{{ error_page 418 = @{service}_keyed; if ($http_idempotency_key) {{ return 418; }} "
+        "proxy_pass http://{service}; }}"
+    )
     routes = "\n".join(
-        f"""        location = /{service} {{ proxy_pass http://{service}; }}
-        location /{service}/ {{ proxy_pass http://{service}; }}"""
+        f"""        location = /{service} {route.format(service=service)}
+        location /{service}/ {route.format(service=service)}
+        location @{service}_keyed {{
+            proxy_next_upstream error non_idempotent;
+            proxy_pass http://{service};
+        }}"""
         for service in upstreams
     )
     user = "user root;" if os.geteuid() == 0 else ""
@@ -323,7 +390,8 @@ http {{
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_set_header X-Forwarded-Proto $scheme;
     # A replica that is restarting refuses connections: try the other one (safe for any
-    # method, since nothing was sent).
+    # method, since nothing was sent). A request sent on a connection the replica closed as it
+    # stopped is retried too, but only for methods nginx deems idempotent (not POST or PATCH).
     proxy_next_upstream error timeout;
     proxy_read_timeout 30s;
 {blocks}

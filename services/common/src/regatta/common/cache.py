@@ -5,18 +5,31 @@ its new version before it returns, and a reader may only store an entry whose ve
 older than what the cache holds. So a reader that fetched the row just before a write commits
 can never put the old bytes back after the write's invalidation: no replica serves a stale item
 after a successful write.
+
+A write made while Redis is unreachable cannot leave its tombstone, so Redis may come back
+holding the old bytes. Two things keep them from being served. Every Redis connection a process
+opens first advances a shared *generation* counter, and the process then trusts only entries
+stored at that generation or later (entries are stamped with the generation current when they
+are stored). An outage breaks every connection, so after it each process reconnects, advances
+the generation and reads the old bytes as misses: the first read after recovery goes to the
+database. And the tombstones that could not be written are remembered and written once Redis
+answers again, which also covers a process cut off from Redis alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
 from cachetools import TTLCache
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.connection import AbstractConnection
+
+from regatta.common.pipelined import PipelinedRedis
 
 logger = logging.getLogger("regatta.cache")
 
@@ -88,7 +101,32 @@ class NullCache:
         """Nothing to forget."""
 
 
-# One round trip, atomic: refuse to move an entry backwards in version.
+# Tombstones owed to Redis (writes made while it was unreachable), at most this many keys; the
+# generation covers the rest when the outage broke the connections.
+MAX_OWED_TOMBSTONES = 10_000
+
+
+class CacheGeneration:
+    """The oldest generation of cache entries this process trusts (see the module docstring)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.current = 0
+
+    async def on_connect(self, connection: AbstractConnection) -> None:
+        """Set up a new redis-py connection, then advance the generation before any command."""
+        await connection.on_connect()
+        await connection.send_command("INCR", self.key)
+        self.current = int(await connection.read_response())
+
+    async def advance(self, redis: Redis) -> None:
+        """Advance the generation (for a connection that redis-py does not open)."""
+        self.current = int(await redis.incr(self.key))
+
+
+# One round trip, atomic: refuse to move an entry backwards in version; stamp it with the
+# current generation. Layout: version, an empty line (so readers of the layout before
+# generations see a miss, not garbage), generation, ETag (empty for a tombstone), body.
 _STORE_IF_NOT_OLDER = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -97,7 +135,8 @@ if current then
     return 0
   end
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local generation = redis.call('GET', KEYS[2]) or '0'
+redis.call('SET', KEYS[1], ARGV[1] .. '\\n\\n' .. generation .. '\\n' .. ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
@@ -105,44 +144,102 @@ return 1
 class RedisCache:
     """Cache shared by every replica. Redis trouble degrades to misses, never to errors."""
 
-    def __init__(self, redis: Redis, *, ttl_seconds: int, prefix: str = "") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        ttl_seconds: int,
+        prefix: str = "",
+        reader: PipelinedRedis | None = None,
+        generation: CacheGeneration | None = None,
+    ) -> None:
         self._redis = redis
+        # Reads over one pipelined connection when given (pipelined.py); writes use ``redis``.
+        self._reader = reader
         self._prefix = prefix
         self._ttl_ms = ttl_seconds * 1000
         self._store_script = redis.register_script(_STORE_IF_NOT_OLDER)
+        # Without one (a client whose connections do not advance it), every entry is trusted.
+        self.generation = generation or CacheGeneration(prefix + "generation")
+        # key → version of the tombstone a write could not leave, oldest first.
+        self._owed: OrderedDict[str, int] = OrderedDict()
+        self._repaying: asyncio.Lock | None = None
 
     async def get(self, key: str) -> CachedResponse | None:
         """The entry under ``key``, or None."""
+        if self._owed and not await self._repay():
+            return None  # Redis is still unreachable, or may hold what those writes replaced
         try:
-            raw = cast("bytes | None", await self._redis.get(self._prefix + key))
-        except (RedisError, OSError) as exc:
+            if self._reader is not None:
+                raw = await self._reader.get((self._prefix + key).encode())
+            else:
+                raw = cast("bytes | None", await self._redis.get(self._prefix + key))
+        # Not only RedisError: uvloop reports a write to a socket Redis closed as RuntimeError.
+        except Exception as exc:  # noqa: BLE001 -- a cache never fails what the database can serve
             logger.warning("cache read failed, serving from the database: %r", exc)
             return None
-        return _decode(raw) if raw else None
+        return _decode(raw, self.generation.current) if raw else None
 
     async def put(self, key: str, entry: CachedResponse) -> None:
         """Store unless a newer version is known."""
-        encoded = b"%d\n%s\n" % (entry.version, entry.etag.encode()) + entry.body
-        await self._store(key, entry.version, encoded)
+        if self._owed:
+            await self._repay()
+        await self._store(key, entry.version, entry.etag.encode() + b"\n" + entry.body)
 
     async def invalidate(self, key: str, version: int) -> None:
         """Leave a tombstone at ``version``."""
-        await self._store(key, version, b"%d\n\n" % version)
+        if self._owed:
+            await self._repay()
+        await self._store(key, version, b"\n")
 
-    async def _store(self, key: str, version: int, encoded: bytes) -> None:
+    async def _store(self, key: str, version: int, encoded: bytes) -> bool:
         try:
             await self._store_script(
-                keys=[self._prefix + key], args=[version, encoded, self._ttl_ms]
+                keys=[self._prefix + key, self.generation.key],
+                args=[version, encoded, self._ttl_ms],
             )
-        except (RedisError, OSError) as exc:
-            logger.warning("cache write failed for %s: %r", key, exc)
+        except Exception as exc:  # noqa: BLE001 -- as in get()
+            logger.warning("cache write failed for %s, will retry its invalidation: %r", key, exc)
+            self._owe(key, version)
+            return False
+        return True
+
+    def _owe(self, key: str, version: int) -> None:
+        # A failed store may have been a write's invalidation: leave a tombstone at its version
+        # once Redis answers (harmless if it was only a reader's fill).
+        self._owed[key] = max(version, self._owed.pop(key, 0))
+        if len(self._owed) > MAX_OWED_TOMBSTONES:
+            self._owed.popitem(last=False)
+
+    async def _repay(self) -> bool:
+        """Write the owed tombstones; True once none is owed."""
+        if self._repaying is None:
+            self._repaying = asyncio.Lock()
+        if self._repaying.locked():
+            return False  # another request is on it; meanwhile read from the database
+        async with self._repaying:
+            while self._owed:
+                key, version = next(iter(self._owed.items()))
+                try:
+                    await self._store_script(
+                        keys=[self._prefix + key, self.generation.key],
+                        args=[version, b"\n", self._ttl_ms],
+                    )
+                except Exception:  # noqa: BLE001 -- as in get()
+                    return False
+                if self._owed.get(key) == version:
+                    del self._owed[key]
+            return True
 
 
-def _decode(raw: bytes) -> CachedResponse | None:
-    version, etag, body = raw.split(b"\n", 2)
-    if not etag:
-        return None  # a tombstone
-    return CachedResponse(version=int(version), etag=etag.decode(), body=body)
+def _decode(raw: bytes, generation: int) -> CachedResponse | None:
+    """An entry stored at ``generation`` or later; None for tombstones and anything else."""
+    parts = raw.split(b"\n", 4)
+    if len(parts) < 5 or parts[1] or not parts[2].isdigit() or not parts[3]:  # noqa: PLR2004
+        return None  # a tombstone, or the layout before generations
+    if int(parts[2]) < generation:
+        return None  # stored before this process's connections last came up: not trusted
+    return CachedResponse(version=int(parts[0]), etag=parts[3].decode(), body=parts[4])
 
 
 class MeteredCache:

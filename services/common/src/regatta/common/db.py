@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from regatta.common.settings import ServiceSettings
 
@@ -33,19 +37,99 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
             "statement_timeout": str(settings.db_statement_timeout_ms),
             "application_name": "regatta",
         },
+        # Connecting (and so reconnecting after an outage) may take no longer than waiting
+        # for a pooled connection would.
         "timeout": settings.db_pool_timeout_seconds,
+        "command_timeout": settings.db_command_timeout_seconds,
     }
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args=connect_args,
         # Errors (and so log lines) show statements but never values: a value may be a secret.
         hide_parameters=True,
     )
+    event.listen(engine.sync_engine, "handle_error", _classify_unavailable)
+    event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
+    event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
+    return engine
+
+
+# A connection idle for longer than this is pinged before use. SQLAlchemy's pool_pre_ping
+# pings every checkout, and with asyncpg a ping is three round trips (BEGIN, ";", ROLLBACK):
+# more than the point read it guards. A connection in steady use needs no ping: if the
+# database went away under it, the statement fails, _classify_unavailable marks that a
+# disconnect, and the pool replaces every connection opened before it.
+IDLE_PING_SECONDS = 10.0
+
+
+def _note_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(
+    dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+        return
+    try:
+        dbapi_connection.ping()
+    except Exception as exc:
+        # The pool drops this connection and checks out another (or opens a new one).
+        raise sa_exc.DisconnectionError(f"an idle connection no longer answers: {exc!r}") from exc
+
+
+class DatabaseUnavailableError(sa_exc.OperationalError):
+    """The database did not answer in time, or the connection to it broke: retry shortly."""
+
+
+def _classify_unavailable(context: ExceptionContext) -> BaseException | None:
+    """Tell "the database is gone or too slow" (503) from a fault in the statement (500).
+
+    asyncpg reports a statement timeout and a connection lost mid-statement as plain errors;
+    they mean the same as a refused connection. A connection that broke, or that a client-side
+    timeout left mid-statement, is also marked as a disconnect so that the pool drops it.
+    """
+    cause: BaseException | None = context.original_exception
+    while cause is not None:
+        if isinstance(cause, asyncpg.exceptions.QueryCanceledError):
+            break  # statement_timeout: the statement is gone, the connection is fine
+        if isinstance(cause, _BROKEN) or (
+            isinstance(cause, _MAYBE_BROKEN) and any(sign in str(cause) for sign in _BROKEN_SIGNS)
+        ):
+            context.is_disconnect = True
+            break
+        cause = cause.__cause__
+    else:
+        return None
+    return DatabaseUnavailableError(
+        context.statement,
+        None,
+        context.original_exception,
+        hide_parameters=True,
+        connection_invalidated=context.is_disconnect,
+    )
+
+
+# Connection-level failures, and the server ending the session (an administrator, a restart
+# or a crash: the rest of SQLSTATE class 57 besides a cancelled statement).
+_BROKEN = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    ConnectionError,
+    TimeoutError,
+)
+_MAYBE_BROKEN = (
+    RuntimeError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+# uvloop's words for a closed socket; asyncpg's for a connection left mid-statement.
+_BROKEN_SIGNS = ("handler is closed", "another operation", "connection is closed")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
@@ -68,6 +152,8 @@ class Database:
         self.engine = engine
         # expire_on_commit=False: objects stay readable after commit without a lazy reload.
         self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        # Single-statement reads need no transaction: no BEGIN, no ROLLBACK, same pool.
+        self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def dialect(self) -> str:

@@ -7,24 +7,39 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from opentelemetry.trace import Tracer, TracerProvider
 from redis.asyncio import Redis
 
 from regatta.common import observability
-from regatta.common.cache import MemoryCache, MeteredCache, NullCache, RedisCache, ResponseCache
+from regatta.common.cache import (
+    CacheGeneration,
+    MemoryCache,
+    MeteredCache,
+    NullCache,
+    RedisCache,
+    ResponseCache,
+)
 from regatta.common.db import Database, create_engine
 from regatta.common.events import EventStream, InProcessEventStream, RedisEventStream
+from regatta.common.pipelined import Endpoint, PipelinedRedis
 from regatta.common.settings import ServiceSettings
 
 logger = logging.getLogger("regatta.runtime")
 
+CACHE_KEYS = "cache:"
 RESTART_DELAY_SECONDS = 1.0
 STOP_GRACE_SECONDS = 10.0
 
 
-def create_redis(settings: ServiceSettings) -> Redis | None:
-    """A Redis client with short timeouts (a slow Redis degrades to the database, not a hang)."""
+def create_redis(
+    settings: ServiceSettings, generation: CacheGeneration | None = None
+) -> Redis | None:
+    """A Redis client with short timeouts (a slow Redis degrades to the database, not a hang).
+
+    With ``generation``, every connection it opens advances the cache generation first.
+    """
     if settings.redis_url is None:
         return None
     return Redis.from_url(
@@ -33,7 +48,28 @@ def create_redis(settings: ServiceSettings) -> Redis | None:
         socket_connect_timeout=0.5,
         health_check_interval=10,
         retry_on_timeout=False,
+        redis_connect_func=generation.on_connect if generation is not None else None,
     )
+
+
+def cache_generation(settings: ServiceSettings) -> CacheGeneration | None:
+    """The generation of the shared response cache, when there is one (Redis, cache on)."""
+    if settings.redis_url is None or not settings.cache_enabled:
+        return None
+    return CacheGeneration(settings.redis_key_prefix + CACHE_KEYS + "generation")
+
+
+def create_reader(settings: ServiceSettings, *, traced: bool) -> PipelinedRedis | None:
+    """The pipelined connection for per-request commands (cache reads, rate limits).
+
+    For plain ``redis://`` URLs. Not when tracing is on: then those commands go through the
+    instrumented redis-py client, so each one shows as a span. TLS (``rediss://``) and socket
+    URLs also stay with redis-py.
+    """
+    if settings.redis_url is None or traced:
+        return None
+    endpoint = Endpoint.from_url(settings.redis_url.get_secret_value())
+    return PipelinedRedis(endpoint, timeout=2.0, connect_timeout=0.5) if endpoint else None
 
 
 @dataclass
@@ -50,6 +86,8 @@ class Runtime:
     )
     # None while tracing is off: then nothing is instrumented.
     tracer_provider: TracerProvider | None = None
+    # One pipelined Redis connection for per-request commands (pipelined.py), when usable.
+    pipelined: PipelinedRedis | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # In-process nudges ("there is work for you"), so a worker in the same process need not
@@ -122,7 +160,11 @@ async def open_runtime(
     """Open the pools the settings call for; close them (tasks first) on the way out."""
     metrics = metrics or observability.PlatformMetrics(service_name="regatta")
     database = Database(create_engine(settings))
-    redis = create_redis(settings)
+    generation = cache_generation(settings)
+    redis = create_redis(settings, generation)
+    reader = create_reader(settings, traced=tracer_provider is not None)
+    if reader is not None and redis is not None and generation is not None:
+        reader.on_connect = partial(generation.advance, redis)
     if tracer_provider is not None:
         observability.instrument_engine(database.engine, tracer_provider)
         if redis is not None:
@@ -135,7 +177,9 @@ async def open_runtime(
         cache = RedisCache(
             redis,
             ttl_seconds=settings.cache_ttl_seconds,
-            prefix=settings.redis_key_prefix + "cache:",
+            prefix=settings.redis_key_prefix + CACHE_KEYS,
+            reader=reader,
+            generation=generation,
         )
     else:
         cache = MemoryCache(
@@ -154,11 +198,14 @@ async def open_runtime(
         events=events,
         metrics=metrics,
         tracer_provider=tracer_provider,
+        pipelined=reader,
     )
     try:
         yield runtime
     finally:
         await runtime.stop_tasks()
+        if reader is not None:
+            await reader.aclose()
         if redis is not None:
             await redis.aclose()
         await database.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -18,6 +19,9 @@ class Environment(StrEnum):
     DEVELOPMENT = "development"
     TEST = "test"
     PRODUCTION = "production"
+
+
+_LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
 
 
 def _split_csv(value: object) -> object:
@@ -37,6 +41,9 @@ class ServiceSettings(BaseSettings):
     db_max_overflow: int = Field(default=5, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
+    # Client-side bound on any one statement's round trip: the server's statement_timeout
+    # cannot fire when the network to it is gone, and a request must never hang on it.
+    db_command_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
     redis_url: SecretStr | None = None
     redis_key_prefix: str = Field(default="regatta:", pattern=r"^[A-Za-z0-9:_.-]{0,64}$")
     cache_enabled: bool = True
@@ -48,6 +55,18 @@ class ServiceSettings(BaseSettings):
     cors_allow_credentials: bool = False
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
+    # Rate limiting (ratelimit.py): per client (its API key, else its address), per route class,
+    # shared by every replica through Redis (in-process without REDIS_URL). Off unless enabled.
+    rate_limit_enabled: bool = False
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
+    # Requests a client may make per window (all at once, then at an even pace); 0: unlimited.
+    rate_limit_reads: int = Field(default=1200, ge=0, le=1_000_000)
+    rate_limit_writes: int = Field(default=120, ge=0, le=1_000_000)
+    # Peers whose X-Forwarded-For is believed (the ingress); anyone else is keyed by its own
+    # address. Uvicorn's proxy headers follow the same list.
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=_LOOPBACK.copy
+    )
     run_migrations_on_start: bool | None = None
     migrate_wait_seconds: float = Field(default=300, ge=0)
     host: str = "127.0.0.1"
@@ -56,6 +75,10 @@ class ServiceSettings(BaseSettings):
     # connections first and never sends a request on one uvicorn is closing.
     keepalive_seconds: int = Field(default=75, ge=1)
     graceful_shutdown_seconds: int = Field(default=20, ge=1)
+    # After SIGTERM, keep serving this long with readiness at 503 before draining, so load
+    # balancers that poll readiness stop sending first (Kubernetes: the chart's preStop sleep
+    # does this instead, hence 0 by default).
+    shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     # One JSON object per line for Loki; "text" reads better in a terminal.
     log_format: Literal["json", "text"] = "json"
@@ -64,7 +87,7 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _parse_lists(cls, data: object) -> object:
         if isinstance(data, dict):
-            for key in ("cors_origins", "api_keys"):
+            for key in ("cors_origins", "api_keys", "trusted_proxies"):
                 if key in data:
                     data[key] = _split_csv(data[key])
         return data

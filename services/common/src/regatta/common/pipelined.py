@@ -1,0 +1,310 @@
+"""One pipelined Redis connection for the per-request commands: no pool, no lock.
+
+redis-py's asyncio client takes a connection from its pool for every command, under a lock
+that every concurrent request contends for; on a cache hit that is most of the request's cost.
+Redis answers commands on one connection in order, so many concurrent requests can share one
+connection: each writes its command and waits for its reply in a FIFO. This client does only
+that, for the per-request commands (a cache ``GET``, a rate-limit script); everything else
+(blocking stream reads, health checks, administration) stays with redis-py.
+
+Failure is fast and contained: a reply that takes longer than ``timeout`` closes the connection
+and fails every waiting reader with :class:`RedisUnavailableError` (callers treat it as a
+miss); after a failed connect, calls fail at once for ``retry_after`` seconds instead of
+queueing behind a dead address; the next call after that reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_PORT = 6379
+
+
+class RedisUnavailableError(ConnectionError):
+    """Redis could not answer: connection refused, lost, timed out or protocol error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how to connect: the parts of a ``redis://`` URL this client understands."""
+
+    host: str
+    port: int
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> Endpoint | None:
+        """The endpoint of a plain ``redis://`` URL; None for TLS, sockets or query options."""
+        parts = urlsplit(url)
+        if parts.scheme != "redis" or not parts.hostname or parts.query:
+            return None
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            return None
+        return cls(
+            host=parts.hostname,
+            port=parts.port or DEFAULT_PORT,
+            db=int(path or 0),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script and its SHA-1, as EVALSHA names it."""
+
+    source: bytes
+    sha: bytes = b""
+
+    @classmethod
+    def of(cls, source: str) -> Script:
+        """The script ``source``."""
+        encoded = source.encode()
+        return cls(encoded, hashlib.sha1(encoded, usedforsecurity=False).hexdigest().encode())
+
+
+def _command(*args: bytes) -> bytes:
+    parts = [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]
+    return b"*%d\r\n" % len(args) + b"".join(parts)
+
+
+class _ProtocolError(Exception):
+    pass
+
+
+_BULK, _SIMPLE, _INTEGER, _ERROR, _ARRAY = (ord(kind) for kind in "$+:-*")
+
+# A decoded reply: bulk and simple strings as bytes, integers as int, nil as None, arrays.
+Reply = bytes | int | list["Reply"] | None
+
+
+class _Replies(asyncio.Protocol):
+    """Parse RESP replies (bulk strings, simple strings, errors, integers) into waiting futures."""
+
+    def __init__(self) -> None:
+        self.waiting: deque[tuple[asyncio.Future[Reply], float]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisUnavailableError(f"connection to Redis lost: {exc!r}"))
+
+    def fail(self, error: Exception) -> None:
+        """Close the connection and fail every waiting reader."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        while self.waiting:
+            future, _ = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            self._parse()
+        except (_ProtocolError, ValueError) as exc:
+            self.fail(RedisUnavailableError(f"unexpected reply from Redis: {exc}"))
+
+    def _parse(self) -> None:
+        buffer = self._buffer
+        start = 0
+        while (reply := _read_reply(buffer, start)) is not None:
+            value, start = reply
+            if not self.waiting:
+                raise _ProtocolError("a reply nobody asked for")
+            future, _ = self.waiting.popleft()
+            if future.done():
+                continue  # its caller was cancelled; the reply is dropped in order
+            if isinstance(value, _ProtocolError):
+                future.set_exception(RedisUnavailableError(str(value)))
+            else:
+                future.set_result(value)
+        del buffer[:start]
+
+
+def _read_reply(buffer: bytearray, start: int) -> tuple[Reply | _ProtocolError, int] | None:
+    """The reply at ``start`` and where the next begins; None while it is incomplete."""
+    end = buffer.find(b"\r\n", start)
+    if end < 0:
+        return None
+    kind = buffer[start]
+    if kind == _BULK:
+        return _read_bulk(buffer, int(buffer[start + 1 : end]), end + 2)
+    if kind == _SIMPLE:
+        return bytes(buffer[start + 1 : end]), end + 2
+    if kind == _INTEGER:
+        return int(buffer[start + 1 : end]), end + 2
+    if kind == _ERROR:
+        return _ProtocolError(buffer[start + 1 : end].decode(errors="replace")), end + 2
+    if kind == _ARRAY:
+        return _read_array(buffer, int(buffer[start + 1 : end]), end + 2)
+    raise _ProtocolError(f"reply type {chr(kind)!r}")
+
+
+def _read_bulk(buffer: bytearray, length: int, start: int) -> tuple[Reply, int] | None:
+    if length < 0:
+        return None, start
+    stop = start + length
+    if len(buffer) < stop + 2:
+        return None  # the rest of the string has not arrived yet
+    return bytes(buffer[start:stop]), stop + 2
+
+
+def _read_array(buffer: bytearray, count: int, start: int) -> tuple[Reply, int] | None:
+    if count < 0:
+        return None, start
+    items: list[Reply] = []
+    for _ in range(count):
+        item = _read_reply(buffer, start)
+        if item is None:
+            return None
+        value, start = item
+        if isinstance(value, _ProtocolError):
+            raise value  # an error inside an array: not a shape any command here returns
+        items.append(value)
+    return items, start
+
+
+class PipelinedRedis:
+    """Commands over one shared connection, pipelined, replies matched in order."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout: float = 2.0,
+        connect_timeout: float = 2.0,
+        retry_after: float = 1.0,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        # Awaited after every (re)connect, before the connection carries a read (cache.py
+        # advances its generation there); if it fails, so does the connect.
+        self.on_connect = on_connect
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retry_after = retry_after
+        self._replies: _Replies | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._down_until = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The value under ``key`` or None; :class:`RedisUnavailableError` when Redis is not."""
+        reply = await self._send(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key))
+        return reply if isinstance(reply, bytes) else None
+
+    async def execute(self, *args: bytes) -> Reply:
+        """Any command whose reply is a string, integer, nil or array; errors raise."""
+        return await self._send(_command(*args))
+
+    async def run_script(self, script: Script, keys: list[bytes], args: list[bytes]) -> Reply:
+        """EVALSHA, loading the script first if this Redis does not know it yet."""
+        counts = [str(len(keys)).encode()]
+        try:
+            return await self.execute(b"EVALSHA", script.sha, *counts, *keys, *args)
+        except RedisUnavailableError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.execute(b"EVAL", script.source, *counts, *keys, *args)
+
+    async def _send(self, command: bytes) -> Reply:
+        replies = self._replies
+        if replies is None or replies.closed:
+            replies = await self._connect()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
+        replies.waiting.append((future, loop.time() + self.timeout))
+        replies.transport.write(command)  # type: ignore[union-attr]
+        return await future
+
+    async def aclose(self) -> None:
+        """Close the connection; waiting readers fail."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._replies is not None:
+            self._replies.fail(RedisUnavailableError("client closed"))
+            self._replies = None
+
+    async def _connect(self) -> _Replies:
+        if time.monotonic() < self._down_until:
+            raise RedisUnavailableError("Redis was unreachable a moment ago")
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._replies is not None and not self._replies.closed:
+                return self._replies  # another caller connected meanwhile
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    replies = await self._open()
+            except (OSError, TimeoutError, RedisUnavailableError) as exc:
+                self._down_until = time.monotonic() + self.retry_after
+                raise RedisUnavailableError(f"cannot connect to Redis: {exc!r}") from exc
+            if self.on_connect is not None:
+                try:
+                    await self.on_connect()
+                except Exception as exc:
+                    replies.fail(RedisUnavailableError("connection setup failed"))
+                    self._down_until = time.monotonic() + self.retry_after
+                    raise RedisUnavailableError(f"cannot set up the connection: {exc!r}") from exc
+            self._replies = replies
+            self._schedule_watchdog()
+            return replies
+
+    async def _open(self) -> _Replies:
+        loop = asyncio.get_running_loop()
+        endpoint = self.endpoint
+        _, replies = await loop.create_connection(_Replies, endpoint.host, endpoint.port)
+        setup: list[bytes] = []
+        if endpoint.password is not None:
+            auth = [endpoint.username.encode()] if endpoint.username else []
+            setup.append(_command(b"AUTH", *auth, endpoint.password.encode()))
+        if endpoint.db:
+            setup.append(_command(b"SELECT", str(endpoint.db).encode()))
+        futures = []
+        for command in setup:
+            future: asyncio.Future[Reply] = loop.create_future()
+            replies.waiting.append((future, loop.time() + self.connect_timeout))
+            replies.transport.write(command)  # type: ignore[union-attr]
+            futures.append(future)
+        try:
+            await asyncio.gather(*futures)
+        except RedisUnavailableError:
+            replies.fail(RedisUnavailableError("setup refused"))
+            raise
+        return replies
+
+    def _schedule_watchdog(self) -> None:
+        if self._watchdog is None:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(self.timeout / 4, self._check_overdue)
+
+    def _check_overdue(self) -> None:
+        # The oldest waiting reader is first in line: if it is overdue, the connection is stuck.
+        self._watchdog = None
+        replies = self._replies
+        if replies is None or replies.closed:
+            return
+        loop = asyncio.get_running_loop()
+        if replies.waiting and replies.waiting[0][1] < loop.time():
+            replies.fail(RedisUnavailableError(f"no reply from Redis within {self.timeout} s"))
+            self._replies = None
+            return
+        with contextlib.suppress(RuntimeError):
+            self._schedule_watchdog()

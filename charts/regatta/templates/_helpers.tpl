@@ -260,6 +260,16 @@ keep it), otherwise a new random one. (dict "root" $ "name" "..." "key" "..." "l
   value: {{ $c.maxBodyBytes | int | quote }}
 - name: MIGRATE_WAIT_SECONDS
   value: {{ $c.migrateWaitSeconds | int | quote }}
+- name: RATE_LIMIT_ENABLED
+  value: {{ $c.rateLimit.enabled | quote }}
+- name: RATE_LIMIT_WINDOW_SECONDS
+  value: {{ $c.rateLimit.windowSeconds | int | quote }}
+- name: RATE_LIMIT_READS
+  value: {{ $c.rateLimit.reads | int | quote }}
+- name: RATE_LIMIT_WRITES
+  value: {{ $c.rateLimit.writes | int | quote }}
+- name: TRUSTED_PROXIES
+  value: {{ join "," $c.trustedProxies | quote }}
 - name: API_KEYS_FILE
   value: {{ printf "/etc/regatta/api-keys/%s" .Values.apiKeys.secretKey | quote }}
 {{- include "regatta.databaseEnv" . }}

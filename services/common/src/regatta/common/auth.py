@@ -2,7 +2,9 @@
 
 Keys come from ``API_KEYS`` and/or ``API_KEYS_FILE`` (one key per line, either the key itself or
 ``sha256:<hex digest>``; ``#`` starts a comment). The file is re-read when it changes, so keys
-rotate without a restart: add the new key, roll clients over, remove the old one.
+rotate without a restart: add the new key, roll clients over, remove the old one. Replace the
+file atomically (write a new file, then rename it over the old one, as Kubernetes does with a
+Secret volume), so no reader ever sees it half written.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ logger = logging.getLogger("regatta.auth")
 
 ANONYMOUS = "anonymous"
 _DIGEST_PREFIX = "sha256:"
+_DIGEST_BYTES = 32
 
 
 def _digest(key: str) -> bytes:
@@ -33,18 +36,24 @@ def _parse_line(line: str) -> bytes | None:
     if not entry:
         return None
     if entry.startswith(_DIGEST_PREFIX):
-        return bytes.fromhex(entry.removeprefix(_DIGEST_PREFIX))
+        digest = bytes.fromhex(entry.removeprefix(_DIGEST_PREFIX))
+        if len(digest) != _DIGEST_BYTES:
+            raise ValueError("a sha256: entry needs 64 hexadecimal digits")
+        return digest
     return _digest(entry)
 
 
 class ApiKeys:
-    """The set of accepted key digests."""
+    """The set of accepted key digests, the file's re-read when it changes."""
 
     def __init__(self, keys: list[str], path: Path | None = None) -> None:
         self._static = [_digest(key) for key in keys]
         self._path = path
         self._file_digests: list[bytes] = []
-        self._file_mtime: float | None = None
+        # What identified the file last read (inode, mtime, size): a Secret volume swaps a
+        # symlink to a new file, an editor may rewrite in place; either changes one of them.
+        self._file_version: tuple[int, int, int] | None = None
+        self._failure: str | None = None  # what went wrong last, logged once
         self._reload()
 
     @classmethod
@@ -59,21 +68,42 @@ class ApiKeys:
         return bool(self._static or self._file_digests or self._path)
 
     def _reload(self) -> None:
+        # One stat() of a small file (a tmpfs Secret volume in a cluster) per look; the file is
+        # read again only when it changed.
         if self._path is None:
             return
         try:
-            mtime = self._path.stat().st_mtime
-            if mtime == self._file_mtime:
-                return
-            digests = [d for d in map(_parse_line, self._path.read_text().splitlines()) if d]
-        except (OSError, ValueError):
-            logger.exception("cannot read API_KEYS_FILE; keeping the keys already loaded")
+            stat = self._path.stat()
+        except OSError as exc:
+            self._cannot_read(exc)
             return
-        self._file_digests, self._file_mtime = digests, mtime
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if version == self._file_version:
+            return
+        self._file_version = version  # a broken file is read once, not on every request
+        try:
+            digests = [d for d in map(_parse_line, self._path.read_text().splitlines()) if d]
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            self._cannot_read(exc)
+            return
+        self._failure = None
+        self._file_digests = digests
         logger.info("loaded %d API key(s) from file", len(digests))
+
+    def _cannot_read(self, exc: Exception) -> None:
+        # Once per failure, not once per request; the message never holds a key.
+        failure = type(exc).__name__
+        if failure != self._failure:
+            self._failure = failure
+            logger.error(
+                "cannot read API_KEYS_FILE (%s); keeping the %d key(s) already loaded",
+                failure,
+                len(self._file_digests),
+            )
 
     def principal(self, presented: str) -> str | None:
         """A stable, non-secret id for a valid key, or None."""
+        self._reload()
         candidate = _digest(presented)
         found = False
         # Compare against every key so the time taken says nothing about which one matched.

@@ -1,0 +1,430 @@
+"""Rate limiting per client, shared by every replica: GCRA in Redis, one atomic round trip.
+
+Each request belongs to a route class — ``reads`` (GET, HEAD) or ``writes`` (everything else
+but OPTIONS) — with its own quota per window. A client is its API key (a digest of a valid key,
+never the key) or else its address: the socket peer, or, when the peer is a trusted proxy, the
+right-most X-Forwarded-For hop that is not itself a trusted proxy (the hops to its left are
+whatever the client chose to send). Probes and ``/metrics`` are never limited.
+
+The limit is the generic cell rate algorithm: one number per client and class, the theoretical
+arrival time of its next request. A client may spend its whole quota at once and then earns one
+request back every ``window / quota``. A Lua script reads and moves that number atomically with
+Redis's own clock, so replicas and their clocks never disagree; without ``REDIS_URL`` (the
+embedded default) the same algorithm runs in process.
+
+Over the limit: 429 problem+json with ``Retry-After``. Every limited response carries the
+``RateLimit-Policy`` and ``RateLimit`` fields of draft-ietf-httpapi-ratelimit-headers
+(``"reads";q=1200;w=60`` and ``"reads";r=1187;t=1``). When Redis cannot be reached the limiter
+fails open — the request is served, the miss logged once and counted — and it asks Redis again
+after a short pause, so an outage of the limiter never becomes an outage of the API.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, cast
+
+from cachetools import TTLCache
+from fastapi import FastAPI
+from prometheus_client import Counter
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from regatta.common.auth import ApiKeys
+from regatta.common.errors import problem_response
+from regatta.common.observability import UNOBSERVED_PATHS, PlatformMetrics
+from regatta.common.pipelined import PipelinedRedis, Script
+from regatta.common.settings import ServiceSettings
+
+logger = logging.getLogger("regatta.ratelimit")
+
+MICROS: Final = 1_000_000
+# After Redis fails, requests pass unchecked for this long before Redis is asked again: a
+# black-holed Redis costs one timeout per pause, not one per request.
+RETRY_PAUSE_SECONDS: Final = 1.0
+MEMORY_MAX_CLIENTS: Final = 100_000
+_MAX_HOP_CHARS: Final = 64
+_READ_METHODS: Final = frozenset({"GET", "HEAD"})
+_EXEMPT_PATHS: Final = frozenset(UNOBSERVED_PATHS)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# KEYS[1]: the client's bucket. ARGV[1]: emission interval (µs per request); ARGV[2]: capacity
+# (µs: quota intervals, the whole quota at once). The value is the theoretical arrival time of
+# the next request, in µs of Redis's clock. Returns {allowed, remaining, wait µs, reset µs}.
+_GCRA = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local interval = tonumber(ARGV[1])
+local capacity = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then
+  tat = now
+end
+local next_tat = tat + interval
+local wait = next_tat - capacity - now
+if wait > 0 then
+  return {0, 0, wait, tat - now}
+end
+local ttl_ms = math.ceil((next_tat - now) / 1000)
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', ttl_ms)
+return {1, math.floor((capacity - (next_tat - now)) / interval), 0, next_tat - now}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A route class's quota: ``quota`` requests per ``window_seconds`` per client."""
+
+    name: str
+    quota: int
+    window_seconds: int
+    # Derived once, not per request.
+    interval_us: int = field(init=False)  # microseconds that earn one request back
+    capacity_us: int = field(init=False)  # the whole quota, in intervals
+    header: bytes = field(init=False)  # the RateLimit-Policy field value
+
+    def __post_init__(self) -> None:
+        interval = max(1, self.window_seconds * MICROS // self.quota)
+        object.__setattr__(self, "interval_us", interval)
+        object.__setattr__(self, "capacity_us", self.quota * interval)
+        header = f'"{self.name}";q={self.quota};w={self.window_seconds}'.encode()
+        object.__setattr__(self, "header", header)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The store's answer for one request."""
+
+    allowed: bool
+    remaining: int
+    # Until the next request would be allowed (0 when this one was).
+    wait_us: int
+    # Until the whole quota is available again.
+    reset_us: int
+
+
+def gcra(now_us: int, tat_us: int | None, policy: Policy) -> tuple[Decision, int | None]:
+    """One step of the algorithm: the decision, and the new arrival time (None: unchanged)."""
+    interval, capacity = policy.interval_us, policy.capacity_us
+    tat = now_us if tat_us is None or tat_us < now_us else tat_us
+    next_tat = tat + interval
+    wait = next_tat - capacity - now_us
+    if wait > 0:
+        return Decision(allowed=False, remaining=0, wait_us=wait, reset_us=tat - now_us), None
+    remaining = (capacity - (next_tat - now_us)) // interval
+    decision = Decision(allowed=True, remaining=remaining, wait_us=0, reset_us=next_tat - now_us)
+    return decision, next_tat
+
+
+def monotonic_us() -> int:
+    """Microseconds of the monotonic clock."""
+    return time.monotonic_ns() // 1000
+
+
+class MemoryStore:
+    """The algorithm in process, for one process (the embedded default)."""
+
+    def __init__(
+        self,
+        *,
+        max_window_seconds: int,
+        max_clients: int = MEMORY_MAX_CLIENTS,
+        clock: Callable[[], int] = monotonic_us,
+    ) -> None:
+        # A bucket older than the longest window is full again: forgetting it changes nothing.
+        self._tats: TTLCache[str, int] = TTLCache(maxsize=max_clients, ttl=max_window_seconds)
+        self.clock = clock
+
+    async def acquire(self, key: str, policy: Policy) -> Decision:
+        """Spend one request of ``key``'s quota, if it has one."""
+        decision, tat = gcra(self.clock(), self._tats.get(key), policy)
+        if tat is not None:
+            self._tats[key] = tat
+        return decision
+
+
+class RedisStore:
+    """The algorithm in Redis: one EVALSHA per request, atomic, on Redis's clock.
+
+    Over the app's pipelined connection when it has one (pipelined.py: no pool lock per
+    request), else through redis-py.
+    """
+
+    _SCRIPT = Script.of(_GCRA)
+
+    def __init__(self, redis: Redis, pipelined: PipelinedRedis | None = None) -> None:
+        self._script = redis.register_script(_GCRA)
+        self._pipelined = pipelined
+
+    async def acquire(self, key: str, policy: Policy) -> Decision:
+        """Spend one request of ``key``'s quota, if it has one."""
+        if self._pipelined is not None:
+            reply = await self._pipelined.run_script(
+                self._SCRIPT,
+                [key.encode()],
+                [b"%d" % policy.interval_us, b"%d" % policy.capacity_us],
+            )
+        else:
+            reply = await self._script(keys=[key], args=[policy.interval_us, policy.capacity_us])
+        allowed, remaining, wait, reset = cast("list[int]", reply)
+        return Decision(allowed=allowed == 1, remaining=remaining, wait_us=wait, reset_us=reset)
+
+
+class TrustedProxies:
+    """The networks whose X-Forwarded-For is believed."""
+
+    def __init__(self, networks: list[Network]) -> None:
+        self._networks = tuple(networks)
+        self.trusts = functools.lru_cache(maxsize=1024)(self._trusts)
+
+    def _trusts(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+
+def client_address(peer: str, forwarded_for: list[bytes], proxies: TrustedProxies) -> str:
+    """The address a request is limited by (IPv6 clients by their /64, which one host holds)."""
+    if not forwarded_for or not proxies.trusts(peer):
+        return _bucket_of(peer)
+    hops = [hop.strip() for hop in b",".join(forwarded_for).decode("latin-1").split(",")]
+    hops = [_strip_port(hop) for hop in hops if hop]
+    for hop in reversed(hops):
+        if not proxies.trusts(hop):
+            return _bucket_of(hop)
+    # Every hop is a trusted proxy: the left-most is as close to the client as anyone knows.
+    return _bucket_of(hops[0]) if hops else _bucket_of(peer)
+
+
+def _strip_port(hop: str) -> str:
+    if hop.startswith("["):  # [2001:db8::1]:443
+        return hop[1:].partition("]")[0]
+    host, colon, port = hop.rpartition(":")
+    return host if colon and port.isdigit() and ":" not in host else hop
+
+
+@functools.lru_cache(maxsize=4096)
+def _bucket_of(host: str) -> str:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:_MAX_HOP_CHARS]  # not an address (a Unix socket, an obfuscated hop)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class RateLimiter:
+    """Policies, client identity and the store; fails open when the store is unreachable."""
+
+    def __init__(
+        self,
+        *,
+        reads: Policy | None,
+        writes: Policy | None,
+        key_prefix: str,
+        proxies: TrustedProxies,
+        api_keys: ApiKeys | None = None,
+        memory: MemoryStore | None = None,
+        unavailable: Counter | None = None,
+    ) -> None:
+        self.reads = reads
+        self.writes = writes
+        self._prefix = key_prefix
+        self._proxies = proxies
+        self._api_keys = api_keys
+        # None: Redis, found in the running app's state (opened by the lifespan).
+        self.memory = memory
+        self._redis: Redis | None = None
+        self._redis_store: RedisStore | None = None
+        self._unavailable = unavailable
+        self._paused_until = 0.0
+        self._failing = False
+        self._probing = False
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ServiceSettings,
+        *,
+        service: str,
+        api_keys: ApiKeys | None,
+        unavailable: Counter | None = None,
+    ) -> RateLimiter:
+        """The limiter the settings describe, for one service (or the embedded app)."""
+        window = settings.rate_limit_window_seconds
+        return cls(
+            reads=Policy("reads", settings.rate_limit_reads, window)
+            if settings.rate_limit_reads
+            else None,
+            writes=Policy("writes", settings.rate_limit_writes, window)
+            if settings.rate_limit_writes
+            else None,
+            key_prefix=f"{settings.redis_key_prefix}ratelimit:{service}:",
+            proxies=TrustedProxies(settings.trusted_proxies),
+            api_keys=api_keys,
+            memory=MemoryStore(max_window_seconds=window) if settings.redis_url is None else None,
+            unavailable=unavailable,
+        )
+
+    def policy_for(self, method: str) -> Policy | None:
+        """The route class of ``method`` (None: not limited)."""
+        if method in _READ_METHODS:
+            return self.reads
+        return None if method == "OPTIONS" else self.writes
+
+    def identity(self, scope: Scope) -> str:
+        """Who is asking: ``key-<digest>`` for a valid API key, else ``ip-<address>``."""
+        authorization: bytes | None = None
+        forwarded_for: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-forwarded-for":
+                forwarded_for.append(value)
+        if authorization is not None and self._api_keys is not None:
+            scheme, _, token = authorization.decode("latin-1").partition(" ")
+            token = token.strip()
+            # Only a valid key earns its own bucket: made-up keys would each get a fresh one.
+            if scheme.lower() == "bearer" and token:
+                principal = self._api_keys.principal(token)
+                if principal is not None:
+                    return principal
+        client = scope.get("client")
+        return "ip-" + client_address(client[0] if client else "", forwarded_for, self._proxies)
+
+    async def acquire(self, scope: Scope, policy: Policy) -> Decision | None:
+        """Spend one request of the caller's quota; None when no store could be asked."""
+        store = self._store(scope)
+        if store is None:
+            return None
+        probe = False
+        if self._failing:
+            # While Redis is failing, one request at a time asks it again, after a pause;
+            # everyone else is served unchecked rather than made to wait for a timeout.
+            if self._probing or time.monotonic() < self._paused_until:
+                self._count_unavailable()
+                return None
+            self._probing = probe = True
+        key = f"{self._prefix}{policy.name}:{self.identity(scope)}"
+        try:
+            decision = await store.acquire(key, policy)
+        # Whatever goes wrong — RedisError, OSError, or uvloop's RuntimeError for a write to a
+        # transport Redis closed — the limiter must not be why a request fails.
+        except Exception as exc:  # noqa: BLE001
+            self._paused_until = time.monotonic() + RETRY_PAUSE_SECONDS
+            self._count_unavailable()
+            if not self._failing:
+                self._failing = True
+                logger.warning("rate limiter cannot reach Redis, serving unchecked: %r", exc)
+            return None
+        finally:
+            if probe:
+                self._probing = False
+        if self._failing:
+            self._failing = False
+            logger.warning("rate limiter reaches Redis again; limits apply")
+        return decision
+
+    def _store(self, scope: Scope) -> MemoryStore | RedisStore | None:
+        if self.memory is not None:
+            return self.memory
+        redis: Redis | None = getattr(scope["app"].state, "redis", None)
+        if redis is None:
+            return None  # the lifespan has not opened Redis (yet)
+        if redis is not self._redis:
+            pipelined = getattr(scope["app"].state, "pipelined", None)
+            self._redis, self._redis_store = redis, RedisStore(redis, pipelined)
+        return self._redis_store
+
+    def _count_unavailable(self) -> None:
+        if self._unavailable is not None:
+            self._unavailable.inc()
+
+
+def _seconds(micros: int) -> int:
+    return max(0, math.ceil(micros / MICROS))
+
+
+class RateLimitMiddleware:
+    """Answer 429 over the limit; add ``RateLimit`` and ``RateLimit-Policy`` to limited routes."""
+
+    def __init__(self, app: ASGIApp, *, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection."""
+        if scope["type"] != "http" or scope["path"] in _EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        policy = self.limiter.policy_for(scope["method"])
+        if policy is None:
+            await self.app(scope, receive, send)
+            return
+        decision = await self.limiter.acquire(scope, policy)
+        if decision is None:  # no store to ask: fail open
+            await self.app(scope, receive, send)
+            return
+        if not decision.allowed:
+            retry_after = max(1, _seconds(decision.wait_us))
+            response = problem_response(
+                429,
+                f"Too many requests from this client; retry in {retry_after} s.",
+                slug="rate-limited",
+                headers={
+                    "Retry-After": str(retry_after),
+                    "RateLimit-Policy": policy.header.decode(),
+                    # Resets when Retry-After says, as the draft asks of a 429.
+                    "RateLimit": f'"{policy.name}";r=0;t={retry_after}',
+                },
+            )
+            await response(scope, receive, send)
+            return
+        fields = [
+            (b"ratelimit-policy", policy.header),
+            (
+                b"ratelimit",
+                b'"%s";r=%d;t=%d'
+                % (policy.name.encode(), decision.remaining, _seconds(decision.reset_us)),
+            ),
+        ]
+
+        async def send_with_fields(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *fields]
+            await send(message)
+
+        await self.app(scope, receive, send_with_fields)
+
+
+def install_rate_limit(app: FastAPI, settings: ServiceSettings) -> None:
+    """Add the rate-limit middleware when the settings enable it (nothing at all otherwise)."""
+    if not settings.rate_limit_enabled:
+        return
+    metrics: PlatformMetrics = app.state.metrics
+    unavailable = Counter(
+        "regatta_rate_limit_unavailable_total",
+        "Requests served without a rate-limit check because Redis could not be reached.",
+        ["service_name"],
+        registry=metrics.registry,
+    ).labels(app.state.service_name)
+    limiter = RateLimiter.from_settings(
+        settings,
+        service=app.state.service_name,
+        api_keys=app.state.api_keys,
+        unavailable=unavailable,
+    )
+    app.state.rate_limiter = limiter
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)

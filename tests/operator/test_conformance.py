@@ -138,3 +138,29 @@ def test_the_operator_builds_the_chart_items_service_hpa_and_pdb(value_set: str)
     pdb = build_pdb(target, settings)
     assert pdb is not None
     assert pdb["spec"] == rendered.get("PodDisruptionBudget", "regatta-items")["spec"]
+
+
+# Settings every service reads, which an ApiService must get exactly as the chart's items does.
+SHARED_ENV = [
+    "ENVIRONMENT",
+    "LOG_LEVEL",
+    "KEEPALIVE_SECONDS",
+    "GRACEFUL_SHUTDOWN_SECONDS",
+    "MAX_BODY_BYTES",
+    "RATE_LIMIT_ENABLED",
+    "RATE_LIMIT_WINDOW_SECONDS",
+    "RATE_LIMIT_READS",
+    "RATE_LIMIT_WRITES",
+    "TRUSTED_PROXIES",
+]
+
+
+@pytest.mark.parametrize("value_set", SETS)
+def test_the_operator_passes_the_chart_service_settings(value_set: str) -> None:
+    rendered = render(_values(value_set))
+    chart, (target, settings) = _equivalent(rendered, "regatta")
+    (chart_container,) = pod_spec(chart)["containers"]
+    chart_env = env_of(chart_container)
+    built_env = env_of(pod_spec(build_deployment(target, settings))["containers"][0])
+    for name in SHARED_ENV:
+        assert built_env[name].get("value") == chart_env[name].get("value"), name

@@ -119,6 +119,12 @@ def build_env(target: Target, settings: PlatformSettings) -> list[Manifest]:
         {"name": "RUN_MIGRATIONS_ON_START", "value": "false"},
         {"name": "KEEPALIVE_SECONDS", "value": str(config.keepalive_seconds)},
         {"name": "GRACEFUL_SHUTDOWN_SECONDS", "value": str(config.graceful_shutdown_seconds)},
+        {"name": "MAX_BODY_BYTES", "value": str(config.max_body_bytes)},
+        {"name": "RATE_LIMIT_ENABLED", "value": str(config.rate_limit.enabled).lower()},
+        {"name": "RATE_LIMIT_WINDOW_SECONDS", "value": str(config.rate_limit.window_seconds)},
+        {"name": "RATE_LIMIT_READS", "value": str(config.rate_limit.reads)},
+        {"name": "RATE_LIMIT_WRITES", "value": str(config.rate_limit.writes)},
+        {"name": "TRUSTED_PROXIES", "value": ",".join(config.trusted_proxies)},
     ]
     if target.spec.database:
         env.append(_secret_env("DATABASE_URL", target.name + DATABASE_CONNECTION_SUFFIX))

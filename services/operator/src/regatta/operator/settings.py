@@ -143,6 +143,15 @@ class ServiceMonitorSettings(_Camel):
     scrape_timeout: str = Field(default="10s", alias="scrapeTimeout")
 
 
+class RateLimitConfig(_Camel):
+    """The chart's `config.rateLimit`: the same limits for an ApiService as for the built-ins."""
+
+    enabled: bool = False
+    window_seconds: int = Field(default=60, alias="windowSeconds")
+    reads: int = 1200
+    writes: int = 120
+
+
 class ServiceConfig(_Camel):
     """The part of the chart's `config` that every Regatta-style service reads."""
 
@@ -151,6 +160,9 @@ class ServiceConfig(_Camel):
     keepalive_seconds: int = Field(default=75, alias="keepaliveSeconds")
     graceful_shutdown_seconds: int = Field(default=20, alias="gracefulShutdownSeconds")
     redis_key_prefix: str = Field(default="regatta:", alias="redisKeyPrefix")
+    max_body_bytes: int = Field(default=1_048_576, alias="maxBodyBytes")
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, alias="rateLimit")
+    trusted_proxies: list[str] = Field(default_factory=list, alias="trustedProxies")
 
 
 class PlatformSettings(_Camel):

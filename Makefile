@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PORT ?= 8000
 export UV_LINK_MODE ?= copy
 
-.PHONY: help up test lint typecheck pytest sync deps clean stack stack-down bench
+.PHONY: help up test lint typecheck audit pytest sync deps clean stack stack-down bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,10 +26,13 @@ lint: sync ## ruff check and ruff format --check
 typecheck: sync ## mypy --strict over services/, tests/ and infra/
 	uv run --frozen mypy services tests infra
 
+audit: sync ## Known vulnerabilities in uv.lock (pip-audit): fails when a fixed release exists
+	uv run --frozen python infra/audit.py
+
 pytest: deps sync ## The test suites (they start Postgres and Redis on free ports)
 	uv run --frozen pytest
 
-test: lint typecheck pytest ## Everything CI runs
+test: lint typecheck audit pytest ## Everything CI runs
 
 stack: deps sync ## Run the local stack in the background: Postgres, Redis, 2 replicas per API, worker, nginx
 	uv run --frozen python infra/local/stack.py up

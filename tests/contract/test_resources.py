@@ -355,7 +355,7 @@ async def test_write_methods_not_allowed_are_405_problems(
     location = (await create(client, resource)).headers["location"]
     response = await client.put(location, json=resource.new())
     assert_problem(response, 405)
-    assert response.headers["allow"] == "DELETE, GET, PATCH"
+    assert response.headers["allow"] == "DELETE, GET, HEAD, PATCH"
     listing = await client.delete(resource.prefix)
     assert_problem(listing, 405)
-    assert listing.headers["allow"] == "GET, POST"
+    assert listing.headers["allow"] == "GET, HEAD, POST"

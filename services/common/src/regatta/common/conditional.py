@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Header
 
@@ -12,6 +12,11 @@ from regatta.common.errors import ProblemError
 # Clients must revalidate every time (a write is visible to the next read), which the ETag
 # makes cheap: a 304 carries no body.
 CACHE_CONTROL = "no-cache"
+
+# The OpenAPI ``responses`` entry of a GET that honours If-None-Match.
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not Modified: If-None-Match names the current ETag (no body)."}
+}
 
 
 def make_etag(version: int) -> str:

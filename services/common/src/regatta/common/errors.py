@@ -236,10 +236,18 @@ def invalid_field(
     field: str, location: str, message: str, *, kind: str = "value_error"
 ) -> ProblemError:
     """A 422 naming one offending field, shaped like the validation errors FastAPI raises."""
+    return invalid_fields([field], location, message, kind=kind)
+
+
+def invalid_fields(
+    fields: Sequence[str], location: str, message: str, *, kind: str = "value_error"
+) -> ProblemError:
+    """A 422 naming several fields that share one mistake (``message``)."""
+    errors = [{"field": f, "in": location, "message": message, "type": kind} for f in fields]
     return ProblemError(
         422,
-        f"The request is not valid: {field}: {message}",
+        "The request is not valid: " + "; ".join(f"{f}: {message}" for f in fields),
         slug="validation-error",
         title="Invalid request",
-        extra={"errors": [{"field": field, "in": location, "message": message, "type": kind}]},
+        extra={"errors": errors},
     )

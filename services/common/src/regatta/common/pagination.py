@@ -47,8 +47,11 @@ def _parse_cursor(cursor: str) -> object:
         return None
 
 
+_MAX_ID = 2**63 - 1  # a BIGINT: no row lies beyond it, and Postgres refuses larger numbers
+
+
 def _integer_id(value: object) -> int | None:
-    return value if type(value) is int and value >= 0 else None
+    return value if type(value) is int and 0 <= value <= _MAX_ID else None
 
 
 def _uuid_id(value: object) -> uuid.UUID | None:

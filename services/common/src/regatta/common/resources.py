@@ -12,7 +12,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from fastapi import Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import ColumnElement, Table
+from sqlalchemy import ColumnElement, Row, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.cache import DELETED, CachedResponse, ResponseCache
@@ -60,7 +60,8 @@ class Resource(Generic[M, R]):
         self.repository = repository
         self.read_schema = read_schema
         self._one = TypeAdapter(read_schema)
-        self._page = TypeAdapter(dict[str, Any])
+        self._many = TypeAdapter(list[read_schema])  # type: ignore[valid-type]
+        self._cursor = TypeAdapter(str | None)
 
     def cache_key(self, row_id: int) -> str:
         """Where the rendered resource is cached."""
@@ -70,7 +71,7 @@ class Resource(Generic[M, R]):
         """The resource's URL path."""
         return f"/{self.name}/{row_id}"
 
-    def render(self, row: M) -> CachedResponse:
+    def render(self, row: M | Row[Any]) -> CachedResponse:
         """The final JSON bytes and ETag of ``row``."""
         body = self._one.dump_json(self.read_schema.model_validate(row, from_attributes=True))
         return CachedResponse(version=row.version, etag=make_etag(row.version), body=body)
@@ -92,8 +93,8 @@ class Resource(Generic[M, R]):
         cached = await cache.get(key)
         if cached is not None:
             return cached  # no session, no connection: a hit costs one cache round trip
-        async with database.sessions() as session:
-            row = await self.repository.get(session, row_id)
+        async with database.reader.connect() as connection:
+            row = await self.repository.read(connection, row_id)
         if row is None:
             raise self.not_found(row_id)
         entry = self.render(row)
@@ -103,18 +104,21 @@ class Resource(Generic[M, R]):
     async def list(
         self,
         *,
-        session: AsyncSession,
+        database: Database,
         page: PageRequest,
         where: Sequence[ColumnElement[bool]] = (),
     ) -> bytes:
         """One page of the list, rendered to JSON bytes."""
-        rows = await self.repository.page(session, after=page.after, limit=page.limit, where=where)
-        shown = rows[: page.limit]
-        return self._page.dump_json(
-            {
-                "data": [self.read_schema.model_validate(r, from_attributes=True) for r in shown],
-                "next_cursor": next_cursor([r.id for r in rows], page.limit),
-            }
+        async with database.reader.connect() as connection:
+            rows = await self.repository.read_page(
+                connection, after=page.after, limit=page.limit, where=where
+            )
+        shown = self._many.validate_python(rows[: page.limit], from_attributes=True)
+        cursor = next_cursor([r.id for r in rows], page.limit)
+        # {"data": [...], "next_cursor": ...}: each part rendered by pydantic-core in one call.
+        return b'{"data":%s,"next_cursor":%s}' % (
+            self._many.dump_json(shown),
+            self._cursor.dump_json(cursor),
         )
 
     async def create(

@@ -7,16 +7,22 @@ from decimal import Decimal
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     PlainSerializer,
+    WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 
-def _storable(value: str) -> str:
+def storable_text(value: str) -> str:
+    """``value`` unchanged, or ValueError when no database could store it as text."""
     # Postgres text cannot hold NUL, and lone surrogates are not UTF-8: refuse both up front
     # rather than fail in the database driver.
     if "\x00" in value:
@@ -30,21 +36,60 @@ def _storable(value: str) -> str:
     return value
 
 
-# Use as ``Annotated[str, Field(min_length=1, max_length=200), Storable]``.
-Storable = AfterValidator(_storable)
+# A query parameter compared with stored text: NUL can be neither stored nor sent to Postgres.
+NO_NUL_PATTERN = "^[^\\x00]*$"
 
-# Money is exact in storage and a JSON number on the wire, as the contract says.
+
+class _StorableText:
+    """Validate with ``storable_text`` and say in the JSON schema that NUL is refused."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(storable_text, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["pattern"] = "^[^\\u0000]*$"
+        return json_schema
+
+
+# Use as ``Annotated[str, Field(min_length=1, max_length=200), Storable]``.
+Storable = _StorableText()
+
+
+def _json_number(value: Any) -> Any:
+    # Pydantic's lax mode would read true/false as 1/0 and parse "12.5" out of a string; a JSON
+    # body that means a number sends a number, as the OpenAPI document says.
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("number_type", "Input should be a JSON number")
+    return value
+
+
+# Use on numeric fields of request bodies (query parameters arrive as text and are parsed).
+JsonNumber = BeforeValidator(_json_number)
+
+MAX_MONEY = 1_000_000_000
+# Money is exact in storage and a JSON number on the wire, as the contract says. The schema
+# says so too, cents included (``multipleOf``), rather than pydantic's "number or any string".
 _AS_NUMBER = PlainSerializer(float, return_type=float, when_used="json")
-Price = Annotated[
+_MONEY_SCHEMA = {"type": "number", "maximum": MAX_MONEY, "multipleOf": 0.01}
+PriceParameter = Annotated[
     Decimal,
-    Field(gt=0, le=1_000_000_000, max_digits=12, decimal_places=2, allow_inf_nan=False),
+    Field(gt=0, le=MAX_MONEY, max_digits=12, decimal_places=2, allow_inf_nan=False),
+    WithJsonSchema({**_MONEY_SCHEMA, "exclusiveMinimum": 0}),
     _AS_NUMBER,
 ]
-Tax = Annotated[
+TaxParameter = Annotated[
     Decimal,
-    Field(ge=0, le=1_000_000_000, max_digits=12, decimal_places=2, allow_inf_nan=False),
+    Field(ge=0, le=MAX_MONEY, max_digits=12, decimal_places=2, allow_inf_nan=False),
+    WithJsonSchema({**_MONEY_SCHEMA, "minimum": 0}),
     _AS_NUMBER,
 ]
+Price = Annotated[PriceParameter, JsonNumber]
+Tax = Annotated[TaxParameter, JsonNumber]
 
 
 class CreateSchema(BaseModel):
@@ -71,6 +116,22 @@ class UpdateSchema(BaseModel):
             msg = f"may not be null: {', '.join(nulled)}"
             raise ValueError(msg)
         return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """Document what the validator enforces: some field, and no null for ``required``."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        schema["minProperties"] = 1
+        for name in cls.required:
+            field = schema["properties"][name]
+            options = [o for o in field.pop("anyOf", []) if o.get("type") != "null"]
+            if len(options) == 1:
+                field.update(options[0])
+            elif options:
+                field["anyOf"] = options
+        return schema
 
     def changes(self) -> dict[str, Any]:
         """Only the fields the client sent."""

@@ -8,7 +8,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from regatta.common.auth import WriterDep
-from regatta.common.conditional import IfMatchHeader, IfNoneMatchHeader, parse_if_match
+from regatta.common.conditional import (
+    NOT_MODIFIED,
+    IfMatchHeader,
+    IfNoneMatchHeader,
+    parse_if_match,
+)
 from regatta.common.db import DatabaseDep, SessionDep
 from regatta.common.errors import problem_responses
 from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
@@ -20,13 +25,16 @@ from regatta.common.resources import (
     json_response,
     stored_response,
 )
+from regatta.common.routing import STRICT_QUERY, route_head
+from regatta.common.schemas import NO_NUL_PATTERN
 from regatta.heroes import service
-from regatta.heroes.schemas import Age, HeroCreate, HeroPage, HeroRead, HeroUpdate
+from regatta.heroes.schemas import AgeParameter, HeroCreate, HeroPage, HeroRead, HeroUpdate
 
 router = APIRouter(
     prefix="/heroes",
     tags=["heroes"],
     responses=problem_responses(400, 413, 415, 422, 429, 500, 503),
+    dependencies=[STRICT_QUERY],
 )
 
 StoreDep = Annotated[IdempotencyStore, Depends(idempotency_store(service.SERVICE_NAME))]
@@ -59,18 +67,25 @@ async def create_hero(
 
 @router.get("", response_model=HeroPage)
 async def list_heroes(
-    session: SessionDep,
+    database: DatabaseDep,
     page: PageDep,
-    name: Annotated[str | None, Query(max_length=100, description="Exact name.")] = None,
-    name_prefix: Annotated[
-        str | None, Query(max_length=100, description="Name starts with (case-sensitive).")
+    name: Annotated[
+        str | None, Query(max_length=100, pattern=NO_NUL_PATTERN, description="Exact name.")
     ] = None,
-    min_age: Annotated[Age | None, Query()] = None,
-    max_age: Annotated[Age | None, Query()] = None,
+    name_prefix: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            pattern=NO_NUL_PATTERN,
+            description="Name starts with (case-sensitive).",
+        ),
+    ] = None,
+    min_age: Annotated[AgeParameter | None, Query()] = None,
+    max_age: Annotated[AgeParameter | None, Query()] = None,
 ) -> Response:
     """List heroes by id, a page at a time."""
     body = await service.list_heroes(
-        session=session,
+        database=database,
         page=page,
         name=name,
         name_prefix=name_prefix,
@@ -80,7 +95,11 @@ async def list_heroes(
     return json_response(body)
 
 
-@router.get("/{hero_id}", response_model=HeroRead, responses=problem_responses(404))
+@router.get(
+    "/{hero_id}",
+    response_model=HeroRead,
+    responses={**problem_responses(404), **NOT_MODIFIED},
+)
 async def get_hero(
     hero_id: HeroId,
     database: DatabaseDep,
@@ -125,3 +144,6 @@ async def delete_hero(
         session=session, cache=cache, hero_id=hero_id, precondition=parse_if_match(if_match)
     )
     return Response(status_code=204)
+
+
+route_head(router)

@@ -6,11 +6,12 @@ from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, Field
 
-from regatta.common.schemas import CreateSchema, ReadSchema, Storable, UpdateSchema
+from regatta.common.schemas import CreateSchema, JsonNumber, ReadSchema, Storable, UpdateSchema
 
 Name = Annotated[str, Field(min_length=1, max_length=100), Storable]
 SecretName = Annotated[str, Field(min_length=1, max_length=100), Storable]
-Age = Annotated[int, Field(ge=0, le=10_000)]
+AgeParameter = Annotated[int, Field(ge=0, le=10_000)]
+Age = Annotated[AgeParameter, JsonNumber]
 
 
 class HeroCreate(CreateSchema):

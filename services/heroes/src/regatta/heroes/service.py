@@ -56,7 +56,7 @@ async def get_hero(*, database: Database, cache: ResponseCache, hero_id: int) ->
 
 async def list_heroes(
     *,
-    session: AsyncSession,
+    database: Database,
     page: PageRequest,
     name: str | None,
     name_prefix: str | None,
@@ -69,7 +69,7 @@ async def list_heroes(
     where = HeroRepository.filters(
         name=name, name_prefix=name_prefix, min_age=min_age, max_age=max_age
     )
-    return await heroes.list(session=session, page=page, where=where)
+    return await heroes.list(database=database, page=page, where=where)
 
 
 async def update_hero(

@@ -8,7 +8,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from regatta.common.auth import WriterDep
-from regatta.common.conditional import IfMatchHeader, IfNoneMatchHeader, parse_if_match
+from regatta.common.conditional import (
+    NOT_MODIFIED,
+    IfMatchHeader,
+    IfNoneMatchHeader,
+    parse_if_match,
+)
 from regatta.common.db import DatabaseDep, SessionDep
 from regatta.common.errors import problem_responses
 from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
@@ -20,7 +25,8 @@ from regatta.common.resources import (
     json_response,
     stored_response,
 )
-from regatta.common.schemas import Price
+from regatta.common.routing import STRICT_QUERY, route_head
+from regatta.common.schemas import NO_NUL_PATTERN, PriceParameter
 from regatta.items import service
 from regatta.items.schemas import ItemCreate, ItemPage, ItemRead, ItemUpdate
 
@@ -28,6 +34,7 @@ router = APIRouter(
     prefix="/items",
     tags=["items"],
     responses=problem_responses(400, 413, 415, 422, 429, 500, 503),
+    dependencies=[STRICT_QUERY],
 )
 
 StoreDep = Annotated[IdempotencyStore, Depends(idempotency_store(service.SERVICE_NAME))]
@@ -60,20 +67,27 @@ async def create_item(
 
 @router.get("", response_model=ItemPage)
 async def list_items(
-    session: SessionDep,
+    database: DatabaseDep,
     page: PageDep,
-    q: Annotated[str | None, Query(max_length=200, description="Name contains (any case).")] = None,
-    min_price: Annotated[Price | None, Query()] = None,
-    max_price: Annotated[Price | None, Query()] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, pattern=NO_NUL_PATTERN, description="Name contains (any case)."),
+    ] = None,
+    min_price: Annotated[PriceParameter | None, Query()] = None,
+    max_price: Annotated[PriceParameter | None, Query()] = None,
 ) -> Response:
     """List items by id, a page at a time."""
     body = await service.list_items(
-        session=session, page=page, q=q, min_price=min_price, max_price=max_price
+        database=database, page=page, q=q, min_price=min_price, max_price=max_price
     )
     return json_response(body)
 
 
-@router.get("/{item_id}", response_model=ItemRead, responses=problem_responses(404))
+@router.get(
+    "/{item_id}",
+    response_model=ItemRead,
+    responses={**problem_responses(404), **NOT_MODIFIED},
+)
 async def get_item(
     item_id: ItemId,
     database: DatabaseDep,
@@ -118,3 +132,6 @@ async def delete_item(
         session=session, cache=cache, item_id=item_id, precondition=parse_if_match(if_match)
     )
     return Response(status_code=204)
+
+
+route_head(router)

@@ -58,7 +58,7 @@ async def get_item(*, database: Database, cache: ResponseCache, item_id: int) ->
 
 async def list_items(
     *,
-    session: AsyncSession,
+    database: Database,
     page: PageRequest,
     q: str | None,
     min_price: Decimal | None,
@@ -68,7 +68,7 @@ async def list_items(
     if min_price is not None and max_price is not None and min_price > max_price:
         raise invalid_field("min_price", "query", "must not exceed max_price", kind="range")
     where = ItemRepository.filters(q=q, min_price=min_price, max_price=max_price)
-    return await items.list(session=session, page=page, where=where)
+    return await items.list(database=database, page=page, where=where)
 
 
 async def update_item(

@@ -13,6 +13,7 @@ from regatta.common.errors import problem_responses
 from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
 from regatta.common.pagination import UuidPageDep
 from regatta.common.resources import idempotency_store, stored_response
+from regatta.common.routing import STRICT_QUERY, route_head
 from regatta.common.runtime import Runtime
 from regatta.notifications import service
 from regatta.notifications.schemas import (
@@ -30,6 +31,7 @@ router = APIRouter(
     prefix="/notifications",
     tags=["notifications"],
     responses=problem_responses(400, 413, 415, 422, 429, 500, 503),
+    dependencies=[STRICT_QUERY],
 )
 
 StoreDep = Annotated[IdempotencyStore, Depends(idempotency_store(service.SERVICE_NAME))]
@@ -118,3 +120,6 @@ async def delete_subscription(
 async def get_notification(notification_id: str, session: SessionDep) -> NotificationRead:
     """One notification: status, attempts, last error."""
     return await service.get_notification(session=session, notification_id=notification_id)
+
+
+route_head(router)

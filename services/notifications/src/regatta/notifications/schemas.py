@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field, UrlConstraints
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    UrlConstraints,
+)
+from pydantic_core import PydanticCustomError
 
-from regatta.common.schemas import CreateSchema, Storable
+from regatta.common.schemas import CreateSchema, Storable, storable_text
 
 EVENT_TYPES = (
     "item.created",
@@ -23,7 +33,10 @@ EventType = Literal[
 ]
 Status = Literal["queued", "sending", "delivered", "failed"]
 WebhookUrl = Annotated[
-    AnyHttpUrl, UrlConstraints(max_length=2048, allowed_schemes=["http", "https"])
+    AnyHttpUrl,
+    UrlConstraints(max_length=2048, allowed_schemes=["http", "https"]),
+    # "format: uri" admits any scheme; say which ones the validator takes.
+    Field(json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}),
 ]
 
 
@@ -36,12 +49,34 @@ class EmailCreate(CreateSchema):
     body: Annotated[str, Field(max_length=100_000), Storable]
 
 
+def _portable_json(value: Any) -> Any:
+    # Python's JSON parser takes NaN and Infinity, and strings with NUL or half a surrogate
+    # pair: none of them is JSON a receiver can rely on, nor something every database stores.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise PydanticCustomError("finite_number", "JSON numbers are finite")
+        elif isinstance(item, str):
+            storable_text(item)
+    return value
+
+
 class WebhookCreate(CreateSchema):
     """A JSON document to POST to a URL."""
 
     channel: Literal["webhook"]
     url: WebhookUrl
-    payload: dict[str, Any] | list[Any]
+    payload: Annotated[
+        dict[str, Any] | list[Any],
+        AfterValidator(_portable_json),
+        Field(description="Any JSON object or array; its strings may not contain NUL."),
+    ]
 
 
 NotificationCreate = Annotated[EmailCreate | WebhookCreate, Field(discriminator="channel")]

@@ -1,0 +1,83 @@
+"""Route-level conventions every service's router follows: HEAD with GET, no unknown parameters.
+
+Starlette routes HEAD with GET by itself; FastAPI's routes do not, so a service's ``api.py``
+calls :func:`route_head` on its router once every GET route is declared. HEAD stays out of the
+OpenAPI document, as clients and tools take it for granted.
+
+A query parameter a route does not take is refused (422) rather than ignored: a misspelled
+filter (``?max-price=20``) would otherwise widen a list without a word. Routers take
+:data:`STRICT_QUERY` as a dependency.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+
+from regatta.common.errors import invalid_fields
+
+
+class _HeadRoute(APIRoute):
+    """Run the GET handler and send its status and headers without the body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The GET handler, answering with no body."""
+        handler = super().get_route_handler()
+
+        async def head(request: Request) -> Response:
+            response = await handler(request)
+            bodiless = Response(status_code=response.status_code, background=response.background)
+            # The GET's headers, Content-Length included, as RFC 9110 allows for HEAD.
+            bodiless.raw_headers = response.raw_headers
+            return bodiless
+
+        return head
+
+
+def route_head(router: APIRouter) -> None:
+    """Answer HEAD on every GET route of ``router`` (declared so far), undocumented."""
+    for route in list(router.routes):
+        if not isinstance(route, APIRoute) or "GET" not in (route.methods or ()):
+            continue
+        router.add_api_route(
+            route.path.removeprefix(router.prefix),
+            route.endpoint,
+            methods=["HEAD"],
+            response_model=route.response_model,
+            status_code=route.status_code,
+            response_class=route.response_class,
+            # The router adds its own dependencies to every route it creates.
+            dependencies=[d for d in route.dependencies if d not in router.dependencies],
+            include_in_schema=False,
+            name=f"{route.name}_head",
+            route_class_override=_HeadRoute,
+        )
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {field.alias for field in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """Refuse (422) query parameters the matched route does not declare (dependency)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    taken = _query_names(route.dependant)  # a few nodes: cheaper than any cache lookup
+    unknown = sorted(set(request.query_params) - taken)
+    if unknown:
+        listed = ", ".join(sorted(taken)) or "none"
+        raise invalid_fields(
+            unknown, "query", f"unknown query parameter (this URL takes: {listed})", kind="extra"
+        )
+
+
+STRICT_QUERY = Depends(reject_unknown_query)

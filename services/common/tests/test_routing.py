@@ -1,0 +1,60 @@
+"""HEAD wherever GET is routed, and query parameters a route does not take refused."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import httpx
+from fastapi import APIRouter, FastAPI, Query
+from fastapi.responses import Response
+
+from regatta.common.errors import install_problem_handlers
+from regatta.common.routing import STRICT_QUERY, route_head
+
+
+def _app() -> FastAPI:
+    router = APIRouter(prefix="/things", dependencies=[STRICT_QUERY])
+
+    @router.get("")
+    async def list_things(colour: Annotated[str | None, Query()] = None) -> Response:
+        return Response(f'["{colour}"]', media_type="application/json", headers={"ETag": '"7"'})
+
+    @router.post("")
+    async def create_thing() -> Response:
+        return Response(status_code=201)
+
+    route_head(router)
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.include_router(router)
+    return app
+
+
+async def test_head_answers_with_the_get_headers_and_no_body() -> None:
+    app = _app()
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        got = await client.get("/things", params={"colour": "red"})
+        head = await client.head("/things", params={"colour": "red"})
+        refused = await client.put("/things")
+    assert head.status_code == got.status_code == 200
+    assert head.content == b""
+    assert head.headers["etag"] == got.headers["etag"]
+    assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+    assert refused.headers["allow"] == "GET, HEAD, POST"
+    assert "head" not in app.openapi()["paths"]["/things"]
+
+
+async def test_unknown_query_parameters_are_422_naming_them() -> None:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=_app()), base_url="http://t"
+    ) as client:
+        assert (await client.get("/things", params={"colour": "red"})).status_code == 200
+        refused = await client.get("/things", params={"color": "red", "limit": 1})
+        created = await client.post("/things", params={"dry_run": 1})
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in refused.json()["errors"]] == ["color", "limit"]
+    assert "colour" in refused.json()["errors"][0]["message"]
+    assert created.status_code == 422

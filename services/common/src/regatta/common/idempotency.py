@@ -23,6 +23,7 @@ from fastapi import Header
 from sqlalchemy import (
     JSON,
     Column,
+    Insert,
     Integer,
     LargeBinary,
     MetaData,
@@ -31,9 +32,10 @@ from sqlalchemy import (
     and_,
     delete,
     func,
-    insert,
     select,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.columns import UTCDateTime, utcnow
@@ -146,18 +148,34 @@ class IdempotencyStore:
                 if stored is not None:
                     return stored
                 response = await write(session)
-                await session.execute(
-                    insert(self.table).values(
-                        scope=request.scope,
-                        key=request.key,
-                        fingerprint=request.fingerprint,
-                        status_code=response.status_code,
-                        headers=response.headers,
-                        body=response.body,
-                        created_at=utcnow(),
-                    )
-                )
+                await session.execute(self._record(session, request, response))
                 return response
+
+    def _record(
+        self, session: AsyncSession, request: IdempotentRequest, response: StoredResponse
+    ) -> Insert:
+        # An expired record of the key may still be there (the purge runs now and then): it
+        # frees the key, so the new record replaces it in the same statement.
+        dialect = session.get_bind().dialect.name
+        upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        now = utcnow()
+        values = {
+            "fingerprint": request.fingerprint,
+            "status_code": response.status_code,
+            "headers": response.headers,
+            "body": response.body,
+            "created_at": now,
+        }
+        table = self.table
+        return (
+            upsert(table)
+            .values(scope=request.scope, key=request.key, **values)
+            .on_conflict_do_update(
+                index_elements=[table.c.scope, table.c.key],
+                set_=values,
+                where=table.c.created_at <= now - self.ttl,
+            )
+        )
 
     @contextmanager
     def _claim_locally(self, session: AsyncSession, request: IdempotentRequest) -> Iterator[None]:
@@ -186,15 +204,16 @@ class IdempotencyStore:
         self, session: AsyncSession, request: IdempotentRequest
     ) -> StoredResponse | None:
         table = self.table
-        matches_key = and_(table.c.scope == request.scope, table.c.key == request.key)
-        cutoff = utcnow() - self.ttl
-        # An expired record frees its key for a new request.
-        await session.execute(delete(table).where(matches_key, table.c.created_at <= cutoff))
+        live = and_(
+            table.c.scope == request.scope,
+            table.c.key == request.key,
+            table.c.created_at > utcnow() - self.ttl,  # an expired record frees its key
+        )
         row = (
             await session.execute(
                 select(
                     table.c.fingerprint, table.c.status_code, table.c.headers, table.c.body
-                ).where(matches_key)
+                ).where(live)
             )
         ).one_or_none()
         if row is None:

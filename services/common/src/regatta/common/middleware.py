@@ -2,51 +2,72 @@
 
 from __future__ import annotations
 
+import itertools
 import re
-import uuid
+import secrets
 from contextvars import ContextVar
+from http import HTTPStatus
 
 from opentelemetry import trace
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regatta.common.errors import problem_response
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 class RequestIdMiddleware:
-    """Echo a client's sane X-Request-ID or mint one; expose it to logs and the response."""
+    """Echo a client's sane X-Request-ID or mint one; expose it to logs and the response.
+
+    Minted ids are 32 hex digits: a random prefix per process and a counter, unique across
+    replicas without a system call per request.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        supplied = Headers(scope=scope).get(REQUEST_ID_HEADER)
-        request_id = supplied if supplied and _SANE_REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        request_id = _supplied_request_id(scope) or f"{self._prefix}{next(self._counter):016x}"
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute("regatta.request_id", request_id)  # find a trace by request id
+        header = (_REQUEST_ID_HEADER_BYTES, request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+def _supplied_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == _REQUEST_ID_HEADER_BYTES:
+            supplied = value.decode("latin-1")
+            return supplied if _SANE_REQUEST_ID.fullmatch(supplied) else None
+    return None
+
+
+# How much of a refused body is read and dropped, in multiples of the limit (see _drain).
+DRAIN_FACTOR = 4
 
 
 class _BodyTooLargeError(Exception):
@@ -65,18 +86,32 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self._check_declared_length(Headers(scope=scope).get("content-length"))
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is None and "transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body at all (most GETs): nothing to count
+            return
+        refusal = self._check_declared_length(declared)
         if refusal is not None:
+            # A body beyond what _drain would read is refused at once: waiting for it would let
+            # a client hold the connection by declaring gigabytes and sending nothing.
+            if (
+                refusal.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+                and int(declared or 0) <= DRAIN_FACTOR * self.max_bytes
+            ):
+                await self._drain(receive)
             await refusal(scope, receive, send)
             return
         received = 0
-        started = exceeded = False
+        started = exceeded = ended = False
 
         async def counting_receive() -> Message:
-            nonlocal received, exceeded
+            nonlocal received, exceeded, ended
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                # After the last part, receive() waits for the client to leave: never drain then.
+                ended = not message.get("more_body", False)
                 if received > self.max_bytes:
                     exceeded = True
                     raise _BodyTooLargeError
@@ -89,6 +124,8 @@ class BodySizeLimitMiddleware:
                 # 400 for any failure while reading a body): answer 413 instead, once.
                 if not started:
                     started = True
+                    if not ended:
+                        await self._drain(receive)
                     await self._send_too_large(send)
                 return
             started = started or message["type"] == "http.response.start"
@@ -99,7 +136,25 @@ class BodySizeLimitMiddleware:
         except _BodyTooLargeError:
             if started:
                 raise
+            if not ended:
+                await self._drain(receive)
             await self._send_too_large(send)
+
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop the rest of a refused body, up to a bound, before answering.
+
+        Closing a socket with unread bytes in it makes the kernel reset the connection, and a
+        proxy in front (nginx, an ingress) that is still sending then reports a 502 instead of
+        our 413. A body a few times over the limit is read to its end; a larger one is cut off.
+        """
+        remaining = DRAIN_FACTOR * self.max_bytes
+        while remaining > 0:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            remaining -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
 
     def _check_declared_length(self, declared: str | None) -> Response | None:
         if declared is None:

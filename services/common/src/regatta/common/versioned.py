@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Integer, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, Integer, Row, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from regatta.common.columns import BigIntPK, UTCDateTime, utcnow
@@ -36,10 +36,10 @@ M = TypeVar("M", bound=VersionedMixin)
 
 
 @dataclass(frozen=True, slots=True)
-class WriteOutcome(Generic[M]):
+class WriteOutcome:
     """What a conditional write found: the new row, or why there is none."""
 
-    row: M | None
+    row: Row[Any] | None
     current_version: int | None  # set when the row exists but the precondition failed
 
     @property
@@ -53,19 +53,42 @@ class VersionedRepository(Generic[M]):
 
     def __init__(self, model: type[M]) -> None:
         self.model = model
+        self._table: Any = getattr(model, "__table__")  # noqa: B009 -- M is any mapped class
 
     async def get(self, session: AsyncSession, row_id: int) -> M | None:
         """The row with ``row_id``, or None."""
         return await session.get(self.model, row_id)
 
-    async def insert(self, session: AsyncSession, values: Mapping[str, Any]) -> M:
-        """Insert a row at version 1 and return it with its id."""
+    async def read(self, connection: AsyncConnection, row_id: int) -> Row[Any] | None:
+        """The row with ``row_id`` as plain columns (no ORM identity map), or None."""
+        table: Any = self._table
+        return (await connection.execute(select(table).where(table.c.id == row_id))).first()
+
+    async def read_page(
+        self,
+        connection: AsyncConnection,
+        *,
+        after: int | None,
+        limit: int,
+        where: Sequence[ColumnElement[bool]] = (),
+    ) -> Sequence[Row[Any]]:
+        """Like :meth:`page`, as plain columns."""
+        table: Any = self._table
+        statement = select(table).where(*where).order_by(table.c.id).limit(limit + 1)
+        if after is not None:
+            statement = statement.where(table.c.id > after)
+        return (await connection.execute(statement)).all()
+
+    async def insert(self, session: AsyncSession, values: Mapping[str, Any]) -> Row[Any]:
+        """Insert a row at version 1 and return it, id included (one INSERT ... RETURNING)."""
         now = utcnow()
-        model: Any = self.model
-        row: M = model(**values, version=1, created_at=now, updated_at=now)
-        session.add(row)
-        await session.flush()
-        return row
+        table = self._table
+        statement = (
+            insert(table)
+            .values(**values, version=1, created_at=now, updated_at=now)
+            .returning(*table.c)
+        )
+        return (await session.execute(statement)).one()
 
     async def page(
         self,
@@ -88,31 +111,31 @@ class VersionedRepository(Generic[M]):
         row_id: int,
         values: Mapping[str, Any],
         precondition: Precondition | None,
-    ) -> WriteOutcome[M]:
+    ) -> WriteOutcome:
         """Apply ``values`` and bump the version, if the row exists and the precondition holds."""
-        model: Any = self.model
+        table = self._table
         statement = (
-            update(self.model)
-            .where(model.id == row_id, *self._condition(precondition))
-            .values(**values, version=model.version + 1, updated_at=utcnow())
-            .returning(self.model)
+            update(table)
+            .where(table.c.id == row_id, *self._condition(precondition))
+            .values(**values, version=table.c.version + 1, updated_at=utcnow())
+            .returning(*table.c)
         )
-        row = (await session.scalars(statement)).one_or_none()
+        row = (await session.execute(statement)).one_or_none()
         if row is not None:
             return WriteOutcome(row=row, current_version=None)
         return WriteOutcome(row=None, current_version=await self._version(session, row_id))
 
     async def delete(
         self, session: AsyncSession, row_id: int, precondition: Precondition | None
-    ) -> WriteOutcome[M]:
+    ) -> WriteOutcome:
         """Delete the row if it exists and the precondition holds; ``row`` is the deleted row."""
-        model: Any = self.model
+        table = self._table
         statement = (
-            delete(self.model)
-            .where(model.id == row_id, *self._condition(precondition))
-            .returning(self.model)
+            delete(table)
+            .where(table.c.id == row_id, *self._condition(precondition))
+            .returning(*table.c)
         )
-        row = (await session.scalars(statement)).one_or_none()
+        row = (await session.execute(statement)).one_or_none()
         if row is not None:
             return WriteOutcome(row=row, current_version=None)
         return WriteOutcome(row=None, current_version=await self._version(session, row_id))

@@ -9,7 +9,7 @@ from regatta.common.app import create_app as create_service_app
 from regatta.common.migrations import MigrationSpec
 from regatta.heroes.api import router
 from regatta.heroes.models import idempotency_keys, outbox
-from regatta.heroes.service import SERVICE_NAME
+from regatta.heroes.service import SERVICE_NAME, heroes
 from regatta.heroes.settings import HeroesSettings
 
 SERVICE = ServiceSpec(
@@ -20,6 +20,7 @@ SERVICE = ServiceSpec(
     ),
     idempotency_table=idempotency_keys,
     outbox_table=outbox,
+    cached_reads=(heroes,),
 )
 
 

@@ -9,7 +9,7 @@ from regatta.common.app import create_app as create_service_app
 from regatta.common.migrations import MigrationSpec
 from regatta.items.api import router
 from regatta.items.models import idempotency_keys, outbox
-from regatta.items.service import SERVICE_NAME
+from regatta.items.service import SERVICE_NAME, items
 from regatta.items.settings import ItemsSettings
 
 SERVICE = ServiceSpec(
@@ -20,6 +20,7 @@ SERVICE = ServiceSpec(
     ),
     idempotency_table=idempotency_keys,
     outbox_table=outbox,
+    cached_reads=(items,),
 )
 
 

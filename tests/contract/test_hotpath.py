@@ -1,0 +1,143 @@
+"""Reads answered before routing look exactly like the route's own answers.
+
+Two apps share one database: the platform as shipped, and the same services with the hot path
+switched off. Every response the hot path gives must equal, byte for byte and header for header
+(the request id aside), what the routed app gives for the same request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from regatta.common.app import create_app
+from regatta.heroes.main import SERVICE as HEROES
+from regatta.items.main import SERVICE as ITEMS
+from regatta.notifications.settings import NotificationsSettings
+from tests.conftest import AppFactory, client_for
+
+WRITER = {"Authorization": "Bearer hot-key"}
+
+
+@asynccontextmanager
+async def routed_only(settings: NotificationsSettings) -> AsyncIterator[FastAPI]:
+    """The items and heroes services with no hot path: every request is routed."""
+    services = [dataclasses.replace(s, cached_reads=()) for s in (ITEMS, HEROES)]
+    app = create_app(settings, services, title="Regatta")
+    async with LifespanManager(app):
+        yield app
+
+
+def comparable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = sorted((k, v) for k, v in response.headers.items() if k != "x-request-id")
+    return response.status_code, headers, response.content
+
+
+def cache_hits(app: FastAPI, service: str) -> float:
+    metric = app.state.metrics.cache_requests.labels(service, "hit")
+    return float(metric._value.get())
+
+
+@pytest.fixture
+async def clients(
+    start_app: AppFactory, settings: NotificationsSettings
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, httpx.AsyncClient]]:
+    async with (
+        start_app(api_keys=[SecretStr("hot-key")]) as app,
+        routed_only(settings.model_copy(update={"api_keys": [SecretStr("hot-key")]})) as plain,
+        client_for(app) as fast,
+        client_for(plain) as routed,
+    ):
+        yield app, fast, routed
+
+
+@pytest.mark.parametrize(
+    ("prefix", "body"),
+    [
+        ("/items", {"name": "Kayak", "price": 310.5}),
+        ("/heroes", {"name": "Ada", "secret_name": "A. Lovelace", "age": 36}),
+    ],
+)
+async def test_hits_equal_routed_responses(
+    clients: tuple[FastAPI, httpx.AsyncClient, httpx.AsyncClient], prefix: str, body: object
+) -> None:
+    app, fast, routed = clients
+    created = await fast.post(prefix, json=body, headers=WRITER)
+    assert created.status_code == 201
+    location = created.headers["location"]
+    service = prefix.strip("/")
+
+    await fast.get(location)  # a miss: routed, then cached
+    before = cache_hits(app, service)
+    hit = await fast.get(location)
+    assert cache_hits(app, service) == before + 1
+    assert comparable(hit) == comparable(await routed.get(location))
+    assert hit.headers["content-type"] == "application/json"
+
+    etag = hit.headers["etag"]
+    revalidated = await fast.get(location, headers={"If-None-Match": etag})
+    assert revalidated.status_code == 304
+    assert comparable(revalidated) == comparable(
+        await routed.get(location, headers={"If-None-Match": etag})
+    )
+    for other in ('"999"', f'W/{etag}, "999"', "*"):
+        headers = {"If-None-Match": other}
+        assert comparable(await fast.get(location, headers=headers)) == comparable(
+            await routed.get(location, headers=headers)
+        )
+
+
+async def test_a_write_is_seen_at_once_on_the_hot_path(
+    clients: tuple[FastAPI, httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    _, fast, _ = clients
+    location = (
+        await fast.post("/items", json={"name": "Oar", "price": 20}, headers=WRITER)
+    ).headers["location"]
+    assert (await fast.get(location)).json()["price"] == 20
+    await fast.get(location)  # warm
+    changed = await fast.patch(location, json={"price": 25}, headers=WRITER)
+    assert changed.status_code == 200
+    assert (await fast.get(location)).json()["price"] == 25
+    assert (await fast.delete(location, headers=WRITER)).status_code == 204
+    gone = await fast.get(location)
+    assert gone.status_code == 404
+    assert gone.headers["content-type"] == "application/problem+json"
+
+
+ODD_PATHS = [
+    "/items/987654321",  # answered by the hot path: the 404 problem
+    "/items/9223372036854775807",
+    "/items/0",
+    "/items/01",
+    "/items/-1",
+    "/items/abc",
+    "/items/1.0",
+    "/items/%31",
+    "/items/9223372036854775808",
+    "/items/99999999999999999999",
+    "/items/1/",
+    "/items/1/extra",
+    "/items/",
+    "/items",
+    "/itemsx/1",
+    "/items/1?unknown=1",
+    "/items/1?",
+]
+
+
+async def test_odd_ids_and_paths_answer_as_the_routes_do(
+    clients: tuple[FastAPI, httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    _, fast, routed = clients
+    await fast.post("/items", json={"name": "Sail", "price": 99}, headers=WRITER)
+    await fast.get("/items/1")  # item 1 is now cached: the odd spellings must still be routed
+    for path in ODD_PATHS:
+        assert comparable(await fast.get(path)) == comparable(await routed.get(path)), path

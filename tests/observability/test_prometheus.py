@@ -269,6 +269,8 @@ async def drive_every_route(
             assert (await client.get(location)).status_code == 200  # a cache hit
             assert (await client.get(f"{base}/999999")).status_code == 404  # a miss
             assert (await client.get(base)).status_code == 200
+            assert (await client.head(location)).status_code == 200  # every GET has a HEAD
+            assert (await client.head(base)).status_code == 200
             patched = await client.patch(location, json={"name": "Renamed"})
             assert patched.status_code == 200
             assert (await client.delete(location)).status_code == 204
@@ -283,7 +285,10 @@ async def drive_every_route(
             assert accepted.status_code == 202, accepted.text
             delivery_ids.add(accepted.json()["id"])
             assert (await client.get(f"{notifications}/{accepted.json()['id']}")).is_success
+            assert (await client.head(f"{notifications}/{accepted.json()['id']}")).is_success
         assert (await client.get(notifications)).status_code == 200
+        assert (await client.head(notifications)).status_code == 200
+        assert (await client.head(f"{notifications}/subscriptions")).status_code == 200
         subscriptions = (await client.get(f"{notifications}/subscriptions")).json()["data"]
         assert subscriptions
         await client.post(

@@ -96,8 +96,8 @@ async def _on_validation_error(_request: Request, exc: Exception) -> Response:
     )
 
 
-async def _on_problem(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProblemError)  # noqa: S101 -- registered for this type only
+def render_problem(exc: ProblemError) -> Response:
+    """The problem+json response a raised ProblemError stands for."""
     return problem_response(
         exc.status,
         exc.detail,
@@ -106,6 +106,11 @@ async def _on_problem(_request: Request, exc: Exception) -> Response:
         headers=exc.headers,
         extra=exc.extra,
     )
+
+
+async def _on_problem(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)  # noqa: S101 -- registered for this type only
+    return render_problem(exc)
 
 
 _HTTP_DETAILS = {

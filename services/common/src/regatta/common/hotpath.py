@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from regatta.common.cache import CachedResponse
 from regatta.common.conditional import CACHE_CONTROL, none_match
-from regatta.common.errors import ProblemError, problem_response
+from regatta.common.errors import ProblemError, render_problem
 from regatta.common.resources import Resource
 from regatta.common.versioned import MAX_ID
 
@@ -53,15 +53,7 @@ class CachedReadMiddleware:
                 try:
                     entry = await resource.read(database=database, cache=cache, row_id=row_id)
                 except ProblemError as exc:  # the 404, as the route's handler renders it
-                    response = problem_response(
-                        exc.status,
-                        exc.detail,
-                        slug=exc.slug,
-                        title=exc.title,
-                        headers=exc.headers,
-                        extra=exc.extra,
-                    )
-                    await response(scope, receive, send)
+                    await render_problem(exc)(scope, receive, send)
                     return
                 await _send_entry(entry, scope, send)
                 return

@@ -71,7 +71,7 @@ class Resource(Generic[M, R]):
         """The resource's URL path."""
         return f"/{self.name}/{row_id}"
 
-    def render(self, row: M | Row[Any]) -> CachedResponse:
+    def render(self, row: Row[Any]) -> CachedResponse:
         """The final JSON bytes and ETag of ``row``."""
         body = self._one.dump_json(self.read_schema.model_validate(row, from_attributes=True))
         return CachedResponse(version=row.version, etag=make_etag(row.version), body=body)

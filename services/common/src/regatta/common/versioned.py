@@ -55,10 +55,6 @@ class VersionedRepository(Generic[M]):
         self.model = model
         self._table: Any = getattr(model, "__table__")  # noqa: B009 -- M is any mapped class
 
-    async def get(self, session: AsyncSession, row_id: int) -> M | None:
-        """The row with ``row_id``, or None."""
-        return await session.get(self.model, row_id)
-
     async def read(self, connection: AsyncConnection, row_id: int) -> Row[Any] | None:
         """The row with ``row_id`` as plain columns (no ORM identity map), or None."""
         table: Any = self._table
@@ -72,7 +68,7 @@ class VersionedRepository(Generic[M]):
         limit: int,
         where: Sequence[ColumnElement[bool]] = (),
     ) -> Sequence[Row[Any]]:
-        """Like :meth:`page`, as plain columns."""
+        """Up to ``limit + 1`` rows after the id ``after``, by id (the extra one says "more")."""
         table: Any = self._table
         statement = select(table).where(*where).order_by(table.c.id).limit(limit + 1)
         if after is not None:
@@ -89,21 +85,6 @@ class VersionedRepository(Generic[M]):
             .returning(*table.c)
         )
         return (await session.execute(statement)).one()
-
-    async def page(
-        self,
-        session: AsyncSession,
-        *,
-        after: int | None,
-        limit: int,
-        where: Sequence[ColumnElement[bool]] = (),
-    ) -> Sequence[M]:
-        """Up to ``limit + 1`` rows after the id ``after``, by id (the extra one says "more")."""
-        model: Any = self.model
-        statement = select(self.model).where(*where).order_by(model.id).limit(limit + 1)
-        if after is not None:
-            statement = statement.where(model.id > after)
-        return (await session.scalars(statement)).all()
 
     async def update(
         self,

@@ -37,8 +37,12 @@ class ServiceSettings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
-    db_pool_size: int = Field(default=10, ge=1, le=200)
-    db_max_overflow: int = Field(default=5, ge=0, le=200)
+    # A fixed pool by default: SQLAlchemy closes an overflow connection as soon as it comes
+    # back to a full pool, and under sustained load (more requests than pooled connections)
+    # that is dozens of new connections a second, each costing more than many queries
+    # (tests/load/README.md). Overflow remains for short bursts above a steady load.
+    db_pool_size: int = Field(default=15, ge=1, le=200)
+    db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
     # Client-side bound on any one statement's round trip: the server's statement_timeout

@@ -8,8 +8,11 @@ from datetime import datetime
 
 import httpx
 import pytest
+from sqlalchemy import func, select, table
 
-from tests.contract.resources import RESOURCES, ResourceCase
+from regatta.common.settings import ServiceSettings
+from tests.conftest import AppFactory, client_for
+from tests.contract.resources import ITEMS, RESOURCES, ResourceCase
 
 pytestmark = pytest.mark.parametrize("resource", RESOURCES, ids=str)
 
@@ -223,6 +226,76 @@ async def test_concurrent_requests_with_one_key_create_once(
     assert len(created) == 1
     listed = (await client.get(resource.prefix)).json()["data"]
     assert len(listed) == 1
+
+
+async def test_a_key_claimed_between_look_up_and_write_replays_the_winner(
+    start_app: AppFactory,
+    resource: ResourceCase,
+    settings: ServiceSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On Postgres a keyed create looks the key up, then claims it in the statement that writes.
+    # A request whose look-up ran before another one with the same key committed must find
+    # its claim refused, write nothing, and replay the winner (or refuse a different body).
+    if settings.redis_url is None:
+        pytest.skip("the embedded backend holds the key for the whole transaction instead")
+    body = resource.new()
+    headers = {"Idempotency-Key": "race"}
+    async with start_app() as app, client_for(app) as client:
+        winner = await client.post(resource.prefix, json=body, headers=headers)
+        assert winner.status_code == 201
+        service = resource.prefix.strip("/")
+        store = app.state.idempotency[service]
+        find = store._find
+        missed: list[bool] = []
+
+        async def late_look_up(*args: object) -> object:
+            if not missed:  # the first look-up ran before the winner committed
+                missed.append(True)
+                return None
+            return await find(*args)
+
+        monkeypatch.setattr(store, "_find", late_look_up)
+        loser = await client.post(resource.prefix, json=body, headers=headers)
+        assert missed
+        assert loser.status_code == 201
+        assert loser.content == winner.content
+        assert loser.headers["location"] == winner.headers["location"]
+        assert loser.headers["idempotent-replayed"] == "true"
+        missed.clear()
+        other = await client.post(resource.prefix, json=resource.new(), headers=headers)
+        assert missed
+        assert_problem(other, 422)
+        listed = (await client.get(resource.prefix)).json()["data"]
+        assert [row["id"] for row in listed] == [winner.json()["id"]]
+        engine = app.state.runtime.database.engine
+        async with engine.connect() as connection:
+            outbox_rows = select(func.count()).select_from(table(f"{service}_outbox"))
+            events = await connection.scalar(outbox_rows)
+        assert events == 1
+
+
+async def test_a_create_answers_what_the_stored_row_reads_back_as(
+    client: httpx.AsyncClient, resource: ResourceCase
+) -> None:
+    # Postgres renders a create's response before writing the row (one statement for row,
+    # event and key): it must equal the row as read back from the database.
+    bodies = [resource.new() for _ in range(3)]
+    if resource is ITEMS:
+        bodies += [
+            {"name": 'Ünïcode "quoted" ☃', "price": 0.1, "tax": 0, "description": ""},
+            {"name": "Big", "price": 999999999.99, "tax": 0.01, "description": "x" * 2000},
+            {"name": "Integral", "price": 7},
+        ]
+    created = []
+    for n, body in enumerate(bodies):
+        response = await client.post(
+            resource.prefix, json=body, headers={"Idempotency-Key": f"shape-{n}"}
+        )
+        assert response.status_code == 201, response.text
+        created.append(response.json())
+    listed = (await client.get(resource.prefix, params={"limit": 100})).json()["data"]
+    assert listed == created
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "naïve"])

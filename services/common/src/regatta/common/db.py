@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -145,6 +146,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor.close()
 
 
+async def fetch_direct(
+    connection: AsyncConnection, statement: str, *args: Any
+) -> list[dict[str, Any]]:
+    """The rows of a read-only Postgres statement, run by asyncpg itself.
+
+    The values are asyncpg's, without the column types' conversions (the caller applies them).
+
+    The connection still comes from (and goes back to) SQLAlchemy's pool; only the execution
+    skips SQLAlchemy's statement machinery, which costs more than the query on the hottest
+    reads (``statement`` is SQL in asyncpg's ``$n`` style, prepared once per connection by
+    asyncpg). A cancelled statement is a timeout (503). Any other failure is replayed through
+    SQLAlchemy, so that its handling applies exactly as to every other statement: the error
+    classified (``DatabaseUnavailableError`` or not), a broken connection and the pool's older
+    connections invalidated. A read is safe to repeat.
+    """
+    raw = await connection.get_raw_connection()
+    try:
+        records = await raw.driver_connection.fetch(statement, *args)  # type: ignore[union-attr]
+    except asyncpg.exceptions.QueryCanceledError as exc:
+        raise DatabaseUnavailableError(statement, None, exc, hide_parameters=True) from exc
+    except Exception:  # noqa: BLE001 -- replayed below, where SQLAlchemy classifies it
+        rows = (await connection.exec_driver_sql(statement, args)).all()
+        return [dict(row._mapping) for row in rows]  # noqa: SLF001 -- the public mapping
+    return [dict(record.items()) for record in records]
+
+
 class Database:
     """The engine and its session factory, created in the lifespan and closed at shutdown."""
 
@@ -154,6 +181,9 @@ class Database:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
         # Single-statement reads need no transaction: no BEGIN, no ROLLBACK, same pool.
         self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Hot reads run by asyncpg itself (fetch_direct) on Postgres. Off while the engine is
+        # traced: then every statement goes through SQLAlchemy and so shows as a span.
+        self.direct = engine.dialect.name == "postgresql"
 
     @property
     def dialect(self) -> str:

@@ -1,11 +1,17 @@
 """``Idempotency-Key`` for creating POSTs, with the IETF draft's semantics.
 
 The first request with a key runs and its response is stored *in the same transaction* as the
-write, so a replay can never disagree with what was created. While it runs, the key is locked
-(a transaction-scoped advisory lock on Postgres, shared by every replica; an in-process set on
-the single-process SQLite default) and a concurrent request with the same key gets 409. Within
-the retention window the same key with the same request replays the stored response; with a
-different request it gets 422.
+write, so a replay can never disagree with what was created. Within the retention window the
+same key with the same request replays the stored response; with a different request it gets
+422. Two ways to get there:
+
+- :meth:`IdempotencyStore.run`: while the write runs, the key is locked (a transaction-scoped
+  advisory lock on Postgres, shared by every replica; an in-process set on the single-process
+  SQLite default) and a concurrent request with the same key gets 409.
+- :meth:`IdempotencyStore.run_claiming` (Postgres; the versioned resources' creates): the key
+  is claimed by the very statement that writes, so no lock spans round trips; a concurrent
+  request with the same key waits on the key's index entry for that one statement and then
+  replays the response.
 """
 
 from __future__ import annotations
@@ -21,22 +27,24 @@ from typing import Annotated, Any
 
 from fastapi import Header
 from sqlalchemy import (
+    CTE,
     JSON,
     Column,
     Insert,
     Integer,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
-    and_,
+    bindparam,
     delete,
     func,
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from regatta.common.columns import UTCDateTime, utcnow
 from regatta.common.errors import ProblemError
@@ -112,6 +120,14 @@ class IdempotencyStore:
         self.table = table
         self.ttl = timedelta(seconds=ttl_seconds)
         self._in_flight: set[tuple[str, str]] = set()
+        self._claim: CTE | None = None
+        self._live = select(
+            table.c.fingerprint, table.c.status_code, table.c.headers, table.c.body
+        ).where(
+            table.c.scope == bindparam("scope"),
+            table.c.key == bindparam("key"),
+            table.c.created_at > bindparam("live_after"),  # an expired record frees its key
+        )
         # Told each keyed request's outcome: stored, replayed, conflict or mismatch.
         self._observe = observe or (lambda _outcome: None)
 
@@ -135,6 +151,99 @@ class IdempotencyStore:
         self._observe("replayed" if response.replayed else "stored")
         return response
 
+    async def run_claiming(
+        self,
+        connection: AsyncConnection,
+        request: IdempotentRequest,
+        prepare: Callable[[], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]],
+    ) -> StoredResponse:
+        """Postgres, on an autocommit connection: store or replay in one write statement.
+
+        A live record is replayed (or refused with 422) as in :meth:`run`. Otherwise
+        ``prepare()`` renders the response and returns the write as a statement and its
+        parameters; the statement is built on :meth:`claim` (which claims the key with that
+        response as its record, yielding one row if the key was free or its record expired
+        and none if a live record holds it), writes only if the claim did, and counts the
+        rows it wrote. Claim, write and record are one statement and so one transaction: two
+        requests with one key race on the key's unique index, and the loser, finding no row
+        written, replays the winner's response once it is committed. No lock is held across
+        round trips.
+        """
+        try:
+            response = await self._claim_or_replay(connection, request, prepare)
+        except ProblemError as exc:
+            outcome = _OUTCOMES_BY_SLUG.get(exc.slug or "")
+            if outcome is not None:
+                self._observe(outcome)
+            raise
+        self._observe("replayed" if response.replayed else "stored")
+        return response
+
+    def claim(self) -> CTE:
+        """The Postgres CTE claiming a key (parameters: :meth:`claim_parameters`)."""
+        if self._claim is None:
+            table = self.table
+            record = {
+                "fingerprint": bindparam("claim_fingerprint", type_=table.c.fingerprint.type),
+                "status_code": bindparam("claim_status_code", type_=table.c.status_code.type),
+                "headers": bindparam("claim_headers", type_=table.c.headers.type),
+                "body": bindparam("claim_body", type_=table.c.body.type),
+                "created_at": bindparam("claim_created_at", type_=table.c.created_at.type),
+            }
+            self._claim = (
+                postgresql_insert(table)
+                .values(
+                    scope=bindparam("claim_scope", type_=table.c.scope.type),
+                    key=bindparam("claim_key", type_=table.c.key.type),
+                    **record,
+                )
+                .on_conflict_do_update(
+                    index_elements=[table.c.scope, table.c.key],
+                    set_=record,
+                    # An expired record frees its key: the new one replaces it.
+                    where=table.c.created_at
+                    <= bindparam("claim_expired_at", type_=table.c.created_at.type),
+                )
+                .returning(table.c.key)
+                .cte("claim")
+            )
+        return self._claim
+
+    def claim_parameters(
+        self, request: IdempotentRequest, response: StoredResponse
+    ) -> dict[str, Any]:
+        """The parameters of :meth:`claim` for ``request`` answered by ``response``."""
+        now = utcnow()
+        return {
+            "claim_scope": request.scope,
+            "claim_key": request.key,
+            "claim_fingerprint": request.fingerprint,
+            "claim_status_code": response.status_code,
+            "claim_headers": response.headers,
+            "claim_body": response.body,
+            "claim_created_at": now,
+            "claim_expired_at": now - self.ttl,
+        }
+
+    async def _claim_or_replay(
+        self,
+        connection: AsyncConnection,
+        request: IdempotentRequest,
+        prepare: Callable[[], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]],
+    ) -> StoredResponse:
+        stored = await self._find(connection, request)
+        if stored is not None:
+            return stored
+        response, write, parameters = await prepare()
+        claimed = {**parameters, **self.claim_parameters(request, response)}
+        if await connection.scalar(write, claimed):
+            return response
+        # Another request with this key won the race between the look-up and the write.
+        stored = await self._find(connection, request)
+        if stored is None:  # ... and its record expired in between: let the client retry
+            raise _in_flight_error()
+        return stored
+
     async def _run_keyed(
         self,
         session: AsyncSession,
@@ -152,11 +261,14 @@ class IdempotencyStore:
                 return response
 
     def _record(
-        self, session: AsyncSession, request: IdempotentRequest, response: StoredResponse
+        self,
+        session: AsyncSession | AsyncConnection,
+        request: IdempotentRequest,
+        response: StoredResponse,
     ) -> Insert:
         # An expired record of the key may still be there (the purge runs now and then): it
         # frees the key, so the new record replaces it in the same statement.
-        dialect = session.get_bind().dialect.name
+        dialect = _dialect_name(session)
         upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
         now = utcnow()
         values = {
@@ -201,21 +313,10 @@ class IdempotencyStore:
             raise _in_flight_error()
 
     async def _find(
-        self, session: AsyncSession, request: IdempotentRequest
+        self, session: AsyncSession | AsyncConnection, request: IdempotentRequest
     ) -> StoredResponse | None:
-        table = self.table
-        live = and_(
-            table.c.scope == request.scope,
-            table.c.key == request.key,
-            table.c.created_at > utcnow() - self.ttl,  # an expired record frees its key
-        )
-        row = (
-            await session.execute(
-                select(
-                    table.c.fingerprint, table.c.status_code, table.c.headers, table.c.body
-                ).where(live)
-            )
-        ).one_or_none()
+        parameters = {"scope": request.scope, "key": request.key, "live_after": utcnow() - self.ttl}
+        row = (await session.execute(self._live, parameters)).one_or_none()
         if row is None:
             return None
         if row.fingerprint != request.fingerprint:
@@ -240,6 +341,12 @@ class IdempotencyStore:
                 delete(self.table).where(self.table.c.created_at <= utcnow() - self.ttl)
             )
         return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _dialect_name(executor: AsyncSession | AsyncConnection) -> str:
+    if isinstance(executor, AsyncConnection):
+        return executor.dialect.name
+    return executor.get_bind().dialect.name
 
 
 _OUTCOMES_BY_SLUG = {"idempotency-key-in-flight": "conflict", "idempotency-key-reused": "mismatch"}

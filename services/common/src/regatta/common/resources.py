@@ -6,16 +6,18 @@ HTTP contract promises; its own ``service.py`` adds only its rules.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import ColumnElement, Row, Table
+from sqlalchemy import CTE, ColumnElement, Row, Select, Table, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.cache import DELETED, CachedResponse, ResponseCache
+from regatta.common.columns import utcnow
 from regatta.common.conditional import (
     CACHE_CONTROL,
     Precondition,
@@ -33,6 +35,7 @@ from regatta.common.idempotency import (
     StoredResponse,
     fingerprint,
 )
+from regatta.common.observability import current_trace_context
 from regatta.common.pagination import PageRequest, next_cursor
 from regatta.common.versioned import MAX_ID, M, VersionedRepository
 
@@ -62,6 +65,9 @@ class Resource(Generic[M, R]):
         self._one = TypeAdapter(read_schema)
         self._many = TypeAdapter(list[read_schema])  # type: ignore[valid-type]
         self._cursor = TypeAdapter(str | None)
+        table = repository.table
+        self._writes: dict[tuple[tuple[str, ...], CTE | None], Select[Any]] = {}
+        self._next_id = select(func.nextval(func.pg_get_serial_sequence(table.name, "id")))
 
     def cache_key(self, row_id: int) -> str:
         """Where the rendered resource is cached."""
@@ -71,10 +77,12 @@ class Resource(Generic[M, R]):
         """The resource's URL path."""
         return f"/{self.name}/{row_id}"
 
-    def render(self, row: Row[Any]) -> CachedResponse:
-        """The final JSON bytes and ETag of ``row``."""
-        body = self._one.dump_json(self.read_schema.model_validate(row, from_attributes=True))
-        return CachedResponse(version=row.version, etag=make_etag(row.version), body=body)
+    def render(self, row: Row[Any] | Mapping[str, Any]) -> CachedResponse:
+        """The final JSON bytes and ETag of ``row`` (a row, or its columns by name)."""
+        columns = row._mapping if isinstance(row, Row) else row  # noqa: SLF001 -- public
+        body = self._one.dump_json(self.read_schema.model_validate(columns))
+        version: int = columns["version"]
+        return CachedResponse(version=version, etag=make_etag(version), body=body)
 
     def not_found(self, row_id: int) -> ProblemError:
         """The 404 for an id that does not exist."""
@@ -94,7 +102,7 @@ class Resource(Generic[M, R]):
         if cached is not None:
             return cached  # no session, no connection: a hit costs one cache round trip
         async with database.reader.connect() as connection:
-            row = await self.repository.read(connection, row_id)
+            row = await self.repository.read(connection, row_id, direct=database.direct)
         if row is None:
             raise self.not_found(row_id)
         entry = self.render(row)
@@ -111,10 +119,10 @@ class Resource(Generic[M, R]):
         """One page of the list, rendered to JSON bytes."""
         async with database.reader.connect() as connection:
             rows = await self.repository.read_page(
-                connection, after=page.after, limit=page.limit, where=where
+                connection, after=page.after, limit=page.limit, where=where, direct=database.direct
             )
-        shown = self._many.validate_python(rows[: page.limit], from_attributes=True)
-        cursor = next_cursor([r.id for r in rows], page.limit)
+        shown = self._many.validate_python(rows[: page.limit])
+        cursor = next_cursor([row["id"] for row in rows], page.limit)
         # {"data": [...], "next_cursor": ...}: each part rendered by pydantic-core in one call.
         return b'{"data":%s,"next_cursor":%s}' % (
             self._many.dump_json(shown),
@@ -155,11 +163,88 @@ class Resource(Generic[M, R]):
             if idempotency_key is not None
             else None
         )
-        response = await store.run(session, keyed, write)
-        if created:
+        database: Database = request.app.state.database
+        if database.dialect == "postgresql":
+            response = await self._create_in_one_statement(database, store, keyed, values, created)
+        else:
+            response = await store.run(session, keyed, write)
+        if created and not response.replayed:
             row_id = int(response.headers["Location"].rsplit("/", 1)[1])
             await cache.put(self.cache_key(row_id), created[0])
         return response
+
+    async def _create_in_one_statement(
+        self,
+        database: Database,
+        store: IdempotencyStore,
+        keyed: IdempotentRequest | None,
+        values: Mapping[str, Any],
+        created: builtins.list[CachedResponse],
+    ) -> StoredResponse:
+        # Postgres: the id is drawn first, so that the response (and the event, which carries
+        # it) is rendered before the write; then row, event and idempotency record go in one
+        # statement on an autocommit connection — two round trips, no transaction to hold.
+        # The rendering equals what the row reads back as: values are validated to what the
+        # columns store exactly, and the contract suites compare the two.
+        claim = store.claim() if keyed is not None else None
+        async with database.reader.connect() as connection:
+
+            async def prepare() -> tuple[StoredResponse, Select[Any], dict[str, Any]]:
+                row_id: int = (await connection.execute(self._next_id)).scalar_one()
+                now = utcnow()
+                row = {**values, "id": row_id, "version": 1, "created_at": now, "updated_at": now}
+                entry = self.render(row)
+                created.append(entry)
+                response = StoredResponse(
+                    status_code=201,
+                    body=entry.body,
+                    headers={"Location": self.location(row_id), "ETag": entry.etag},
+                )
+                parameters = {f"row_{name}": value for name, value in row.items()}
+                parameters |= {
+                    "event_type": f"{self.singular}.created",
+                    "event_payload": entry.body.decode(),
+                    "event_occurred_at": now,
+                    "event_trace_context": current_trace_context(),
+                }
+                return response, self._write_statement(tuple(row), claim), parameters
+
+            if keyed is not None:
+                return await store.run_claiming(connection, keyed, prepare)
+            response, write, parameters = await prepare()
+            await connection.execute(write, parameters)
+            return response
+
+    def _write_statement(self, names: tuple[str, ...], claim: CTE | None) -> Select[Any]:
+        # INSERT the row (only if ``claim`` yields a row), its event from the inserted row,
+        # and count what was inserted: data-modifying CTEs all run, referenced or not. Built
+        # once per shape, with parameters, so that SQLAlchemy's compiled cache serves it.
+        statement = self._writes.get((names, claim))
+        if statement is not None:
+            return statement
+        table = self.repository.table
+        row = [bindparam(f"row_{name}", type_=table.c[name].type) for name in names]
+        if claim is None:
+            inserted = insert(table).values(dict(zip(names, row, strict=True)))
+        else:
+            chosen = select(*(value.label(name) for name, value in zip(names, row, strict=True)))
+            inserted = insert(table).from_select(list(names), chosen.select_from(claim))
+        item = inserted.returning(table.c.id).cte("item")
+        statement = select(func.count()).select_from(item)
+        if self.outbox is not None:
+            outbox = self.outbox.c
+            event = select(
+                bindparam("event_type", type_=outbox.event_type.type),
+                bindparam("event_payload", type_=outbox.payload.type),
+                bindparam("event_occurred_at", type_=outbox.occurred_at.type),
+                bindparam("event_trace_context", type_=outbox.trace_context.type),
+            ).select_from(item)
+            columns = ["event_type", "payload", "occurred_at", "trace_context"]
+            statement = statement.add_cte(
+                insert(self.outbox).from_select(columns, event).cte("event")
+            )
+        self._writes[(names, claim)] = statement
+        return statement
 
     async def update(
         self,

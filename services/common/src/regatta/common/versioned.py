@@ -7,17 +7,30 @@ the others re-check the condition) and on SQLite (one writer at a time) alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Integer, Row, delete, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from regatta.common.columns import BigIntPK, UTCDateTime, utcnow
 from regatta.common.conditional import Precondition
+from regatta.common.db import fetch_direct
 
 # Ids are BIGINT; anything outside this range cannot exist (404, never a database error).
 MAX_ID = 2**63 - 1
@@ -54,11 +67,39 @@ class VersionedRepository(Generic[M]):
     def __init__(self, model: type[M]) -> None:
         self.model = model
         self._table: Any = getattr(model, "__table__")  # noqa: B009 -- M is any mapped class
-
-    async def read(self, connection: AsyncConnection, row_id: int) -> Row[Any] | None:
-        """The row with ``row_id`` as plain columns (no ORM identity map), or None."""
         table: Any = self._table
-        return (await connection.execute(select(table).where(table.c.id == row_id))).first()
+        self.table: Table = table
+        self._by_id = select(table).where(table.c.id == bindparam("id"))
+        # The same statement for asyncpg itself ($1), and the column types' own conversion of
+        # what asyncpg returns (what SQLAlchemy would apply to the row).
+        dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
+        self._by_id_sql = str(self._by_id.compile(dialect=dialect))
+        first = select(table).order_by(table.c.id).limit(bindparam("limit"))
+        self._first_page_sql = str(first.compile(dialect=dialect))
+        later = first.where(table.c.id > bindparam("after"))
+        compiled = later.compile(dialect=dialect)
+        if compiled.positiontup != ["after", "limit"]:  # the argument order used in read_page
+            msg = f"unexpected parameter order {compiled.positiontup}"
+            raise AssertionError(msg)
+        self._later_page_sql = str(compiled)
+        self._converters: dict[str, Callable[[Any], Any]] = {
+            column.key: _converter(column.type, dialect)
+            for column in table.c
+            if isinstance(column.type, TypeDecorator)
+        }
+
+    async def read(
+        self, connection: AsyncConnection, row_id: int, *, direct: bool = False
+    ) -> Mapping[str, Any] | None:
+        """The row with ``row_id`` as plain columns (no ORM identity map), or None.
+
+        ``direct``: run it with asyncpg itself (Postgres only; see :func:`db.fetch_direct`).
+        """
+        if not direct:
+            row = (await connection.execute(self._by_id, {"id": row_id})).first()
+            return None if row is None else dict(row._mapping)  # noqa: SLF001 -- public
+        found = await fetch_direct(connection, self._by_id_sql, row_id)
+        return self._converted(found[0]) if found else None
 
     async def read_page(
         self,
@@ -67,13 +108,29 @@ class VersionedRepository(Generic[M]):
         after: int | None,
         limit: int,
         where: Sequence[ColumnElement[bool]] = (),
-    ) -> Sequence[Row[Any]]:
-        """Up to ``limit + 1`` rows after the id ``after``, by id (the extra one says "more")."""
+        direct: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit + 1`` rows after the id ``after``, by id (the extra one says "more").
+
+        ``direct``: run unfiltered pages with asyncpg itself (Postgres only).
+        """
+        if direct and not where:
+            if after is None:
+                found = await fetch_direct(connection, self._first_page_sql, limit + 1)
+            else:
+                found = await fetch_direct(connection, self._later_page_sql, after, limit + 1)
+            return [self._converted(row) for row in found]
         table: Any = self._table
         statement = select(table).where(*where).order_by(table.c.id).limit(limit + 1)
         if after is not None:
             statement = statement.where(table.c.id > after)
-        return (await connection.execute(statement)).all()
+        rows = (await connection.execute(statement)).all()
+        return [dict(row._mapping) for row in rows]  # noqa: SLF001 -- the public mapping
+
+    def _converted(self, row: dict[str, Any]) -> dict[str, Any]:
+        for key, convert in self._converters.items():
+            row[key] = convert(row[key])
+        return row
 
     async def insert(self, session: AsyncSession, values: Mapping[str, Any]) -> Row[Any]:
         """Insert a row at version 1 and return it, id included (one INSERT ... RETURNING)."""
@@ -131,3 +188,10 @@ class VersionedRepository(Generic[M]):
         model: Any = self.model
         version: int | None = await session.scalar(select(model.version).where(model.id == row_id))
         return version
+
+
+def _converter(column_type: TypeDecorator[Any], dialect: Any) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        return column_type.process_result_value(value, dialect)
+
+    return convert

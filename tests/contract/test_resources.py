@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime
 
 import httpx
 import pytest
 from sqlalchemy import func, select, table
 
+from regatta.common.idempotency import IdempotentRequest
 from regatta.common.settings import ServiceSettings
 from tests.conftest import AppFactory, client_for
 from tests.contract.resources import ITEMS, RESOURCES, ResourceCase
@@ -246,16 +248,18 @@ async def test_a_key_claimed_between_look_up_and_write_replays_the_winner(
         assert winner.status_code == 201
         service = resource.prefix.strip("/")
         store = app.state.idempotency[service]
-        find = store._find
+        look_up = store._look_up
         missed: list[bool] = []
 
-        async def late_look_up(*args: object) -> object:
+        async def late_look_up(
+            connection: object, request: IdempotentRequest, draw: object
+        ) -> object:
             if not missed:  # the first look-up ran before the winner committed
                 missed.append(True)
-                return None
-            return await find(*args)
+                return await look_up(connection, replace(request, key="unused"), draw)
+            return await look_up(connection, request, draw)
 
-        monkeypatch.setattr(store, "_find", late_look_up)
+        monkeypatch.setattr(store, "_look_up", late_look_up)
         loser = await client.post(resource.prefix, json=body, headers=headers)
         assert missed
         assert loser.status_code == 201

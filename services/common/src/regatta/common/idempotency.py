@@ -30,17 +30,22 @@ from sqlalchemy import (
     CTE,
     JSON,
     Column,
+    ColumnElement,
     Insert,
     Integer,
     LargeBinary,
     MetaData,
+    Row,
     Select,
     String,
     Table,
     bindparam,
+    case,
     delete,
     func,
+    literal,
     select,
+    true,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -121,6 +126,7 @@ class IdempotencyStore:
         self.ttl = timedelta(seconds=ttl_seconds)
         self._in_flight: set[tuple[str, str]] = set()
         self._claim: CTE | None = None
+        self._looked_up: dict[ColumnElement[Any], Select[Any]] = {}
         self._live = select(
             table.c.fingerprint, table.c.status_code, table.c.headers, table.c.body
         ).where(
@@ -155,22 +161,24 @@ class IdempotencyStore:
         self,
         connection: AsyncConnection,
         request: IdempotentRequest,
-        prepare: Callable[[], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]],
+        draw: ColumnElement[Any],
+        prepare: Callable[[Any], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]],
     ) -> StoredResponse:
         """Postgres, on an autocommit connection: store or replay in one write statement.
 
-        A live record is replayed (or refused with 422) as in :meth:`run`. Otherwise
-        ``prepare()`` renders the response and returns the write as a statement and its
-        parameters; the statement is built on :meth:`claim` (which claims the key with that
-        response as its record, yielding one row if the key was free or its record expired
-        and none if a live record holds it), writes only if the claim did, and counts the
-        rows it wrote. Claim, write and record are one statement and so one transaction: two
-        requests with one key race on the key's unique index, and the loser, finding no row
-        written, replays the winner's response once it is committed. No lock is held across
-        round trips.
+        A live record is replayed (or refused with 422) as in :meth:`run`. Otherwise the same
+        look-up evaluates ``draw`` (the new row's id from its sequence: no round trip of its
+        own), and ``prepare(drawn)`` renders the response and returns the write as a
+        statement and its parameters. The statement is built on :meth:`claim`, which claims
+        the key with that response as its record (one row if the key was free or its record
+        expired, none if a live record holds it); it writes only if the claim did and counts
+        the rows it wrote. Claim, write and record are one statement and so one transaction:
+        two requests with one key race on the key's unique index, and the loser, finding no
+        row written, replays the winner's response once it is committed. No lock is held
+        across round trips.
         """
         try:
-            response = await self._claim_or_replay(connection, request, prepare)
+            response = await self._claim_or_replay(connection, request, draw, prepare)
         except ProblemError as exc:
             outcome = _OUTCOMES_BY_SLUG.get(exc.slug or "")
             if outcome is not None:
@@ -229,12 +237,13 @@ class IdempotencyStore:
         self,
         connection: AsyncConnection,
         request: IdempotentRequest,
-        prepare: Callable[[], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]],
+        draw: ColumnElement[Any],
+        prepare: Callable[[Any], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]],
     ) -> StoredResponse:
-        stored = await self._find(connection, request)
+        stored, drawn = await self._look_up(connection, request, draw)
         if stored is not None:
             return stored
-        response, write, parameters = await prepare()
+        response, write, parameters = await prepare(drawn)
         claimed = {**parameters, **self.claim_parameters(request, response)}
         if await connection.scalar(write, claimed):
             return response
@@ -315,10 +324,29 @@ class IdempotencyStore:
     async def _find(
         self, session: AsyncSession | AsyncConnection, request: IdempotentRequest
     ) -> StoredResponse | None:
-        parameters = {"scope": request.scope, "key": request.key, "live_after": utcnow() - self.ttl}
-        row = (await session.execute(self._live, parameters)).one_or_none()
-        if row is None:
-            return None
+        row = (await session.execute(self._live, self._live_parameters(request))).one_or_none()
+        return None if row is None else self._replay(row, request)
+
+    async def _look_up(
+        self, connection: AsyncConnection, request: IdempotentRequest, draw: ColumnElement[Any]
+    ) -> tuple[StoredResponse | None, Any]:
+        # The live record, or else ``draw`` evaluated: one statement either way.
+        found = self._looked_up.get(draw)
+        if found is None:
+            live = self._live.subquery()
+            drawn = case((live.c.fingerprint.is_(None), draw)).label("drawn")
+            one = select(literal(1).label("one")).subquery()
+            statement: Select[Any] = select(*live.c, drawn).select_from(one.outerjoin(live, true()))
+            self._looked_up[draw] = found = statement
+        row = (await connection.execute(found, self._live_parameters(request))).one()
+        if row.fingerprint is None:
+            return None, row.drawn
+        return self._replay(row, request), None
+
+    def _live_parameters(self, request: IdempotentRequest) -> dict[str, Any]:
+        return {"scope": request.scope, "key": request.key, "live_after": utcnow() - self.ttl}
+
+    def _replay(self, row: Row[Any, Any, Any, Any], request: IdempotentRequest) -> StoredResponse:
         if row.fingerprint != request.fingerprint:
             raise ProblemError(
                 422,

@@ -67,7 +67,8 @@ class Resource(Generic[M, R]):
         self._cursor = TypeAdapter(str | None)
         table = repository.table
         self._writes: dict[tuple[tuple[str, ...], CTE | None], Select[Any]] = {}
-        self._next_id = select(func.nextval(func.pg_get_serial_sequence(table.name, "id")))
+        # The next id of the table's sequence (drawn before the row is written).
+        self._next_id = func.nextval(func.pg_get_serial_sequence(table.name, "id"))
 
     def cache_key(self, row_id: int) -> str:
         """Where the rendered resource is cached."""
@@ -133,7 +134,7 @@ class Resource(Generic[M, R]):
         self,
         *,
         request: Request,
-        session: AsyncSession,
+        database: Database,
         cache: ResponseCache,
         store: IdempotencyStore,
         idempotency_key: str | None,
@@ -163,11 +164,11 @@ class Resource(Generic[M, R]):
             if idempotency_key is not None
             else None
         )
-        database: Database = request.app.state.database
         if database.dialect == "postgresql":
             response = await self._create_in_one_statement(database, store, keyed, values, created)
         else:
-            response = await store.run(session, keyed, write)
+            async with database.sessions() as session:
+                response = await store.run(session, keyed, write)
         if created and not response.replayed:
             row_id = int(response.headers["Location"].rsplit("/", 1)[1])
             await cache.put(self.cache_key(row_id), created[0])
@@ -181,16 +182,15 @@ class Resource(Generic[M, R]):
         values: Mapping[str, Any],
         created: builtins.list[CachedResponse],
     ) -> StoredResponse:
-        # Postgres: the id is drawn first, so that the response (and the event, which carries
-        # it) is rendered before the write; then row, event and idempotency record go in one
-        # statement on an autocommit connection — two round trips, no transaction to hold.
-        # The rendering equals what the row reads back as: values are validated to what the
-        # columns store exactly, and the contract suites compare the two.
+        # Postgres: the id is drawn first (with the key's look-up), so that the response (and
+        # the event, which carries it) is rendered before the write; then row, event and
+        # idempotency record go in one statement on an autocommit connection: two round trips,
+        # no transaction to hold. The rendering equals what the row reads back as: values are
+        # validated to what the columns store exactly, and the contract suites compare the two.
         claim = store.claim() if keyed is not None else None
         async with database.reader.connect() as connection:
 
-            async def prepare() -> tuple[StoredResponse, Select[Any], dict[str, Any]]:
-                row_id: int = (await connection.execute(self._next_id)).scalar_one()
+            async def prepare(row_id: int) -> tuple[StoredResponse, Select[Any], dict[str, Any]]:
                 now = utcnow()
                 row = {**values, "id": row_id, "version": 1, "created_at": now, "updated_at": now}
                 entry = self.render(row)
@@ -210,8 +210,10 @@ class Resource(Generic[M, R]):
                 return response, self._write_statement(tuple(row), claim), parameters
 
             if keyed is not None:
-                return await store.run_claiming(connection, keyed, prepare)
-            response, write, parameters = await prepare()
+                return await store.run_claiming(connection, keyed, self._next_id, prepare)
+            response, write, parameters = await prepare(
+                (await connection.execute(select(self._next_id))).scalar_one()
+            )
             await connection.execute(write, parameters)
             return response
 

@@ -46,7 +46,7 @@ WRITE_ERRORS = problem_responses(401, 403, 404, 409, 412)
 async def create_hero(
     hero: HeroCreate,
     request: Request,
-    session: SessionDep,
+    database: DatabaseDep,
     cache: CacheDep,
     store: StoreDep,
     principal: WriterDep,
@@ -55,7 +55,7 @@ async def create_hero(
     """Create a hero. Retry safely with an ``Idempotency-Key``."""
     stored = await service.create_hero(
         request=request,
-        session=session,
+        database=database,
         cache=cache,
         store=store,
         idempotency_key=idempotency_key,

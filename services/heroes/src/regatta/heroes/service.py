@@ -30,7 +30,7 @@ heroes: Resource[Hero, HeroRead] = Resource(
 async def create_hero(
     *,
     request: Request,
-    session: AsyncSession,
+    database: Database,
     cache: ResponseCache,
     store: IdempotencyStore,
     idempotency_key: str | None,
@@ -40,7 +40,7 @@ async def create_hero(
     """Create a hero, once per idempotency key."""
     return await heroes.create(
         request=request,
-        session=session,
+        database=database,
         cache=cache,
         store=store,
         idempotency_key=idempotency_key,

@@ -46,7 +46,7 @@ WRITE_ERRORS = problem_responses(401, 403, 404, 409, 412)
 async def create_item(
     item: ItemCreate,
     request: Request,
-    session: SessionDep,
+    database: DatabaseDep,
     cache: CacheDep,
     store: StoreDep,
     principal: WriterDep,
@@ -55,7 +55,7 @@ async def create_item(
     """Create an item. Retry safely with an ``Idempotency-Key``."""
     stored = await service.create_item(
         request=request,
-        session=session,
+        database=database,
         cache=cache,
         store=store,
         idempotency_key=idempotency_key,

@@ -32,7 +32,7 @@ items: Resource[Item, ItemRead] = Resource(
 async def create_item(
     *,
     request: Request,
-    session: AsyncSession,
+    database: Database,
     cache: ResponseCache,
     store: IdempotencyStore,
     idempotency_key: str | None,
@@ -42,7 +42,7 @@ async def create_item(
     """Create an item, once per idempotency key."""
     return await items.create(
         request=request,
-        session=session,
+        database=database,
         cache=cache,
         store=store,
         idempotency_key=idempotency_key,

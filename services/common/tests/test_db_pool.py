@@ -1,9 +1,10 @@
-"""Pooled connections the database dropped: an idle one is replaced unseen, a busy one once."""
+"""Pooled connections the database dropped or timed out, through SQLAlchemy and fetch_direct."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -60,5 +61,74 @@ async def test_a_busy_connection_fails_once_as_unavailable_then_recovers(
             await backend_pid(engine)  # not pinged: the statement meets the dropped connection
         second = await backend_pid(engine)
         assert second != first
+    finally:
+        await engine.dispose()
+
+
+# fetch_direct: reads run by asyncpg itself meet the same failures with the same outcomes.
+
+
+async def direct_backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        rows = await db.fetch_direct(connection, "SELECT pg_backend_pid() AS pid")
+    return int(rows[0]["pid"])
+
+
+async def test_a_direct_read_returns_its_rows_as_dicts(engine: AsyncEngine) -> None:
+    try:
+        async with engine.connect() as connection:
+            rows = await db.fetch_direct(
+                connection, "SELECT n, n * $1::int AS twice FROM generate_series(1, 3) AS n", 2
+            )
+            assert rows == [{"n": 1, "twice": 2}, {"n": 2, "twice": 4}, {"n": 3, "twice": 6}]
+            assert await db.fetch_direct(connection, "SELECT 1 WHERE false") == []
+    finally:
+        await engine.dispose()
+
+
+async def test_a_direct_read_on_a_dropped_connection_fails_once_then_recovers(
+    engine: AsyncEngine, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 3600.0)
+    try:
+        first = await direct_backend_pid(engine)
+        await terminate(postgres_url, first)
+        with pytest.raises(db.DatabaseUnavailableError) as raised:
+            await direct_backend_pid(engine)  # replayed through SQLAlchemy, which classifies it
+        assert raised.value.connection_invalidated
+        second = await direct_backend_pid(engine)
+        assert second != first
+    finally:
+        await engine.dispose()
+
+
+async def test_a_direct_read_past_the_statement_timeout_is_unavailable(
+    postgres_url: str,
+) -> None:
+    settings = ServiceSettings(
+        environment=Environment.TEST,
+        database_url=SecretStr(postgres_url),
+        db_pool_size=1,
+        db_statement_timeout_ms=50,
+    )
+    engine = db.create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(db.DatabaseUnavailableError):
+                await db.fetch_direct(connection, "SELECT pg_sleep(1)")
+            # The statement was cancelled, the connection is fine.
+            assert await db.fetch_direct(connection, "SELECT 1 AS one") == [{"one": 1}]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_faulty_direct_read_is_the_same_error_as_through_sqlalchemy(
+    engine: AsyncEngine,
+) -> None:
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(sa_exc.ProgrammingError) as raised:
+                await db.fetch_direct(connection, "SELECT * FROM no_such_table")
+            assert not isinstance(raised.value, db.DatabaseUnavailableError)
     finally:
         await engine.dispose()

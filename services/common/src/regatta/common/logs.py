@@ -109,6 +109,11 @@ def configure_logging(*, level: str, log_format: LogFormat, service: str) -> Non
     root.setLevel(level)
 
 
+def request_logged(status: int) -> bool:
+    """Whether a request answered with ``status`` leaves a log line at the current level."""
+    return access_logger.isEnabledFor(logging.ERROR if status >= SERVER_ERROR else logging.INFO)
+
+
 def log_request(
     *, service: str, route: str, method: str, path: str, status: int, duration_seconds: float
 ) -> None:

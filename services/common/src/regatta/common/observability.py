@@ -54,7 +54,7 @@ from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator.metrics import Info
 
-from regatta.common.logs import log_request
+from regatta.common.logs import log_request, request_logged
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -281,14 +281,16 @@ class PlatformMetrics:
         )
         if status == TOO_MANY_REQUESTS:
             self.rate_limited.labels(service).inc()
-        log_request(
-            service=service,
-            route=handler,
-            method=info.method,
-            path=info.request.url.path,
-            status=int(status) if status.isdigit() else 0,
-            duration_seconds=info.modified_duration,
-        )
+        code = int(status) if status.isdigit() else 0
+        if request_logged(code):  # building the URL costs more than the metrics above
+            log_request(
+                service=service,
+                route=handler,
+                method=info.method,
+                path=info.request.url.path,
+                status=code,
+                duration_seconds=info.modified_duration,
+            )
 
     def count_cache(self, key: str, hit: bool) -> None:
         """Count a cache look-up; keys start with the service's name (``items:42``)."""

@@ -56,6 +56,28 @@ async def test_every_caller_gets_its_own_value(pair: tuple[Redis, PipelinedRedis
 
 
 @pytest.mark.postgres
+async def test_commands_of_one_turn_of_the_loop_leave_in_one_write(
+    pair: tuple[Redis, PipelinedRedis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis, reader = pair
+    await redis.set(b"k", b"v")
+    assert await reader.get(b"k") == b"v"  # connected
+    writes: list[bytes] = []
+    transport = reader._replies.transport  # type: ignore[union-attr]
+    write = transport.write  # type: ignore[union-attr]
+
+    def counted(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    monkeypatch.setattr(transport, "write", counted)
+    results = await asyncio.gather(*(reader.get(b"k") for _ in range(50)))
+    assert results == [b"v"] * 50
+    assert len(writes) == 1
+    assert writes[0].count(b"GET") == 50
+
+
+@pytest.mark.postgres
 async def test_an_error_reply_fails_one_caller_only(pair: tuple[Redis, PipelinedRedis]) -> None:
     redis, reader = pair
     await redis.rpush("a-list", "x")

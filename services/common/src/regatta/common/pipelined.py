@@ -96,9 +96,22 @@ class _Replies(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._buffer = bytearray()
+        # Commands sent in one turn of the event loop leave in one write (one system call).
+        self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def send(self, command: bytes) -> None:
+        """Queue ``command``; everything queued in this turn of the loop is written together."""
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(command)
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if not self.closed and self.transport is not None:
+            self.transport.write(b"".join(outgoing))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisUnavailableError(f"connection to Redis lost: {exc!r}"))
@@ -230,7 +243,7 @@ class PipelinedRedis:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
         replies.waiting.append((future, loop.time() + self.timeout))
-        replies.transport.write(command)  # type: ignore[union-attr]
+        replies.send(command)
         return await future
 
     async def aclose(self) -> None:
@@ -281,7 +294,7 @@ class PipelinedRedis:
         for command in setup:
             future: asyncio.Future[Reply] = loop.create_future()
             replies.waiting.append((future, loop.time() + self.connect_timeout))
-            replies.transport.write(command)  # type: ignore[union-attr]
+            replies.send(command)
             futures.append(future)
         try:
             await asyncio.gather(*futures)

@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,18 +49,26 @@ request = function()
   return wrk.format("GET", "/items/" .. n, {{["If-None-Match"] = {etag}}})
 end
 """
+# Every key is new (a run token from post_script() and a counter): these are creates, never
+# replays. Lua's math.random is not seeded, so it cannot tell runs apart.
 POST_SCRIPT = """
 local n = 0
-local seed = tostring(math.random(1, 1000000000))
 request = function()
   n = n + 1
   return wrk.format("POST", "/items", {{
     ["Content-Type"] = "application/json",
     ["Authorization"] = "Bearer {key}",
-    ["Idempotency-Key"] = "bench-" .. seed .. "-" .. n,
+    ["Idempotency-Key"] = "bench-{run}-" .. n,
   }}, '{{"name": "Bench item", "price": 9.99, "tax": 0.5}}')
 end
 """
+
+
+def post_script() -> str:
+    """The POST script with keys no other run uses."""
+    return POST_SCRIPT.format(key=API_KEY, run=uuid.uuid4().hex)
+
+
 PACED_SUFFIX = """
 delay = function() return {delay_ms} end
 """
@@ -157,7 +166,7 @@ def run_endpoints(label: str, base: str, *, with_etag: bool) -> dict[str, Figure
             GET_SCRIPT.format(items=items, etag='"\\"1\\""' if with_etag else "nil"),
         ),
         "list page": wrk(f"{label} list", base + "/items?limit=20", ""),
-        "POST /items": wrk(f"{label} POST", base + "/", POST_SCRIPT.format(key=API_KEY)),
+        "POST /items": wrk(f"{label} POST", base + "/", post_script()),
     }
 
 
@@ -224,7 +233,7 @@ def main() -> int:
                 f"regatta {name} at 60%",
                 url["regatta"] + "/",
                 (
-                    POST_SCRIPT.format(key=API_KEY)
+                    post_script()
                     if name == "POST /items"
                     else GET_SCRIPT.format(items=SEED_ITEMS, etag="nil")
                 )
@@ -235,6 +244,13 @@ def main() -> int:
                 ("POST /items", ours["POST /items"]),
             )
         }
+        # The same pacing against F: how much of the tail is the machine's and wrk's own.
+        paced["F (baseline)"] = wrk(
+            "F at 60%",
+            url["F"] + "/",
+            GET_SCRIPT.format(items=SEED_ITEMS, etag="nil")
+            + PACED_SUFFIX.format(delay_ms=int(CONNECTIONS * 1000 / (0.6 * f.rps))),
+        )
         regatta_pid = processes["regatta"].pid
         rss_after = rss_mib(regatta_pid)
         soak = wrk(

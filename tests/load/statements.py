@@ -1,0 +1,98 @@
+"""The database statements of the hot paths, without HTTP: what each way of running them costs.
+
+A private Postgres, the items schema, 200 rows; then, with 32 tasks on one event loop (as the
+service has under ``wrk -c32``), the point read run three ways and the keyed create as the
+service runs it. Prints figures; asserts nothing.
+
+    PYTHONPATH=infra/local:tests/load uv run --frozen python tests/load/statements.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+import uvloop
+from daemons import PostgresServer, find_postgres_bindir, postgres_os_user
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from regatta.common.db import Database, create_engine
+from regatta.common.idempotency import IdempotencyStore, IdempotentRequest
+from regatta.common.settings import ServiceSettings
+from regatta.items.models import Item, idempotency_keys
+from regatta.items.service import items
+
+TASKS = 32
+ROWS = 200
+
+
+async def rate(name: str, operation: Callable[[int], Awaitable[object]], total: int) -> None:
+    """Run ``operation`` ``total`` times from TASKS tasks; print operations/s and CPU each."""
+
+    async def task(first: int) -> None:
+        for n in range(first, total, TASKS):
+            await operation(n % ROWS + 1)
+
+    await asyncio.gather(*(task(n) for n in range(TASKS)))  # warm: statements prepared
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(task(n) for n in range(TASKS)))
+    elapsed, used = time.perf_counter() - started, time.process_time() - cpu
+    print(f"{name:44} {total / elapsed:7.0f}/s  {used / total * 1e6:6.0f} µs CPU each")
+
+
+async def measure(database_url: str) -> None:
+    """Every figure, on one engine sized as the service's."""
+    database = Database(create_engine(ServiceSettings(database_url=SecretStr(database_url))))
+    table = Item.__table__
+    repository = items.repository
+    store = IdempotencyStore(idempotency_keys, ttl_seconds=86_400)
+    values = {"name": "Bench", "description": None, "price": Decimal("9.99"), "tax": None}
+    for _ in range(ROWS):
+        await items._create_in_one_statement(database, store, None, values, [])
+
+    async def built_per_call(row_id: int) -> object:
+        async with database.reader.connect() as connection:
+            return (await connection.execute(select(table).where(table.c.id == row_id))).first()
+
+    async def prebuilt(row_id: int) -> object:
+        async with database.reader.connect() as connection:
+            return await repository.read(connection, row_id)
+
+    async def direct(row_id: int) -> object:
+        async with database.reader.connect() as connection:
+            return await repository.read(connection, row_id, direct=True)
+
+    async def create(_: int) -> object:
+        request = IdempotentRequest(key=uuid.uuid4().hex, scope="bench", fingerprint="f")
+        return await items._create_in_one_statement(database, store, request, values, [])
+
+    try:
+        await rate("point read, Core select built per call", built_per_call, 4000)
+        await rate("point read, prebuilt Core select", prebuilt, 4000)
+        await rate("point read, asyncpg on the pooled connection", direct, 4000)
+        await rate("keyed create (look-up, then one statement)", create, 2000)
+    finally:
+        await database.close()
+
+
+def main() -> int:
+    """Start Postgres, create the schema, measure."""
+    with PostgresServer(find_postgres_bindir(), postgres_os_user()) as postgres:
+        postgres.start()
+        url = postgres.url(postgres.create_database())
+        env = {**os.environ, "DATABASE_URL": url}
+        subprocess.run([sys.executable, "-m", "regatta.items.migrate"], env=env, check=True)
+        print(f"{TASKS} tasks on one event loop (uvloop), Postgres {url.rsplit('@', 1)[1]}")
+        uvloop.run(measure(url))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

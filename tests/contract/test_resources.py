@@ -15,6 +15,7 @@ from regatta.common.idempotency import IdempotentRequest
 from regatta.common.settings import ServiceSettings
 from tests.conftest import AppFactory, client_for
 from tests.contract.resources import ITEMS, RESOURCES, ResourceCase
+from tests.observability.test_metrics import value as metric_value
 
 pytestmark = pytest.mark.parametrize("resource", RESOURCES, ids=str)
 
@@ -277,6 +278,13 @@ async def test_a_key_claimed_between_look_up_and_write_replays_the_winner(
             outbox_rows = select(func.count()).select_from(table(f"{service}_outbox"))
             events = await connection.scalar(outbox_rows)
         assert events == 1
+        metrics = (await client.get("/metrics")).text
+    labels = {"service_name": service}
+    for outcome, count in (("stored", 1), ("replayed", 1), ("mismatch", 1), ("conflict", 0)):
+        counted = metric_value(
+            metrics, "regatta_idempotency_requests_total", outcome=outcome, **labels
+        )
+        assert counted == count, outcome
 
 
 async def test_a_create_answers_what_the_stored_row_reads_back_as(

@@ -147,15 +147,7 @@ class IdempotencyStore:
         if request is None:
             async with session.begin():
                 return await write(session)
-        try:
-            response = await self._run_keyed(session, request, write)
-        except ProblemError as exc:
-            outcome = _OUTCOMES_BY_SLUG.get(exc.slug or "")
-            if outcome is not None:
-                self._observe(outcome)
-            raise
-        self._observe("replayed" if response.replayed else "stored")
-        return response
+        return await self._observed(self._run_keyed(session, request, write))
 
     async def run_claiming(
         self,
@@ -177,12 +169,16 @@ class IdempotencyStore:
         row written, replays the winner's response once it is committed. No lock is held
         across round trips.
         """
+        return await self._observed(self._claim_or_replay(connection, request, draw, prepare))
+
+    async def _observed(self, outcome: Awaitable[StoredResponse]) -> StoredResponse:
+        # Count a keyed request's outcome: stored, replayed, conflict or mismatch.
         try:
-            response = await self._claim_or_replay(connection, request, draw, prepare)
+            response = await outcome
         except ProblemError as exc:
-            outcome = _OUTCOMES_BY_SLUG.get(exc.slug or "")
-            if outcome is not None:
-                self._observe(outcome)
+            counted = _OUTCOMES_BY_SLUG.get(exc.slug or "")
+            if counted is not None:
+                self._observe(counted)
             raise
         self._observe("replayed" if response.replayed else "stored")
         return response

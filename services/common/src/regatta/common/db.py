@@ -179,7 +179,8 @@ class Database:
         self.engine = engine
         # expire_on_commit=False: objects stay readable after commit without a lazy reload.
         self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-        # Single-statement reads need no transaction: no BEGIN, no ROLLBACK, same pool.
+        # Single statements need no transaction (no BEGIN, no ROLLBACK, same pool): reads, and
+        # the one-statement creates of resources.py (each statement is its own transaction).
         self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         # Hot reads run by asyncpg itself (fetch_direct) on Postgres. Off while the engine is
         # traced: then every statement goes through SQLAlchemy and so shows as a span.

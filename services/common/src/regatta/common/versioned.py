@@ -70,8 +70,11 @@ class VersionedRepository(Generic[M]):
         table: Any = self._table
         self.table: Table = table
         self._by_id = select(table).where(table.c.id == bindparam("id"))
-        # The same statement for asyncpg itself ($1), and the column types' own conversion of
-        # what asyncpg returns (what SQLAlchemy would apply to the row).
+        # The same statements for asyncpg itself ($n), and the column types' own conversion of
+        # what asyncpg returns (what SQLAlchemy would apply to the row). Plain strings, numbers
+        # and timestamps come back from asyncpg as SQLAlchemy returns them; TypeDecorators add
+        # their conversion here. A column type with a driver-level result processor of its own
+        # (JSON, say) would need one too: the contract suites read both ways and compare.
         dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
         self._by_id_sql = str(self._by_id.compile(dialect=dialect))
         first = select(table).order_by(table.c.id).limit(bindparam("limit"))

@@ -95,6 +95,11 @@ class StoredResponse:
     replayed: bool = False
 
 
+# Given the id drawn by the look-up: the response to store, and the write (statement and
+# parameters) built on IdempotencyStore.claim().
+PrepareWrite = Callable[[Any], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]]
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotentRequest:
     """The key a client sent, who sent it, and a fingerprint of what it asked for."""
@@ -154,7 +159,7 @@ class IdempotencyStore:
         connection: AsyncConnection,
         request: IdempotentRequest,
         draw: ColumnElement[Any],
-        prepare: Callable[[Any], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]],
+        prepare: PrepareWrite,
     ) -> StoredResponse:
         """Postgres, on an autocommit connection: store or replay in one write statement.
 
@@ -234,7 +239,7 @@ class IdempotencyStore:
         connection: AsyncConnection,
         request: IdempotentRequest,
         draw: ColumnElement[Any],
-        prepare: Callable[[Any], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]],
+        prepare: PrepareWrite,
     ) -> StoredResponse:
         stored, drawn = await self._look_up(connection, request, draw)
         if stored is not None:
@@ -266,14 +271,11 @@ class IdempotencyStore:
                 return response
 
     def _record(
-        self,
-        session: AsyncSession | AsyncConnection,
-        request: IdempotentRequest,
-        response: StoredResponse,
+        self, session: AsyncSession, request: IdempotentRequest, response: StoredResponse
     ) -> Insert:
         # An expired record of the key may still be there (the purge runs now and then): it
         # frees the key, so the new record replaces it in the same statement.
-        dialect = _dialect_name(session)
+        dialect = session.get_bind().dialect.name
         upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
         now = utcnow()
         values = {
@@ -365,12 +367,6 @@ class IdempotencyStore:
                 delete(self.table).where(self.table.c.created_at <= utcnow() - self.ttl)
             )
         return int(getattr(result, "rowcount", 0) or 0)
-
-
-def _dialect_name(executor: AsyncSession | AsyncConnection) -> str:
-    if isinstance(executor, AsyncConnection):
-        return executor.dialect.name
-    return executor.get_bind().dialect.name
 
 
 _OUTCOMES_BY_SLUG = {"idempotency-key-in-flight": "conflict", "idempotency-key-reused": "mismatch"}

@@ -235,11 +235,15 @@ async def test_rolling_restart_of_every_replica_under_load_fails_no_request(
         workers = [asyncio.create_task(load.run(seed)) for seed in range(4)]
         try:
             await asyncio.sleep(0.5)
-            # Each service rolls one replica at a time, the services (and the worker) side by
-            # side, as a Deployment rollout with maxUnavailable=1 does.
+            # Each service rolls one replica at a time, as a Deployment rollout with
+            # maxUnavailable=1 does, two processes side by side: four Python processes
+            # starting at once on a two-core machine starve everything else (the fault proxy
+            # in this process included) for longer than the suite's 3 s command timeout.
             for wave in (
-                ("items-1", "heroes-1", "notifications-1", "worker"),
-                ("items-2", "heroes-2", "notifications-2"),
+                ("items-1", "heroes-1"),
+                ("notifications-1", "worker"),
+                ("items-2", "heroes-2"),
+                ("notifications-2",),
             ):
                 served_before = sum(load.statuses.values())
                 await asyncio.gather(*(healthy.restart(name) for name in wave))

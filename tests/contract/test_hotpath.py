@@ -141,3 +141,83 @@ async def test_odd_ids_and_paths_answer_as_the_routes_do(
     await fast.get("/items/1")  # item 1 is now cached: the odd spellings must still be routed
     for path in ODD_PATHS:
         assert comparable(await fast.get(path)) == comparable(await routed.get(path)), path
+
+
+LIST_QUERIES = [
+    "",  # answered by the hot path: the default page, then the others below
+    "?limit=2",
+    "?limit=100",
+    "?limit=1&cursor={cursor}",
+    "?cursor={cursor}&limit=1",
+    "?cursor={cursor}",
+    "?limit=0",  # from here on, routed: refused, or spelled in a way the route parses
+    "?limit=101",
+    "?limit=1000",
+    "?limit=02",
+    "?limit=%32",
+    "?limit=+2",
+    "?limit=2.0",
+    "?limit=",
+    "?limit=2&",
+    "?&limit=2",
+    "?limit=2&limit=3",
+    "?cursor=",
+    "?cursor=Zm9v",
+    "?cursor=not!base64",
+    "?cursor={cursor}&cursor={cursor}",
+    "?unknown=1",
+    "?limit=2&unknown=1",
+    "?limit=1&cursor={cursor}&x=1",
+]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "body", "filtered"),
+    [
+        ("/items", {"name": "Kayak", "price": 310.5}, "?q=kay&limit=1"),
+        ("/heroes", {"name": "Ada", "secret_name": "A. Lovelace", "age": 36}, "?min_age=30"),
+    ],
+)
+async def test_list_pages_equal_routed_responses(
+    clients: tuple[FastAPI, httpx.AsyncClient, httpx.AsyncClient],
+    prefix: str,
+    body: dict[str, object],
+    filtered: str,
+) -> None:
+    _, fast, routed = clients
+    for n in range(3):
+        created = await fast.post(prefix, json={**body, "name": f"Kay {n}"}, headers=WRITER)
+        assert created.status_code == 201
+    first = await fast.get(f"{prefix}?limit=1")
+    assert first.status_code == 200
+    cursor = first.json()["next_cursor"]
+    assert cursor
+    for query in [*LIST_QUERIES, filtered]:
+        path = prefix + query.format(cursor=cursor)
+        answer = await fast.get(path)
+        assert comparable(answer) == comparable(await routed.get(path)), path
+        assert answer.status_code in {200, 422}, path
+    last = await fast.get(f"{prefix}?limit=2&cursor={cursor}")
+    assert [row["name"] for row in last.json()["data"]] == ["Kay 1", "Kay 2"]
+    assert last.json()["next_cursor"] is None
+
+
+async def test_unfiltered_list_pages_are_not_routed(
+    clients: tuple[FastAPI, httpx.AsyncClient, httpx.AsyncClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hot path answers on its own: with the route's service call broken, it still does."""
+    _, fast, routed = clients
+    await fast.post("/items", json={"name": "Paddle", "price": 12}, headers=WRITER)
+
+    async def broken(**_: object) -> bytes:
+        raise AssertionError("routed")
+
+    monkeypatch.setattr("regatta.items.service.list_items", broken)
+    for path in ("/items", "/items?limit=5"):
+        answer = await fast.get(path)
+        assert answer.status_code == 200
+        assert [row["name"] for row in answer.json()["data"]] == ["Paddle"]
+    # The same request routed reaches the broken call (the error guard answers 500).
+    assert (await routed.get("/items?limit=5")).status_code == 500
+    assert (await fast.get("/items?limit=5&q=pad")).status_code == 500

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 
@@ -13,6 +14,13 @@ from regatta.common.pagination import decode_cursor, encode_cursor, next_cursor
 @pytest.mark.parametrize("after", [0, 1, 42, 2**63 - 1])
 def test_round_trip(after: int) -> None:
     assert decode_cursor(encode_cursor(after)) == after
+
+
+@pytest.mark.parametrize("after", [0, 7, 2**63 - 1, "0190b3a4-7c1e-7000-8000-000000000001"])
+def test_cursors_keep_their_spelling(after: int | str) -> None:
+    """A cursor a client holds stays valid across releases: the same JSON, base64url, unpadded."""
+    document = json.dumps({"v": 1, "after": after}, separators=(",", ":")).encode()
+    assert encode_cursor(after) == base64.urlsafe_b64encode(document).decode().rstrip("=")
 
 
 @pytest.mark.parametrize(

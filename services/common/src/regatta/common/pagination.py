@@ -32,8 +32,11 @@ class Page(BaseModel, Generic[T]):
 
 def encode_cursor(after: int | str) -> str:
     """An opaque token meaning "the rows after this id"."""
-    raw = json.dumps({"v": _CURSOR_VERSION, "after": after}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    if type(after) is int:  # what json.dumps writes for an int, without its encoder (lists)
+        raw = b'{"v":%d,"after":%d}' % (_CURSOR_VERSION, after)
+    else:
+        raw = json.dumps({"v": _CURSOR_VERSION, "after": after}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _parse_cursor(cursor: str) -> object:

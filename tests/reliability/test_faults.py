@@ -15,6 +15,7 @@ import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from regatta.common.cache import CachedResponse, CacheGeneration, RedisCache
+from regatta.common.pipelined import Endpoint, PipelinedRedis
 from tests.reliability.conftest import FaultyStack, eventually
 from tests.reliability.faultproxy import FaultProxy
 from tests.servers import RedisServer
@@ -61,8 +63,22 @@ async def cache_hits(client: httpx.AsyncClient, base: str) -> float:
     return float(found[1]) if found else 0.0
 
 
-def cache_client(port: int) -> tuple[Redis, RedisCache]:
-    """What a replica holds: a client whose every connection advances the generation first."""
+@dataclass
+class CacheClient:
+    """What a replica holds: clients whose every connection advances the generation first."""
+
+    redis: Redis
+    cache: RedisCache
+    reader: PipelinedRedis | None
+
+    async def aclose(self) -> None:
+        if self.reader is not None:
+            await self.reader.aclose()
+        await self.redis.aclose()
+
+
+def cache_client(port: int, *, pipelined: bool) -> CacheClient:
+    """redis-py alone (as when traced), or with the pipelined connection (reads and stores)."""
     generation = CacheGeneration("t:cache:generation")
     redis = Redis(
         port=port,
@@ -70,11 +86,24 @@ def cache_client(port: int) -> tuple[Redis, RedisCache]:
         socket_connect_timeout=0.5,
         redis_connect_func=generation.on_connect,
     )
-    return redis, RedisCache(redis, ttl_seconds=60, prefix="t:cache:", generation=generation)
+    reader = None
+    if pipelined:
+        reader = PipelinedRedis(
+            Endpoint("127.0.0.1", port),
+            timeout=0.5,
+            connect_timeout=0.5,
+            retry_after=0.0,  # production waits a second before reconnecting; not needed here
+            on_connect=partial(generation.advance, redis),
+        )
+    cache = RedisCache(
+        redis, ttl_seconds=60, prefix="t:cache:", reader=reader, generation=generation
+    )
+    return CacheClient(redis, cache, reader)
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["redis-py", "pipelined"])
 async def test_cache_entries_from_before_an_outage_are_not_trusted_after_it(
-    redis_server: RedisServer,
+    redis_server: RedisServer, pipelined: bool
 ) -> None:
     def entry(version: int) -> CachedResponse:
         return CachedResponse(version=version, etag=f'"{version}"', body=b"%d" % version)
@@ -82,10 +111,9 @@ async def test_cache_entries_from_before_an_outage_are_not_trusted_after_it(
     redis_server.start()
     redis_server.flushall()
     with FaultProxy(redis_server.port, name="redis-proxy") as proxy:
-        (writer_redis, writer), (reader_redis, reader) = (
-            cache_client(proxy.port),
-            cache_client(proxy.port),
-        )
+        writer_client = cache_client(proxy.port, pipelined=pipelined)
+        reader_client = cache_client(proxy.port, pipelined=pipelined)
+        writer, reader = writer_client.cache, reader_client.cache
         try:
             # Both connected (and so both trust entries stored from now on).
             assert await reader.get("items:1") is None
@@ -103,8 +131,8 @@ async def test_cache_entries_from_before_an_outage_are_not_trusted_after_it(
             assert await reader.get("items:1") == entry(2)
             assert await writer.get("items:1") == entry(2)
         finally:
-            await writer_redis.aclose()
-            await reader_redis.aclose()
+            await writer_client.aclose()
+            await reader_client.aclose()
 
 
 @pytest.mark.parametrize("fault", ["refuse", "blackhole"])

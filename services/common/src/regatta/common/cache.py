@@ -29,7 +29,7 @@ from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
-from regatta.common.pipelined import PipelinedRedis
+from regatta.common.pipelined import PipelinedRedis, Script
 
 logger = logging.getLogger("regatta.cache")
 
@@ -154,11 +154,13 @@ class RedisCache:
         generation: CacheGeneration | None = None,
     ) -> None:
         self._redis = redis
-        # Reads over one pipelined connection when given (pipelined.py); writes use ``redis``.
+        # Reads and stores over one pipelined connection when given (pipelined.py), else
+        # through ``redis``.
         self._reader = reader
         self._prefix = prefix
         self._ttl_ms = ttl_seconds * 1000
         self._store_script = redis.register_script(_STORE_IF_NOT_OLDER)
+        self._pipelined_store = Script.of(_STORE_IF_NOT_OLDER)
         # Without one (a client whose connections do not advance it), every entry is trusted.
         self.generation = generation or CacheGeneration(prefix + "generation")
         # key → version of the tombstone a write could not leave, oldest first.
@@ -192,12 +194,22 @@ class RedisCache:
             await self._repay()
         await self._store(key, version, b"\n")
 
+    async def _run_store(self, key: str, version: int, encoded: bytes) -> None:
+        full_key = self._prefix + key
+        if self._reader is None:
+            await self._store_script(
+                keys=[full_key, self.generation.key], args=[version, encoded, self._ttl_ms]
+            )
+            return
+        await self._reader.run_script(
+            self._pipelined_store,
+            keys=[full_key.encode(), self.generation.key.encode()],
+            args=[b"%d" % version, encoded, b"%d" % self._ttl_ms],
+        )
+
     async def _store(self, key: str, version: int, encoded: bytes) -> bool:
         try:
-            await self._store_script(
-                keys=[self._prefix + key, self.generation.key],
-                args=[version, encoded, self._ttl_ms],
-            )
+            await self._run_store(key, version, encoded)
         except Exception as exc:  # noqa: BLE001 -- as in get()
             logger.warning("cache write failed for %s, will retry its invalidation: %r", key, exc)
             self._owe(key, version)
@@ -221,10 +233,7 @@ class RedisCache:
             while self._owed:
                 key, version = next(iter(self._owed.items()))
                 try:
-                    await self._store_script(
-                        keys=[self._prefix + key, self.generation.key],
-                        args=[version, b"\n", self._ttl_ms],
-                    )
+                    await self._run_store(key, version, b"\n")
                 except Exception:  # noqa: BLE001 -- as in get()
                     return False
                 if self._owed.get(key) == version:

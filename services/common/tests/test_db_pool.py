@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import (
+    JSON,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+)
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from regatta.common import db
+from regatta.common.columns import Money, UTCDateTime
 from regatta.common.settings import Environment, ServiceSettings
 
 pytestmark = pytest.mark.postgres
@@ -131,4 +149,62 @@ async def test_a_faulty_direct_read_is_the_same_error_as_through_sqlalchemy(
                 await db.fetch_direct(connection, "SELECT * FROM no_such_table")
             assert not isinstance(raised.value, db.DatabaseUnavailableError)
     finally:
+        await engine.dispose()
+
+
+async def test_a_direct_statement_converts_as_sqlalchemy_does(engine: AsyncEngine) -> None:
+    # Bind and result processors of the column types apply: JSON both ways, a TypeDecorator
+    # (UTC datetimes), money, bytes, and a literal the statement carries itself.
+    money = Money(12, 2)
+    statement = select(
+        bindparam("document", type_=JSON).label("document"),
+        bindparam("at", type_=UTCDateTime).label("at"),
+        bindparam("price", type_=money).label("price"),
+        bindparam("blob", type_=LargeBinary).label("blob"),
+        literal("fixed").label("fixed"),
+        bindparam("missing", type_=Text).label("missing"),
+    )
+    parameters = {
+        "document": {"a": [1, "ü", None]},
+        "at": datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=2))),
+        "price": Decimal("12.50"),
+        "blob": b"\x00\xff",
+        "missing": None,
+    }
+    try:
+        async with engine.connect() as connection:
+            expected = dict((await connection.execute(statement, parameters)).one()._mapping)
+            direct = await db.execute_direct(connection, statement, parameters)
+        assert direct == [expected]
+        assert expected["document"] == {"a": [1, "ü", None]}
+        assert expected["at"] == parameters["at"]
+        assert expected["at"].tzinfo is UTC
+        with pytest.raises(sa_exc.StatementError):
+            async with engine.connect() as connection:  # a naive datetime is refused, as always
+                await db.execute_direct(connection, statement, {**parameters, "at": datetime.now()})  # noqa: DTZ005
+    finally:
+        await engine.dispose()
+
+
+async def test_a_direct_write_on_an_autocommit_connection_is_committed_once(
+    engine: AsyncEngine,
+) -> None:
+    notes = Table("direct_notes", MetaData(), Column("id", Integer, primary_key=True))
+    insert_once = select(func.count()).select_from(
+        insert(notes).values(id=bindparam("id")).returning(notes.c.id).cte("written")
+    )
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(notes.metadata.create_all)
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with autocommit.connect() as connection:
+            assert await db.execute_direct(connection, insert_once, {"id": 1}) == [{"count_1": 1}]
+            # A failing write is SQLAlchemy's own error, and leaves nothing behind.
+            with pytest.raises(sa_exc.IntegrityError):
+                await db.execute_direct(connection, insert_once, {"id": 1})
+        async with engine.connect() as connection:
+            assert (await connection.execute(select(notes.c.id))).scalars().all() == [1]
+    finally:
+        async with engine.begin() as connection:
+            await connection.run_sync(notes.metadata.drop_all)
         await engine.dispose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +11,7 @@ import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.engine import Dialect, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql import Select
+from sqlalchemy.types import TypeDecorator
 
 from regatta.common.settings import ServiceSettings
 
@@ -149,9 +151,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
 async def fetch_direct(
     connection: AsyncConnection, statement: str, *args: Any
 ) -> list[dict[str, Any]]:
-    """The rows of a read-only Postgres statement, run by asyncpg itself.
+    """The rows of a Postgres statement, run by asyncpg itself.
 
-    The values are asyncpg's, without the column types' conversions (the caller applies them).
+    A read, or one write on an autocommit connection (a statement is then its own
+    transaction: if it fails, nothing of it stays). The values are asyncpg's, without the
+    column types' conversions (the caller applies them, or :class:`DirectStatement` does).
 
     The connection still comes from (and goes back to) SQLAlchemy's pool; only the execution
     skips SQLAlchemy's statement machinery, which costs more than the query on the hottest
@@ -159,7 +163,8 @@ async def fetch_direct(
     asyncpg). A cancelled statement is a timeout (503). Any other failure is replayed through
     SQLAlchemy, so that its handling applies exactly as to every other statement: the error
     classified (``DatabaseUnavailableError`` or not), a broken connection and the pool's older
-    connections invalidated. A read is safe to repeat.
+    connections invalidated. A failed statement left nothing behind, so repeating it is safe:
+    it fails again the same way, or succeeds where the first attempt did not.
     """
     raw = await connection.get_raw_connection()
     try:
@@ -170,6 +175,81 @@ async def fetch_direct(
         rows = (await connection.exec_driver_sql(statement, args)).all()
         return [dict(row._mapping) for row in rows]  # noqa: SLF001 -- the public mapping
     return [dict(record.items()) for record in records]
+
+
+class DirectStatement:
+    """A SQLAlchemy statement compiled once, to run by asyncpg itself (:func:`fetch_direct`).
+
+    Its parameters go in the compiled order through the column types' bind processors, and
+    its result values through the TypeDecorators' conversions: what SQLAlchemy's execution
+    does, without building an execution context for every call (a test compares the two).
+    For the hottest statements only, whose SQL does not change between calls (no expanding
+    parameters).
+    """
+
+    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        names = compiled.positiontup
+        if names is None or any(bind.expanding for bind in compiled.binds.values()):
+            msg = "only a positional statement with fixed parameters runs directly"
+            raise ValueError(msg)
+        self.dialect = dialect
+        self.sql = str(compiled)
+        self._compiled = compiled
+        self._binds = [
+            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in names
+        ]
+        # asyncpg's values are already what the dialect's types return (its codecs decode
+        # JSON, numerics are Decimals), so only TypeDecorators convert, as in versioned.py.
+        self._results = [
+            (column.key, column.type)
+            for column in statement.selected_columns
+            if column.key is not None and isinstance(column.type, TypeDecorator)
+        ]
+
+    async def rows(
+        self, connection: AsyncConnection, parameters: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The result rows, by column name (a failure is classified as in fetch_direct)."""
+        values = self._compiled.construct_params(parameters)
+        try:
+            arguments = [
+                value if process is None else process(value)
+                for name, process in self._binds
+                for value in (values[name],)
+            ]
+        except Exception as exc:  # a value its type refuses: SQLAlchemy's error for it
+            raise sa_exc.StatementError(
+                f"({type(exc).__module__}.{type(exc).__name__}) {exc}",
+                self.sql,
+                None,
+                exc,
+                hide_parameters=True,
+            ) from exc
+        rows = await fetch_direct(connection, self.sql, *arguments)
+        for row in rows:
+            for key, decorator in self._results:
+                row[key] = decorator.process_result_value(row[key], self.dialect)
+        return rows
+
+
+_direct_statements: dict[tuple[Select[Any], Dialect], DirectStatement] = {}
+
+
+async def execute_direct(
+    connection: AsyncConnection, statement: Select[Any], parameters: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Run ``statement`` as a :class:`DirectStatement` (compiled on first use, then kept).
+
+    For statements built once and reused (a few per process); like every direct statement
+    it must be safe to repeat, for a failure other than a timeout is replayed.
+    """
+    key = (statement, connection.dialect)
+    direct = _direct_statements.get(key)
+    if direct is None:
+        _direct_statements[key] = direct = DirectStatement(statement, connection.dialect)
+    return await direct.rows(connection, parameters)
 
 
 class Database:

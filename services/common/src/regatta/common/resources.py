@@ -25,7 +25,7 @@ from regatta.common.conditional import (
     none_match,
     precondition_failed,
 )
-from regatta.common.db import Database
+from regatta.common.db import Database, execute_direct
 from regatta.common.errors import ProblemError
 from regatta.common.events import record_event
 from regatta.common.idempotency import (
@@ -69,6 +69,7 @@ class Resource(Generic[M, R]):
         self._writes: dict[tuple[tuple[str, ...], CTE | None], Select[Any]] = {}
         # The next id of the table's sequence (drawn before the row is written).
         self._next_id = func.nextval(func.pg_get_serial_sequence(table.name, "id"))
+        self._draw = select(self._next_id.label("id"))
 
     def cache_key(self, row_id: int) -> str:
         """Where the rendered resource is cached."""
@@ -210,11 +211,19 @@ class Resource(Generic[M, R]):
                 return response, self._write_statement(tuple(row), claim), parameters
 
             if keyed is not None:
-                return await store.run_claiming(connection, keyed, self._next_id, prepare)
-            response, write, parameters = await prepare(
-                (await connection.execute(select(self._next_id))).scalar_one()
-            )
-            await connection.execute(write, parameters)
+                return await store.run_claiming(
+                    connection, keyed, self._next_id, prepare, direct=database.direct
+                )
+            if not database.direct:
+                response, write, parameters = await prepare(
+                    (await connection.execute(self._draw)).scalar_one()
+                )
+                await connection.execute(write, parameters)
+                return response
+            # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
+            drawn = (await execute_direct(connection, self._draw, {}))[0]["id"]
+            response, write, parameters = await prepare(drawn)
+            await execute_direct(connection, write, parameters)
             return response
 
     def _write_statement(self, names: tuple[str, ...], claim: CTE | None) -> Select[Any]:

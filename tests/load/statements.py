@@ -1,8 +1,8 @@
 """The database statements of the hot paths, without HTTP: what each way of running them costs.
 
 A private Postgres, the items schema, 200 rows; then, with 32 tasks on one event loop (as the
-service has under ``wrk -c32``), the point read run three ways and the keyed create as the
-service runs it. Prints figures; asserts nothing.
+service has under ``wrk -c32``), the point read run three ways and the keyed create (look-up,
+then one statement) two ways. Prints figures; asserts nothing.
 
     PYTHONPATH=infra/local:tests/load uv run --frozen python tests/load/statements.py
 """
@@ -44,7 +44,7 @@ async def rate(name: str, operation: Callable[[int], Awaitable[object]], total: 
     started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(task(n) for n in range(TASKS)))
     elapsed, used = time.perf_counter() - started, time.process_time() - cpu
-    print(f"{name:44} {total / elapsed:7.0f}/s  {used / total * 1e6:6.0f} µs CPU each")
+    print(f"{name:47} {total / elapsed:7.0f}/s  {used / total * 1e6:6.0f} µs CPU each")
 
 
 async def measure(database_url: str) -> None:
@@ -77,7 +77,10 @@ async def measure(database_url: str) -> None:
         await rate("point read, Core select built per call", built_per_call, 4000)
         await rate("point read, prebuilt Core select", prebuilt, 4000)
         await rate("point read, asyncpg on the pooled connection", direct, 4000)
-        await rate("keyed create (look-up, then one statement)", create, 2000)
+        database.direct = False
+        await rate("keyed create through SQLAlchemy", create, 2000)
+        database.direct = True
+        await rate("keyed create, asyncpg on the pooled connection", create, 2000)
     finally:
         await database.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -24,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from regatta.common import db
 from regatta.common.columns import Money, UTCDateTime
@@ -208,3 +209,57 @@ async def test_a_direct_write_on_an_autocommit_connection_is_committed_once(
         async with engine.begin() as connection:
             await connection.run_sync(notes.metadata.drop_all)
         await engine.dispose()
+
+
+@pytest.mark.parametrize("replay", [False, True], ids=["write", "read"])
+async def test_a_direct_write_that_may_have_happened_is_never_run_twice(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, replay: bool
+) -> None:
+    # No answer within the client's command timeout: the statement may have committed. A write
+    # (replay=False) is unavailable at once, its connection dropped; a read is replayed.
+    settings = ServiceSettings(
+        environment=Environment.TEST,
+        database_url=SecretStr(postgres_url),
+        db_pool_size=1,
+        db_command_timeout_seconds=0.2,
+    )
+    engine = db.create_engine(settings)
+    replayed: list[str] = []
+    original = AsyncConnection.exec_driver_sql
+
+    async def spy(self: AsyncConnection, statement: str, *args: Any) -> Any:
+        replayed.append(statement)
+        return await original(self, statement, *args)
+
+    monkeypatch.setattr(AsyncConnection, "exec_driver_sql", spy)
+    slow = select(func.pg_sleep(1).label("slept"))
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(db.DatabaseUnavailableError) as raised:
+                await db.execute_direct(connection, slow, {}, replay=replay)
+            # Left mid-statement either way: the connection is not used again.
+            assert connection.invalidated
+        assert raised.value.connection_invalidated
+        assert replayed == ([str(slow.compile(dialect=engine.dialect))] if replay else [])
+        async with engine.connect() as connection:  # the pool still serves
+            assert await db.fetch_direct(connection, "SELECT 1 AS one") == [{"one": 1}]
+    finally:
+        await engine.dispose()
+
+
+def test_statements_that_cannot_run_directly_are_refused() -> None:
+    dialect = create_async_engine("postgresql+asyncpg://u@localhost/d").dialect
+    notes = Table("notes", MetaData(), Column("id", Integer), Column("n", Integer, default=7))
+    with pytest.raises(ValueError, match="every value"):  # n's default is computed in Python
+        db.DirectStatement(
+            select(func.count()).select_from(
+                insert(notes).values(id=bindparam("id")).returning(notes.c.id).cte("w")
+            ),
+            dialect,
+        )
+    created = Column("created", UTCDateTime)
+    logged = Table("logged", MetaData(), created, Column("other", UTCDateTime))
+    with pytest.raises(ValueError, match="label"):  # converted, so it needs a name
+        db.DirectStatement(select(func.max(created)), dialect)
+    with pytest.raises(ValueError, match="label"):
+        db.DirectStatement(select(created, logged.c.other.label("created")), dialect)

@@ -149,7 +149,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
 
 
 async def fetch_direct(
-    connection: AsyncConnection, statement: str, *args: Any
+    connection: AsyncConnection, statement: str, *args: Any, replay: bool = True
 ) -> list[dict[str, Any]]:
     """The rows of a Postgres statement, run by asyncpg itself.
 
@@ -163,15 +163,26 @@ async def fetch_direct(
     asyncpg). A cancelled statement is a timeout (503). Any other failure is replayed through
     SQLAlchemy, so that its handling applies exactly as to every other statement: the error
     classified (``DatabaseUnavailableError`` or not), a broken connection and the pool's older
-    connections invalidated. A failed statement left nothing behind, so repeating it is safe:
-    it fails again the same way, or succeeds where the first attempt did not.
+    connections invalidated. A read is safe to repeat.
+
+    A write is not, unless the server said it failed (then it left nothing behind): a
+    client-side timeout, a connection lost or a fault reading the reply may come after the
+    commit. With ``replay=False`` such a failure is not replayed: the connection is
+    invalidated and the answer is "unavailable" (503), as the statement may or may not have
+    happened; a keyed retry then replays or completes it.
     """
     raw = await connection.get_raw_connection()
     try:
         records = await raw.driver_connection.fetch(statement, *args)  # type: ignore[union-attr]
     except asyncpg.exceptions.QueryCanceledError as exc:
         raise DatabaseUnavailableError(statement, None, exc, hide_parameters=True) from exc
-    except Exception:  # noqa: BLE001 -- replayed below, where SQLAlchemy classifies it
+    except Exception as exc:
+        if not replay and not isinstance(exc, asyncpg.exceptions.PostgresError):
+            await connection.invalidate()
+            raise DatabaseUnavailableError(
+                statement, None, exc, hide_parameters=True, connection_invalidated=True
+            ) from exc
+        # Replayed, so that SQLAlchemy classifies it.
         rows = (await connection.exec_driver_sql(statement, args)).all()
         return [dict(row._mapping) for row in rows]  # noqa: SLF001 -- the public mapping
     return [dict(record.items()) for record in records]
@@ -183,15 +194,20 @@ class DirectStatement:
     Its parameters go in the compiled order through the column types' bind processors, and
     its result values through the TypeDecorators' conversions: what SQLAlchemy's execution
     does, without building an execution context for every call (a test compares the two).
-    For the hottest statements only, whose SQL does not change between calls (no expanding
-    parameters).
+    For the hottest statements only, whose SQL does not change between calls: no expanding
+    parameters, no column defaults computed in Python, each converted column labelled.
     """
 
     def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
         names = compiled.positiontup
-        if names is None or any(bind.expanding for bind in compiled.binds.values()):
-            msg = "only a positional statement with fixed parameters runs directly"
+        if (
+            names is None
+            or any(bind.expanding for bind in compiled.binds.values())
+            or compiled.insert_prefetch
+            or compiled.update_prefetch
+        ):
+            msg = "only a positional statement with its every value given runs directly"
             raise ValueError(msg)
         self.dialect = dialect
         self.sql = str(compiled)
@@ -202,16 +218,21 @@ class DirectStatement:
         ]
         # asyncpg's values are already what the dialect's types return (its codecs decode
         # JSON, numerics are Decimals), so only TypeDecorators convert, as in versioned.py.
-        self._results = [
+        converted = [
             (column.key, column.type)
             for column in statement.selected_columns
-            if column.key is not None and isinstance(column.type, TypeDecorator)
+            if isinstance(column.type, TypeDecorator)
         ]
+        labels = [label for label, _ in converted]
+        if None in labels or len(set(labels)) != len(labels):
+            msg = "label each converted column, uniquely: results are converted by name"
+            raise ValueError(msg)
+        self._results = [(str(label), kind) for label, kind in converted]
 
     async def rows(
-        self, connection: AsyncConnection, parameters: Mapping[str, Any]
+        self, connection: AsyncConnection, parameters: Mapping[str, Any], *, replay: bool = True
     ) -> list[dict[str, Any]]:
-        """The result rows, by column name (a failure is classified as in fetch_direct)."""
+        """The result rows, by column name (a failure is handled as in fetch_direct)."""
         values = self._compiled.construct_params(parameters)
         try:
             arguments = [
@@ -227,7 +248,7 @@ class DirectStatement:
                 exc,
                 hide_parameters=True,
             ) from exc
-        rows = await fetch_direct(connection, self.sql, *arguments)
+        rows = await fetch_direct(connection, self.sql, *arguments, replay=replay)
         for row in rows:
             for key, decorator in self._results:
                 row[key] = decorator.process_result_value(row[key], self.dialect)
@@ -237,19 +258,29 @@ class DirectStatement:
 _direct_statements: dict[tuple[Select[Any], Dialect], DirectStatement] = {}
 
 
+# More than a process's statements means engines come and go (tests): start again.
+_MAX_DIRECT_STATEMENTS = 64
+
+
 async def execute_direct(
-    connection: AsyncConnection, statement: Select[Any], parameters: Mapping[str, Any]
+    connection: AsyncConnection,
+    statement: Select[Any],
+    parameters: Mapping[str, Any],
+    *,
+    replay: bool = True,
 ) -> list[dict[str, Any]]:
     """Run ``statement`` as a :class:`DirectStatement` (compiled on first use, then kept).
 
-    For statements built once and reused (a few per process); like every direct statement
-    it must be safe to repeat, for a failure other than a timeout is replayed.
+    For statements built once and reused (a few per process). ``replay=False`` for a write:
+    see :func:`fetch_direct`.
     """
     key = (statement, connection.dialect)
     direct = _direct_statements.get(key)
     if direct is None:
+        if len(_direct_statements) >= _MAX_DIRECT_STATEMENTS:
+            _direct_statements.clear()
         _direct_statements[key] = direct = DirectStatement(statement, connection.dialect)
-    return await direct.rows(connection, parameters)
+    return await direct.rows(connection, parameters, replay=replay)
 
 
 class Database:

@@ -254,7 +254,8 @@ class IdempotencyStore:
         response, write, parameters = await prepare(drawn)
         claimed = {**parameters, **self.claim_parameters(request, response)}
         if direct:
-            written = next(iter((await execute_direct(connection, write, claimed))[0].values()))
+            counted = await execute_direct(connection, write, claimed, replay=False)
+            written = next(iter(counted[0].values()))
         else:
             written = await connection.scalar(write, claimed)
         if written:

@@ -223,7 +223,7 @@ class Resource(Generic[M, R]):
             # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
             drawn = (await execute_direct(connection, self._draw, {}))[0]["id"]
             response, write, parameters = await prepare(drawn)
-            await execute_direct(connection, write, parameters)
+            await execute_direct(connection, write, parameters, replay=False)
             return response
 
     def _write_statement(self, names: tuple[str, ...], claim: CTE | None) -> Select[Any]:

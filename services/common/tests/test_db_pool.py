@@ -48,12 +48,21 @@ async def terminate(postgres_url: str, pid: int) -> None:
         await admin.dispose()
 
 
+def one_connection_engine(postgres_url: str, **settings: Any) -> AsyncEngine:
+    """The service's engine with a pool of one (and any other settings given)."""
+    return db.create_engine(
+        ServiceSettings(
+            environment=Environment.TEST,
+            database_url=SecretStr(postgres_url),
+            db_pool_size=1,
+            **settings,
+        )
+    )
+
+
 @pytest.fixture
 def engine(postgres_url: str) -> AsyncEngine:
-    settings = ServiceSettings(
-        environment=Environment.TEST, database_url=SecretStr(postgres_url), db_pool_size=1
-    )
-    return db.create_engine(settings)
+    return one_connection_engine(postgres_url)
 
 
 async def test_an_idle_connection_is_pinged_and_replaced(
@@ -124,13 +133,7 @@ async def test_a_direct_read_on_a_dropped_connection_fails_once_then_recovers(
 async def test_a_direct_read_past_the_statement_timeout_is_unavailable(
     postgres_url: str,
 ) -> None:
-    settings = ServiceSettings(
-        environment=Environment.TEST,
-        database_url=SecretStr(postgres_url),
-        db_pool_size=1,
-        db_statement_timeout_ms=50,
-    )
-    engine = db.create_engine(settings)
+    engine = one_connection_engine(postgres_url, db_statement_timeout_ms=50)
     try:
         async with engine.connect() as connection:
             with pytest.raises(db.DatabaseUnavailableError):
@@ -217,13 +220,7 @@ async def test_a_direct_write_that_may_have_happened_is_never_run_twice(
 ) -> None:
     # No answer within the client's command timeout: the statement may have committed. A write
     # (replay=False) is unavailable at once, its connection dropped; a read is replayed.
-    settings = ServiceSettings(
-        environment=Environment.TEST,
-        database_url=SecretStr(postgres_url),
-        db_pool_size=1,
-        db_command_timeout_seconds=0.2,
-    )
-    engine = db.create_engine(settings)
+    engine = one_connection_engine(postgres_url, db_command_timeout_seconds=0.2)
     replayed: list[str] = []
     original = AsyncConnection.exec_driver_sql
 

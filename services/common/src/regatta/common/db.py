@@ -192,7 +192,8 @@ class DirectStatement:
     """A SQLAlchemy statement compiled once, to run by asyncpg itself (:func:`fetch_direct`).
 
     Its parameters go in the compiled order through the column types' bind processors, and
-    its result values through the TypeDecorators' conversions: what SQLAlchemy's execution
+    its result values through the TypeDecorators' conversions (asyncpg's own values are
+    already what the dialect's other types return): what SQLAlchemy's execution
     does, without building an execution context for every call (a test compares the two).
     For the hottest statements only, whose SQL does not change between calls: no expanding
     parameters, no column defaults computed in Python, each converted column labelled.
@@ -217,7 +218,7 @@ class DirectStatement:
             for name in names
         ]
         # asyncpg's values are already what the dialect's types return (its codecs decode
-        # JSON, numerics are Decimals), so only TypeDecorators convert, as in versioned.py.
+        # JSON, numerics are Decimals), so only TypeDecorators convert.
         converted = [
             (column.key, column.type)
             for column in statement.selected_columns
@@ -281,6 +282,25 @@ async def execute_direct(
             _direct_statements.clear()
         _direct_statements[key] = direct = DirectStatement(statement, connection.dialect)
     return await direct.rows(connection, parameters, replay=replay)
+
+
+async def fetch_rows(
+    connection: AsyncConnection,
+    statement: Select[Any],
+    parameters: Mapping[str, Any],
+    *,
+    direct: bool,
+    replay: bool = True,
+) -> list[dict[str, Any]]:
+    """The rows of ``statement``, by column name.
+
+    Run by asyncpg itself when ``direct`` (:func:`execute_direct`, ``replay`` as there), else
+    through SQLAlchemy.
+    """
+    if direct:
+        return await execute_direct(connection, statement, parameters, replay=replay)
+    result = await connection.execute(statement, parameters)
+    return [dict(row._mapping) for row in result]  # noqa: SLF001 -- the public mapping
 
 
 class Database:

@@ -51,7 +51,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from regatta.common.columns import UTCDateTime, utcnow
-from regatta.common.db import execute_direct
+from regatta.common.db import fetch_rows
 from regatta.common.errors import ProblemError
 
 logger = logging.getLogger("regatta.idempotency")
@@ -253,12 +253,8 @@ class IdempotencyStore:
             return stored
         response, write, parameters = await prepare(drawn)
         claimed = {**parameters, **self.claim_parameters(request, response)}
-        if direct:
-            counted = await execute_direct(connection, write, claimed, replay=False)
-            written = next(iter(counted[0].values()))
-        else:
-            written = await connection.scalar(write, claimed)
-        if written:
+        counted = await fetch_rows(connection, write, claimed, direct=direct, replay=False)
+        if next(iter(counted[0].values())):
             return response
         # Another request with this key won the race between the look-up and the write.
         stored = await self._find(connection, request)
@@ -353,12 +349,9 @@ class IdempotencyStore:
             one = select(literal(1).label("one")).subquery()
             statement: Select[Any] = select(*live.c, drawn).select_from(one.outerjoin(live, true()))
             self._looked_up[draw] = found = statement
+        # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
         parameters = self._live_parameters(request)
-        if direct:
-            # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
-            row: Mapping[Any, Any] = (await execute_direct(connection, found, parameters))[0]
-        else:
-            row = (await connection.execute(found, parameters)).one()._mapping  # noqa: SLF001
+        row = (await fetch_rows(connection, found, parameters, direct=direct))[0]
         if row["fingerprint"] is None:
             return None, row["drawn"]
         return self._replay(row, request), None

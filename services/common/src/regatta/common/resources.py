@@ -25,7 +25,7 @@ from regatta.common.conditional import (
     none_match,
     precondition_failed,
 )
-from regatta.common.db import Database, execute_direct
+from regatta.common.db import Database, fetch_rows
 from regatta.common.errors import ProblemError
 from regatta.common.events import record_event
 from regatta.common.idempotency import (
@@ -214,16 +214,10 @@ class Resource(Generic[M, R]):
                 return await store.run_claiming(
                     connection, keyed, self._next_id, prepare, direct=database.direct
                 )
-            if not database.direct:
-                response, write, parameters = await prepare(
-                    (await connection.execute(self._draw)).scalar_one()
-                )
-                await connection.execute(write, parameters)
-                return response
             # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
-            drawn = (await execute_direct(connection, self._draw, {}))[0]["id"]
-            response, write, parameters = await prepare(drawn)
-            await execute_direct(connection, write, parameters, replay=False)
+            drawn = await fetch_rows(connection, self._draw, {}, direct=database.direct)
+            response, write, parameters = await prepare(drawn[0]["id"])
+            await fetch_rows(connection, write, parameters, direct=database.direct, replay=False)
             return response
 
     def _write_statement(self, names: tuple[str, ...], claim: CTE | None) -> Select[Any]:

@@ -7,7 +7,7 @@ the others re-check the condition) and on SQLite (one writer at a time) alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -23,14 +23,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
 
 from regatta.common.columns import BigIntPK, UTCDateTime, utcnow
 from regatta.common.conditional import Precondition
-from regatta.common.db import fetch_direct
+from regatta.common.db import fetch_rows
 
 # Ids are BIGINT; anything outside this range cannot exist (404, never a database error).
 MAX_ID = 2**63 - 1
@@ -70,39 +68,19 @@ class VersionedRepository(Generic[M]):
         table: Any = self._table
         self.table: Table = table
         self._by_id = select(table).where(table.c.id == bindparam("id"))
-        # The same statements for asyncpg itself ($n), and the column types' own conversion of
-        # what asyncpg returns (what SQLAlchemy would apply to the row). Plain strings, numbers
-        # and timestamps come back from asyncpg as SQLAlchemy returns them; TypeDecorators add
-        # their conversion here. A column type with a driver-level result processor of its own
-        # (JSON, say) would need one too: the contract suites read both ways and compare.
-        dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
-        self._by_id_sql = str(self._by_id.compile(dialect=dialect))
-        first = select(table).order_by(table.c.id).limit(bindparam("limit"))
-        self._first_page_sql = str(first.compile(dialect=dialect))
-        later = first.where(table.c.id > bindparam("after"))
-        compiled = later.compile(dialect=dialect)
-        if compiled.positiontup != ["after", "limit"]:  # the argument order used in read_page
-            msg = f"unexpected parameter order {compiled.positiontup}"
-            raise AssertionError(msg)
-        self._later_page_sql = str(compiled)
-        self._converters: dict[str, Callable[[Any], Any]] = {
-            column.key: _converter(column.type, dialect)
-            for column in table.c
-            if isinstance(column.type, TypeDecorator)
-        }
+        # Unfiltered pages, built once (so that db.execute_direct can keep them compiled).
+        self._first_page = select(table).order_by(table.c.id).limit(bindparam("limit"))
+        self._later_page = self._first_page.where(table.c.id > bindparam("after"))
 
     async def read(
         self, connection: AsyncConnection, row_id: int, *, direct: bool = False
     ) -> Mapping[str, Any] | None:
         """The row with ``row_id`` as plain columns (no ORM identity map), or None.
 
-        ``direct``: run it with asyncpg itself (Postgres only; see :func:`db.fetch_direct`).
+        ``direct``: run it with asyncpg itself (Postgres only; see :func:`db.fetch_rows`).
         """
-        if not direct:
-            row = (await connection.execute(self._by_id, {"id": row_id})).first()
-            return None if row is None else dict(row._mapping)  # noqa: SLF001 -- public
-        found = await fetch_direct(connection, self._by_id_sql, row_id)
-        return self._converted(found[0]) if found else None
+        found = await fetch_rows(connection, self._by_id, {"id": row_id}, direct=direct)
+        return found[0] if found else None
 
     async def read_page(
         self,
@@ -117,23 +95,17 @@ class VersionedRepository(Generic[M]):
 
         ``direct``: run unfiltered pages with asyncpg itself (Postgres only).
         """
-        if direct and not where:
+        if not where:
             if after is None:
-                found = await fetch_direct(connection, self._first_page_sql, limit + 1)
+                statement, parameters = self._first_page, {"limit": limit + 1}
             else:
-                found = await fetch_direct(connection, self._later_page_sql, after, limit + 1)
-            return [self._converted(row) for row in found]
+                statement, parameters = self._later_page, {"limit": limit + 1, "after": after}
+            return await fetch_rows(connection, statement, parameters, direct=direct)
         table: Any = self._table
-        statement = select(table).where(*where).order_by(table.c.id).limit(limit + 1)
+        filtered = select(table).where(*where).order_by(table.c.id).limit(limit + 1)
         if after is not None:
-            statement = statement.where(table.c.id > after)
-        rows = (await connection.execute(statement)).all()
-        return [dict(row._mapping) for row in rows]  # noqa: SLF001 -- the public mapping
-
-    def _converted(self, row: dict[str, Any]) -> dict[str, Any]:
-        for key, convert in self._converters.items():
-            row[key] = convert(row[key])
-        return row
+            filtered = filtered.where(table.c.id > after)
+        return await fetch_rows(connection, filtered, {}, direct=False)  # built per call
 
     async def insert(self, session: AsyncSession, values: Mapping[str, Any]) -> Row[Any]:
         """Insert a row at version 1 and return it, id included (one INSERT ... RETURNING)."""
@@ -191,10 +163,3 @@ class VersionedRepository(Generic[M]):
         model: Any = self.model
         version: int | None = await session.scalar(select(model.version).where(model.id == row_id))
         return version
-
-
-def _converter(column_type: TypeDecorator[Any], dialect: Any) -> Callable[[Any], Any]:
-    def convert(value: Any) -> Any:
-        return column_type.process_result_value(value, dialect)
-
-    return convert

@@ -172,7 +172,16 @@ def create_app(
     service's name, or ``regatta`` for several). Traces are on when ``tracer_provider`` is
     given or the ``OTEL_*`` variables ask for them.
     """
-    app = FastAPI(title=title, version="0.1.0", lifespan=_lifespan)
+    app = FastAPI(
+        title=title,
+        version="0.1.0",
+        lifespan=_lifespan,
+        # The platform measures requests with Prometheus and traces them with OpenTelemetry's
+        # FastAPI instrumentation (observability.py). FastAPI's own telemetry would measure
+        # and trace them a second time under other names whenever a global OpenTelemetry
+        # provider exists, and asks whether one does on every request (8 µs) when none does.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     name = service_name or (services[0].name if len(services) == 1 else "regatta")
     app.state.service_name = name
     app.state.metrics = observability.PlatformMetrics(

@@ -53,8 +53,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator.metrics import Info
+from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
+from starlette.middleware import Middleware
 
 from regatta.common.logs import log_request, request_logged
+from regatta.common.route_templates import TemplatedMetricsMiddleware
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -80,6 +83,8 @@ LAG_BUCKETS: Final = (
 ATTEMPT_BUCKETS: Final = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50, 100)
 
 # Probes and scrapes are neither measured nor traced: they would drown the signal.
+# How many (route, method, status) series observe_request keeps at hand.
+MAX_REMEMBERED_SERIES: Final = 1024
 UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
 MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 IDEMPOTENCY_OUTCOMES: Final = ("stored", "replayed", "conflict", "mismatch")
@@ -91,6 +96,10 @@ TOO_MANY_REQUESTS: Final = "429"
 def multiprocess_dir() -> str | None:
     """The directory shared by processes serving together, when metrics are multi-process."""
     return os.environ.get(MULTIPROCESS_ENV) or None
+
+
+# A request series: its service name, its request counter and its duration histogram.
+_RequestSeries = tuple[str, Counter, Histogram]
 
 
 class PlatformMetrics:
@@ -114,6 +123,7 @@ class PlatformMetrics:
             ["service_name", "handler", "method", "status"],
             registry=r,
         )
+        self._request_series: dict[tuple[str, str, str], _RequestSeries] = {}
         self.http_duration = Histogram(
             "http_request_duration_seconds",
             "Time from the request's arrival to the end of its response, by route template.",
@@ -272,13 +282,14 @@ class PlatformMetrics:
 
     def observe_request(self, info: Info) -> None:
         """Count and time one HTTP request, and write its log line."""
-        service = self.service_for(info.modified_handler)
         handler = info.modified_handler
         status = info.modified_status
-        self.http_requests.labels(service, handler, info.method, status).inc()
-        self.http_duration.labels(service, handler, info.method).observe(
-            info.modified_duration, exemplar=trace_exemplar()
-        )
+        series = self._request_series.get((handler, info.method, status))
+        if series is None:
+            series = self._series_of(handler, info.method, status)
+        service, requests, duration = series
+        requests.inc()
+        duration.observe(info.modified_duration, exemplar=trace_exemplar())
         if status == TOO_MANY_REQUESTS:
             self.rate_limited.labels(service).inc()
         code = int(status) if status.isdigit() else 0
@@ -291,6 +302,20 @@ class PlatformMetrics:
                 status=code,
                 duration_seconds=info.modified_duration,
             )
+
+    def _series_of(self, handler: str, method: str, status: str) -> _RequestSeries:
+        # labels() validates and looks its arguments up under a lock: a few µs a request that
+        # a dictionary of the series already made saves. Handlers are route templates (or
+        # "none"), so the dictionary stays small; past its bound, series are not remembered.
+        service = self.service_for(handler)
+        series = (
+            service,
+            self.http_requests.labels(service, handler, method, status),
+            self.http_duration.labels(service, handler, method),
+        )
+        if len(self._request_series) < MAX_REMEMBERED_SERIES:
+            self._request_series[(handler, method, status)] = series
+        return series
 
     def count_cache(self, key: str, hit: bool) -> None:
         """Count a cache look-up; keys start with the service's name (``items:42``)."""
@@ -347,6 +372,13 @@ def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
         excluded_handlers=[f"^{path}$" for path in UNOBSERVED_PATHS],
         registry=metrics.registry,
     ).add(metrics.observe_request).instrument(app)
+    # The same middleware with the same options, naming requests from a table (route_templates).
+    app.user_middleware = [
+        Middleware(TemplatedMetricsMiddleware, *entry.args, **entry.kwargs)
+        if entry.cls is PrometheusInstrumentatorMiddleware  # type: ignore[comparison-overlap]
+        else entry
+        for entry in app.user_middleware
+    ]
 
     @app.get("/metrics", include_in_schema=False)
     async def serve_metrics(request: Request) -> Response:

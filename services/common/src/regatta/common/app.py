@@ -22,7 +22,7 @@ from regatta.common.auth import ApiKeys
 from regatta.common.errors import UnhandledErrorMiddleware, install_problem_handlers
 from regatta.common.events import relay_outbox
 from regatta.common.health import Lifecycle
-from regatta.common.hotpath import CachedReadMiddleware
+from regatta.common.hotpath import HotCreate, HotPathMiddleware
 from regatta.common.idempotency import IdempotencyStore
 from regatta.common.middleware import (
     BodySizeLimitMiddleware,
@@ -56,8 +56,10 @@ class ServiceSpec:
     # Work that runs in its own process in production (``python -m regatta.<name>.worker``)
     # and inside the app when ``run_workers`` is set (the embedded default).
     workers: Sequence[tuple[str, Worker]] = ()
-    # Resources whose ``GET /{name}/{id}`` is answered before routing (hotpath.py).
+    # Resources whose ``GET /{name}/{id}`` and list pages are answered before routing, and
+    # creates that are run before routing when the route would accept them (hotpath.py).
     cached_reads: Sequence[Resource[Any, Any]] = ()
+    hot_creates: Sequence[HotCreate] = ()
 
 
 async def _purge_idempotency(runtime: Runtime, stores: Sequence[IdempotencyStore]) -> None:
@@ -209,8 +211,9 @@ def create_app(
 
     # Added innermost first: the last one added sees the request first.
     cached_reads = [resource for service in services for resource in service.cached_reads]
-    if cached_reads:
-        app.add_middleware(CachedReadMiddleware, resources=cached_reads)
+    hot_creates = [create for service in services for create in service.hot_creates]
+    if cached_reads or hot_creates:
+        app.add_middleware(HotPathMiddleware, resources=cached_reads, creates=hot_creates)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

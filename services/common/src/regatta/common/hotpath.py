@@ -1,4 +1,4 @@
-"""Reads answered before routing: the platform's hottest paths.
+"""Requests answered before routing: the platform's hottest paths.
 
 ``GET /{resource}/{id}`` is what clients call most, and it needs nothing FastAPI offers — no
 dependencies, no body, no response model: :meth:`Resource.read` returns the final bytes and
@@ -6,30 +6,50 @@ their ETag, from the cache or else from the database. This pure ASGI layer calls
 answers (200, 304 for a matching ``If-None-Match``, the 404 problem) with exactly what the route
 would send. The same goes for an unfiltered list page, ``GET /{resource}`` with at most a
 canonical ``limit`` and a well-formed ``cursor``: :meth:`Resource.list` renders it, as the route
-does when no filter is given. Everything else — other methods, other paths, other query
-parameters, ids, limits or cursors the route would reject or parse differently — goes to the
-application unchanged, and the routes stay the documented, equivalent definitions.
+does when no filter is given.
 
-It sits inside the request id, metrics, tracing, CORS and rate-limit layers and the error guard,
-so these requests are counted, logged, traced, limited and turned into problems (a database
-outage → 503) like any other.
+``POST /{resource}`` is the other call that matters, and FastAPI's dependency solving was a
+fifth of its cost. A create that the route would accept — no query, ``Content-Type:
+application/json``, a body the create schema validates, a writer's key, at most one well-formed
+``Idempotency-Key`` — is validated and passed to the service's own create function here, with
+the same arguments the route passes. Anything else (every request the route would refuse, in
+whichever order it checks) goes to the route with its body replayed, so errors come from one
+place only.
+
+Everything else — other methods, other paths, other query parameters, ids, limits or cursors the
+route would reject or parse differently — goes to the application unchanged, and the routes
+stay the documented, equivalent definitions (``tests/contract/test_hotpath.py`` compares them).
+
+It sits inside the request id, metrics, tracing, CORS, rate-limit and body-size layers and the
+error guard, so these requests are counted, logged, traced, limited and turned into problems (a
+database outage → 503) like any other.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from regatta.common.auth import require_writer
 from regatta.common.cache import CachedResponse
 from regatta.common.conditional import CACHE_CONTROL, none_match
 from regatta.common.db import Database
 from regatta.common.errors import ProblemError, render_problem
+from regatta.common.idempotency import (
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    IDEMPOTENCY_KEY_PATTERN,
+    StoredResponse,
+)
 from regatta.common.pagination import DEFAULT_LIMIT, MAX_LIMIT, PageRequest, decode_cursor
-from regatta.common.resources import JSON_MEDIA_TYPE, Resource
+from regatta.common.resources import JSON_MEDIA_TYPE, Resource, stored_response
 from regatta.common.versioned import MAX_ID
 
 # Canonical decimal ids only (no sign, no leading zero, at most MAX_ID): anything else goes to
@@ -40,23 +60,109 @@ _ID = re.compile(r"[1-9][0-9]{0,18}")
 _LIMIT = re.compile(rb"limit=([1-9][0-9]{0,2})")
 _CURSOR = re.compile(rb"cursor=([A-Za-z0-9_-]{1,200})")
 _CACHE_CONTROL = CACHE_CONTROL.encode()
+_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.removeprefix("^").removesuffix("$"))
 
 
-class CachedReadMiddleware:
-    """Answer ``GET /{name}/{id}`` of the given resources without routing."""
+@dataclass(frozen=True, slots=True)
+class HotCreate:
+    """``POST /{name}`` as its route runs it: the body's schema and the service's create call.
 
-    def __init__(self, app: ASGIApp, *, resources: Iterable[Resource[Any, Any]]) -> None:
+    ``create`` takes the keyword arguments the route passes it — ``request``, ``database``,
+    ``cache``, ``store``, ``idempotency_key``, ``principal`` — and the validated body under
+    ``body_argument``.
+    """
+
+    name: str
+    schema: type[BaseModel]
+    create: Callable[..., Awaitable[StoredResponse]]
+    body_argument: str
+
+
+class HotPathMiddleware:
+    """Answer reads of the given resources, and valid creates, without routing."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        resources: Iterable[Resource[Any, Any]],
+        creates: Iterable[HotCreate] = (),
+    ) -> None:
         self.app = app
         self._resources = {resource.name: resource for resource in resources}
+        self._creates = {f"/{create.name}": create for create in creates}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer a single-resource read or an unfiltered list page, or pass the request on."""
-        if scope["type"] == "http" and scope["method"] == "GET":
-            state = scope["app"].state
-            database: Database | None = getattr(state, "database", None)
-            if database is not None and await self._answer(scope, receive, send, database):
-                return
+        """Answer a read, a list page or a create, or pass the request on."""
+        if scope["type"] == "http":
+            method = scope["method"]
+            if method == "GET":
+                database: Database | None = getattr(scope["app"].state, "database", None)
+                if database is not None and await self._answer(scope, receive, send, database):
+                    return
+            elif method == "POST" and not scope["query_string"]:
+                create = self._creates.get(scope["path"])
+                if create is not None:
+                    await self._create(create, scope, receive, send)
+                    return
         await self.app(scope, receive, send)
+
+    async def _create(self, create: HotCreate, scope: Scope, receive: Receive, send: Send) -> None:
+        # Read the body; then either run the create as the route would, or hand the request
+        # (and the messages already read) to the route.
+        taken, key = _json_create_key(scope)
+        if not taken:
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        complete = messages[-1]["type"] == "http.request"  # not a disconnect
+        accepted = await self._accepted(create, scope, receive, body, key) if complete else None
+        if accepted is None:
+            await self.app(scope, _replaying(messages, receive), send)
+            return
+        request, arguments = accepted
+        try:
+            stored = await create.create(request=request, **arguments)
+        except ProblemError as exc:  # a conflict or a mismatch, as the route's handler renders it
+            await render_problem(exc)(scope, receive, send)
+            return
+        await stored_response(stored)(scope, receive, send)
+
+    async def _accepted(
+        self, create: HotCreate, scope: Scope, receive: Receive, body: bytes, key: str | None
+    ) -> tuple[Request, dict[str, Any]] | None:
+        # The create's arguments when the route would accept the request, else None.
+        try:
+            model = create.schema.model_validate(json.loads(body))
+        except Exception:  # noqa: BLE001 -- the route answers (422, or 400 for what json cannot parse)
+            return None
+        request = Request(scope, receive)
+        try:
+            principal = await require_writer(request)
+        except ProblemError:  # the 401 or 403
+            return None
+        state = scope["app"].state
+        database: Database | None = getattr(state, "database", None)
+        cache = getattr(state, "cache", None)
+        if database is None or cache is None:
+            return None
+        return request, {
+            "database": database,
+            "cache": cache,
+            "store": state.idempotency[create.name],
+            "idempotency_key": key,
+            "principal": principal,
+            create.body_argument: model,
+        }
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, database: Database) -> bool:
         # True when this layer answered; False leaves the request to the application.
@@ -145,3 +251,38 @@ async def _send_entry(entry: CachedResponse, scope: Scope, send: Send) -> None:
     ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": entry.body})
+
+
+def _json_create_key(scope: Scope) -> tuple[bool, str | None]:
+    """Whether a create's headers are ones the hot path takes, and its Idempotency-Key.
+
+    Taken: exactly one ``Content-Type: application/json`` and at most one Idempotency-Key, of
+    the length and characters the route's header parameter allows.
+    """
+    content_type = None
+    keys: list[bytes] = []
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            if content_type is not None:
+                return False, None
+            content_type = value
+        elif name == b"idempotency-key":
+            keys.append(value)
+    if content_type != b"application/json" or len(keys) > 1:
+        return False, None
+    if not keys:
+        return True, None
+    key = bytes(keys[0]).decode("latin-1")
+    return len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH and _KEY.fullmatch(key) is not None, key
+
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that gives ``messages`` again first."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay

@@ -58,13 +58,16 @@ logger = logging.getLogger("regatta.idempotency")
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
+# Printable ASCII without spaces, 1-255 characters (hotpath.py checks keys the same way).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
+        max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="Retry-safe creation: the same key and body replay the first response.",
     ),
 ]

@@ -8,6 +8,7 @@ switched off. Every response the hot path gives must equal, byte for byte and he
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -378,3 +379,28 @@ async def test_valid_creates_are_not_routed(
     assert (await routed.post("/items", json=body, headers=WRITER)).status_code == 500
     charset = {**WRITER, "Content-Type": "application/json; charset=utf-8"}
     assert (await fast.post("/items", json=body, headers=charset)).status_code == 500
+
+
+async def test_a_create_body_over_the_limit_is_413_and_no_error(
+    clients: tuple[FastAPI, httpx.AsyncClient, httpx.AsyncClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The limit fails the hot path's read of the body: the route meets the same failure."""
+    app, fast, routed = clients
+    limit = app.state.settings.max_body_bytes
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+        yield b'{"name": "'
+        for _ in range(limit // 65536 + 2):
+            yield b"x" * 65536
+        yield b'", "price": 1}'
+
+    with caplog.at_level(logging.WARNING):
+        answers = [
+            await client.post("/items", content=chunked(), headers={**JSON, **WRITER})
+            for client in (fast, routed)
+        ]
+    assert answers[0].status_code == 413
+    assert comparable(answers[0]) == comparable(answers[1])
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert (await fast.get("/items")).json()["data"] == []

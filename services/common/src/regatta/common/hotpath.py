@@ -115,16 +115,22 @@ class HotPathMiddleware:
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
-        body = b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        chunks: list[bytes] = []
+        try:
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except Exception as exc:  # noqa: BLE001 -- e.g. a body over the limit
+            # The route meets the same failure where it reads the body, and answers as it did.
+            await self.app(scope, _replaying(messages, receive, failure=exc), send)
+            return
         complete = messages[-1]["type"] == "http.request"  # not a disconnect
+        body = b"".join(chunks)
         accepted = await self._accepted(create, scope, receive, body, key) if complete else None
         if accepted is None:
             await self.app(scope, _replaying(messages, receive), send)
@@ -276,13 +282,19 @@ def _json_create_key(scope: Scope) -> tuple[bool, str | None]:
     return len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH and _KEY.fullmatch(key) is not None, key
 
 
-def _replaying(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` that gives ``messages`` again first."""
+def _replaying(
+    messages: list[Message], receive: Receive, *, failure: Exception | None = None
+) -> Receive:
+    """``receive`` that gives ``messages`` again first (then raises ``failure``, if any)."""
     pending = list(messages)
 
     async def replay() -> Message:
+        nonlocal failure
         if pending:
             return pending.pop(0)
+        if failure is not None:
+            raised, failure = failure, None
+            raise raised
         return await receive()
 
     return replay

@@ -179,9 +179,9 @@ def create_app(
         version="0.1.0",
         lifespan=_lifespan,
         # The platform measures requests with Prometheus and traces them with OpenTelemetry's
-        # FastAPI instrumentation (observability.py). FastAPI's own telemetry would measure
-        # and trace them a second time under other names whenever a global OpenTelemetry
-        # provider exists, and asks whether one does on every request (8 µs) when none does.
+        # FastAPI instrumentation (observability.py). FastAPI's own telemetry would add metrics
+        # and spans of its own whenever a global OpenTelemetry provider exists and the
+        # platform's tracing is off, and asks on every request whether one does (8 µs).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     name = service_name or (services[0].name if len(services) == 1 else "regatta")

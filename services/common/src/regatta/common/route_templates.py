@@ -10,9 +10,13 @@ methods did not; else none). An app whose routes it cannot read that way — a m
 route type it does not know — keeps the instrumentator's resolver. ``test_route_templates``
 compares both over every route of every app.
 
-One difference, on purpose: a request no route matches, that a trailing-slash redirect answers
-(``/items/7/``), the instrumentator labels with its path — a series per id. Here it is
-unmatched like any other, and counted under the handler ``none``.
+The table is built at the first request and again when the app's own route list changes
+length; a route added later to a router already included is not in it (the platform adds none
+after startup).
+
+One difference, on purpose: a request no route matches, that a trailing-slash redirect
+answers (``/items/7/``), the instrumentator labels with its path — a series per id. Here it
+is unmatched like any other, and counted under the handler ``none``.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def _entry(route: Any) -> _Entry | None:
     # Routes matched by path pattern, then method set, and nothing else: Starlette's Route,
     # FastAPI's APIRoute (the same test before routing) and FastAPI's context for an APIRoute
     # included through a router (which carries the prefixed path and pattern).
-    if isinstance(route, APIRoute) or getattr(type(route), "matches", None) is Route.matches:
+    if getattr(type(route), "matches", None) in {Route.matches, APIRoute.matches}:
         pass
     elif not isinstance(getattr(route, "original_route", None), APIRoute):
         return None  # a mount, a host, a frontend route group: matched by rules of their own

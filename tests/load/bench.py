@@ -90,12 +90,13 @@ def paced(name: str, url: str, script: Callable[[], str], maximum_rps: float) ->
     a first run at wait = CONNECTIONS / rate measures it, and the reported run waits that much
     less.
     """
-    target_ms = CONNECTIONS * 1000 / (0.6 * maximum_rps)
+    target_ms = CONNECTIONS * 1000 / (0.6 * maximum_rps)  # the period that makes 60 %
+    waited_ms = round(target_ms)  # wrk waits whole milliseconds
     probe = wrk(
-        name, url, script() + PACED_SUFFIX.format(connections=CONNECTIONS, delay_ms=int(target_ms))
+        name, url, script() + PACED_SUFFIX.format(connections=CONNECTIONS, delay_ms=waited_ms)
     )
-    response_ms = max(CONNECTIONS * 1000 / probe.rps - target_ms, 0.0)
-    delay_ms = int(max(target_ms - response_ms, 0.0))
+    response_ms = max(CONNECTIONS * 1000 / probe.rps - waited_ms, 0.0)
+    delay_ms = max(round(target_ms - response_ms), 0)
     return wrk(
         name, url, script() + PACED_SUFFIX.format(connections=CONNECTIONS, delay_ms=delay_ms)
     )

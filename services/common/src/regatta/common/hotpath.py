@@ -95,19 +95,23 @@ class HotPathMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer a read, a list page or a create, or pass the request on."""
         if scope["type"] == "http":
+            database: Database | None = getattr(scope["app"].state, "database", None)
             method = scope["method"]
-            if method == "GET":
-                database: Database | None = getattr(scope["app"].state, "database", None)
-                if database is not None and await self._answer(scope, receive, send, database):
+            if database is None:
+                pass  # the lifespan has not opened it yet: the routes answer
+            elif method == "GET":
+                if await self._answer(scope, receive, send, database):
                     return
             elif method == "POST" and not scope["query_string"]:
                 create = self._creates.get(scope["path"])
                 if create is not None:
-                    await self._create(create, scope, receive, send)
+                    await self._create(create, scope, receive, send, database)
                     return
         await self.app(scope, receive, send)
 
-    async def _create(self, create: HotCreate, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _create(
+        self, create: HotCreate, scope: Scope, receive: Receive, send: Send, database: Database
+    ) -> None:
         # Read the body; then either run the create as the route would, or hand the request
         # (and the messages already read) to the route.
         taken, key = _json_create_key(scope)
@@ -131,7 +135,11 @@ class HotPathMiddleware:
             return
         complete = messages[-1]["type"] == "http.request"  # not a disconnect
         body = b"".join(chunks)
-        accepted = await self._accepted(create, scope, receive, body, key) if complete else None
+        accepted = (
+            await self._accepted(create, scope, receive, body, key=key, database=database)
+            if complete
+            else None
+        )
         if accepted is None:
             await self.app(scope, _replaying(messages, receive), send)
             return
@@ -144,7 +152,14 @@ class HotPathMiddleware:
         await stored_response(stored)(scope, receive, send)
 
     async def _accepted(
-        self, create: HotCreate, scope: Scope, receive: Receive, body: bytes, key: str | None
+        self,
+        create: HotCreate,
+        scope: Scope,
+        receive: Receive,
+        body: bytes,
+        *,
+        key: str | None,
+        database: Database,
     ) -> tuple[Request, dict[str, Any]] | None:
         # The create's arguments when the route would accept the request, else None.
         try:
@@ -157,9 +172,8 @@ class HotPathMiddleware:
         except ProblemError:  # the 401 or 403
             return None
         state = scope["app"].state
-        database: Database | None = getattr(state, "database", None)
         cache = getattr(state, "cache", None)
-        if database is None or cache is None:
+        if cache is None:
             return None
         return request, {
             "database": database,

@@ -83,9 +83,9 @@ LAG_BUCKETS: Final = (
 ATTEMPT_BUCKETS: Final = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50, 100)
 
 # Probes and scrapes are neither measured nor traced: they would drown the signal.
+UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
 # How many (route, method, status) series observe_request keeps at hand.
 MAX_REMEMBERED_SERIES: Final = 1024
-UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
 MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 IDEMPOTENCY_OUTCOMES: Final = ("stored", "replayed", "conflict", "mismatch")
 DELIVERY_CHANNELS: Final = ("email", "webhook")
@@ -123,7 +123,6 @@ class PlatformMetrics:
             ["service_name", "handler", "method", "status"],
             registry=r,
         )
-        self._request_series: dict[tuple[str, str, str], _RequestSeries] = {}
         self.http_duration = Histogram(
             "http_request_duration_seconds",
             "Time from the request's arrival to the end of its response, by route template.",
@@ -131,6 +130,8 @@ class PlatformMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # (handler, method, status) → its series, made once (see _series_of).
+        self._request_series: dict[tuple[str, str, str], _RequestSeries] = {}
         self.rate_limited = Counter(
             "regatta_rate_limited_requests_total",
             "Requests refused with 429 Too Many Requests.",

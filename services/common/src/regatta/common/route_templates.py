@@ -75,9 +75,11 @@ def _entry(route: Any) -> _Entry | None:
     # Routes matched by path pattern, then method set, and nothing else: Starlette's Route,
     # FastAPI's APIRoute (the same test before routing) and FastAPI's context for an APIRoute
     # included through a router (which carries the prefixed path and pattern).
-    if getattr(type(route), "matches", None) in {Route.matches, APIRoute.matches}:
-        pass
-    elif not isinstance(getattr(route, "original_route", None), APIRoute):
+    matched_as_a_route = getattr(type(route), "matches", None) in {
+        Route.matches,
+        APIRoute.matches,
+    } or isinstance(getattr(route, "original_route", None), APIRoute)
+    if not matched_as_a_route:
         return None  # a mount, a host, a frontend route group: matched by rules of their own
     pattern = getattr(route, "path_regex", None)
     path = getattr(route, "path", None)

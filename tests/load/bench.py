@@ -257,26 +257,16 @@ def main() -> int:
         naive = run_endpoints("naive", url["naive"], with_etag=False)
         naive["database point read"] = naive["cached GET"]
         get_script = GET_SCRIPT.format(items=SEED_ITEMS, etag="nil")
-        # (figure, its maximum): the same pacing against F shows how much of the tail is the
-        # machine's and wrk's own.
-        maximum = {"cached GET": ours["cached GET"].rps, "POST /items": ours["POST /items"].rps}
+        # Each paced figure with the maximum it is paced against; the same pacing against F
+        # shows how much of the tail is the machine's and wrk's own.
+        paced_runs = (
+            ("cached GET", url["regatta"], lambda: get_script, ours["cached GET"].rps),
+            ("POST /items", url["regatta"], post_script, ours["POST /items"].rps),
+            ("F (baseline)", url["F"], lambda: get_script, f.rps),
+        )
         paced_figures = {
-            "cached GET": (
-                paced(
-                    "regatta GET at 60%",
-                    url["regatta"] + "/",
-                    lambda: get_script,
-                    maximum["cached GET"],
-                ),
-                maximum["cached GET"],
-            ),
-            "POST /items": (
-                paced(
-                    "regatta POST at 60%", url["regatta"] + "/", post_script, maximum["POST /items"]
-                ),
-                maximum["POST /items"],
-            ),
-            "F (baseline)": (paced("F at 60%", url["F"] + "/", lambda: get_script, f.rps), f.rps),
+            name: (paced(f"{name} at 60%", base + "/", script, maximum), maximum)
+            for name, base, script, maximum in paced_runs
         }
         regatta_pid = processes["regatta"].pid
         rss_after = rss_mib(regatta_pid)

@@ -5,15 +5,23 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import uuid
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from daemons import PostgresServer
 from fastapi import FastAPI
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from embedded import create_embedded_app
 from regatta.common.db import Database
+from regatta.common.settings import Environment
+from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
 
 PROBLEM = "application/problem+json"
@@ -223,3 +231,60 @@ async def test_cache_can_be_disabled_and_reads_stay_correct(start_app: AppFactor
         await client.patch(location, json={"price": 2})
         assert (await client.get(location)).json()["price"] == 2
         assert await app.state.cache.get("items:1") is None
+
+
+@pytest.mark.postgres
+async def test_a_database_out_of_connection_slots_is_503_not_500(
+    postgres_server: PostgresServer, postgres_url: str, redis_url: str
+) -> None:
+    # "too many connections" (SQLSTATE 53300) is what a pod added by the autoscaler meets when
+    # the pools outgrow max_connections: the server is there but has no room, retry shortly.
+    database = make_url(postgres_url).database
+    assert database
+    role = f"limited_{uuid.uuid4().hex[:12]}"
+    settings = NotificationsSettings(
+        environment=Environment.TEST,
+        database_url=postgres_url,
+        redis_url=redis_url,
+        redis_key_prefix=f"t{uuid.uuid4().hex[:8]}:",
+    )
+    # The first app migrates, as the superuser.
+    first = create_embedded_app(settings)
+    async with LifespanManager(first), client_for(first) as client:
+        created = await client.post("/items", json={"name": "Seen", "price": 1})
+        assert created.status_code == 201
+    postgres_server.psql(
+        f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1;"
+        f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};"
+        f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        database=database,
+    )
+    limited_url = postgres_url.replace(f"//{postgres_server.superuser}@", f"//{role}@")
+    holder = await asyncpg.connect(limited_url.replace("+asyncpg", ""))  # the only slot
+    try:
+        limited = settings.model_copy(
+            update={
+                "database_url": SecretStr(limited_url),
+                "run_migrations_on_start": False,
+                "cache_enabled": False,
+            }
+        )
+        app = create_embedded_app(limited)
+        async with LifespanManager(app), client_for(app) as client:
+            answers = [
+                await client.get(created.headers["location"]),
+                await client.get("/items"),
+                await client.post("/items", json={"name": "Lost", "price": 2}),
+            ]
+            await holder.close()  # room again: the same requests succeed
+            after = await client.get(created.headers["location"])
+    finally:
+        if not holder.is_closed():
+            await holder.close()
+        postgres_server.psql(f"DROP OWNED BY {role}; DROP ROLE {role}", database=database)
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"] == PROBLEM
+        assert answer.headers["retry-after"]
+    assert after.status_code == 200
+    assert after.json()["name"] == "Seen"

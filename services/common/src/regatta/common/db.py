@@ -99,8 +99,8 @@ def _classify_unavailable(context: ExceptionContext) -> BaseException | None:
     """
     cause: BaseException | None = context.original_exception
     while cause is not None:
-        if isinstance(cause, asyncpg.exceptions.QueryCanceledError):
-            break  # statement_timeout: the statement is gone, the connection is fine
+        if isinstance(cause, _UNAVAILABLE_CONNECTION_FINE):
+            break  # the server is there, its connections fine: no room, or out of time
         if isinstance(cause, _BROKEN) or (
             isinstance(cause, _MAYBE_BROKEN) and any(sign in str(cause) for sign in _BROKEN_SIGNS)
         ):
@@ -118,6 +118,13 @@ def _classify_unavailable(context: ExceptionContext) -> BaseException | None:
     )
 
 
+# statement_timeout (the statement is gone, the connection is fine), and the server short of
+# resources (SQLSTATE class 53: connection slots above all, when the pools of every pod
+# outgrow max_connections; also disk, memory, a configured limit).
+_UNAVAILABLE_CONNECTION_FINE = (
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
 # Connection-level failures, and the server ending the session (an administrator, a restart
 # or a crash: the rest of SQLSTATE class 57 besides a cancelled statement).
 _BROKEN = (

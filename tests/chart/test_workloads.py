@@ -492,3 +492,74 @@ def test_notifications_pods_get_their_signing_secret_and_port(value_set: str) ->
         if tier(workload) == "worker":
             (port,) = container["ports"]
             assert int(env["WORKER_PORT"]["value"]) == port["containerPort"], name
+
+
+RESERVED_CONNECTIONS = 10  # migrations, the operator, a superuser's psql (values.yaml)
+
+
+def _max_connections(rendered: Rendered, values: dict[str, Any]) -> int:
+    """What the rendered Postgres allows (or, for an external one, what values say it does)."""
+    for cluster in rendered.kind("Cluster"):
+        return int(cluster["spec"]["postgresql"]["parameters"]["max_connections"])
+    for statefulset in rendered.kind("StatefulSet"):
+        if statefulset["metadata"]["name"] == "regatta-postgresql":
+            args = pod_spec(statefulset)["containers"][0]["args"]
+            (setting,) = [a for a in args if a.startswith("max_connections=")]
+            return int(setting.partition("=")[2])
+    return int(values.get("database", {}).get("maxConnections", 300))
+
+
+def _worst_case_connections(rendered: Rendered) -> int:
+    """Every database client pod at its scaler's maximum, plus a 25 % surge, times its pool."""
+    most: dict[str, int] = {}
+    for deployment in rendered.kind("Deployment"):
+        name = deployment["metadata"]["name"]
+        env = env_of(pod_spec(deployment)["containers"][0])
+        if "DB_POOL_SIZE" in env and tier(deployment) in {"api", "worker"}:
+            most[name] = deployment["spec"].get("replicas", 0)
+    for hpa in rendered.kind("HorizontalPodAutoscaler"):
+        if hpa["spec"]["scaleTargetRef"]["name"] in most:
+            most[hpa["spec"]["scaleTargetRef"]["name"]] = hpa["spec"]["maxReplicas"]
+    for scaled in rendered.kind("ScaledObject"):
+        most[scaled["spec"]["scaleTargetRef"]["name"]] = scaled["spec"]["maxReplicaCount"]
+    total = 0
+    for name, replicas in most.items():
+        env = env_of(pod_spec(rendered.get("Deployment", name))["containers"][0])
+        pool = int(env["DB_POOL_SIZE"]["value"]) + int(env["DB_MAX_OVERFLOW"]["value"])
+        total += (replicas + -(-replicas // 4)) * pool
+    return total
+
+
+@pytest.mark.parametrize("value_set", SETS)
+def test_every_pool_at_its_largest_fits_in_the_database(value_set: str) -> None:
+    values = value_sets()[value_set]
+    rendered = render_set(value_set)
+    assert _worst_case_connections(rendered) > 0
+    assert (
+        _worst_case_connections(rendered)
+        <= _max_connections(rendered, values) - RESERVED_CONNECTIONS
+    )
+
+
+def test_the_default_install_counts_every_pod_the_autoscalers_may_add() -> None:
+    # items, heroes, notifications and the worker: 10 replicas at most, 13 with the surge, 5
+    # connections each: 260 of the 290 that max_connections 300 leaves.
+    rendered = render()
+    assert _worst_case_connections(rendered) == 260
+    assert _max_connections(rendered, {}) == 300
+    render({"database": {"maxConnections": 270}})
+    with pytest.raises(Exception, match=r"need up to 260 connections \(52 pods"):
+        render({"database": {"maxConnections": 269}})
+    with pytest.raises(Exception, match=r"lower config\.dbPoolSize"):
+        render({"config": {"dbPoolSize": 6}})
+    with pytest.raises(Exception, match=r"database\.maxConnections 300"):
+        render({"config": {"dbMaxOverflow": 1}})
+    # Fewer pods, or a larger server, make room again.
+    render({"config": {"dbPoolSize": 6}, "services": {"heroes": {"enabled": False}}})
+    bigger = render({"config": {"dbPoolSize": 6}, "database": {"maxConnections": 400}})
+    assert _worst_case_connections(bigger) == 312
+    assert _max_connections(bigger, {}) == 400
+    with pytest.raises(Exception, match="worker 40"):
+        render({"worker": {"autoscaling": {"maxReplicas": 40}}})
+    with pytest.raises(Exception, match="worker 60"):
+        render({"worker": {"keda": {"enabled": True, "maxReplicaCount": 60}}})

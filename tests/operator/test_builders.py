@@ -116,6 +116,9 @@ def test_database_and_redis_come_from_secrets_with_a_prefix_of_their_own(
     }
     assert env["REDIS_KEY_PREFIX"]["value"] == "regatta:shop.orders:"
     assert env["PORT"]["value"] == "8000"
+    # Its pool is sized like the chart's services': it shares their Postgres.
+    assert env["DB_POOL_SIZE"]["value"] == "5"
+    assert env["DB_MAX_OVERFLOW"]["value"] == "0"
     labels = build_deployment(target(database=True, redis=True), platform)["spec"]["template"][
         "metadata"
     ]["labels"]
@@ -125,6 +128,7 @@ def test_database_and_redis_come_from_secrets_with_a_prefix_of_their_own(
         item["name"] for item in build_env(target(env=[{"name": "A", "value": "1"}]), platform)
     }
     assert "DATABASE_URL" not in plain
+    assert "DB_POOL_SIZE" not in plain
     assert "REDIS_URL" not in plain
     assert "A" in plain
 

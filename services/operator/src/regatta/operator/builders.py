@@ -128,6 +128,8 @@ def build_env(target: Target, settings: PlatformSettings) -> list[Manifest]:
     ]
     if target.spec.database:
         env.append(_secret_env("DATABASE_URL", target.name + DATABASE_CONNECTION_SUFFIX))
+        env.append({"name": "DB_POOL_SIZE", "value": str(config.db_pool_size)})
+        env.append({"name": "DB_MAX_OVERFLOW", "value": str(config.db_max_overflow)})
     if target.spec.redis:
         env.append(_secret_env("REDIS_URL", target.name + REDIS_CONNECTION_SUFFIX))
         env.append({"name": "REDIS_KEY_PREFIX", "value": redis_key_prefix(target, settings)})

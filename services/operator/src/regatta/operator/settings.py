@@ -161,6 +161,9 @@ class ServiceConfig(_Camel):
     graceful_shutdown_seconds: int = Field(default=20, alias="gracefulShutdownSeconds")
     redis_key_prefix: str = Field(default="regatta:", alias="redisKeyPrefix")
     max_body_bytes: int = Field(default=1_048_576, alias="maxBodyBytes")
+    # Per pod, as the chart's own services: every pod's pool shares the platform's Postgres.
+    db_pool_size: int = Field(default=5, ge=1, alias="dbPoolSize")
+    db_max_overflow: int = Field(default=0, ge=0, alias="dbMaxOverflow")
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, alias="rateLimit")
     trusted_proxies: list[str] = Field(default_factory=list, alias="trustedProxies")
 

@@ -4,8 +4,10 @@ One server process on CPU 0, wrk on CPU 1 (`taskset`), Postgres and Redis privat
 Every figure is measured in the same run as the two baselines with the same wrk flags:
 **B**, a bare Starlette JSON route, and **F**, a minimal FastAPI route with a response model
 (``baselines.py``), and against the same endpoints written the common way (``naive.py``).
+Each endpoint is measured back to back with F and the naive implementation, in BENCH_ROUNDS
+rounds; each ratio compares figures of one such triple, and the table gives medians.
 
-    make bench                      # BENCH_SECONDS=5 per figure, BENCH_SOAK_SECONDS=60
+    make bench      # BENCH_SECONDS=5 per figure, BENCH_ROUNDS=3, BENCH_SOAK_SECONDS=60
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +42,7 @@ from daemons import (
 HERE = Path(__file__).parent
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 SOAK_SECONDS = int(os.environ.get("BENCH_SOAK_SECONDS", "60"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 API_KEY = "bench-key"
 SEED_ITEMS = 200
@@ -183,19 +187,61 @@ def uvicorn_argv(app: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def run_endpoints(label: str, base: str, *, with_etag: bool) -> dict[str, Figure]:
-    """The five endpoint figures of one implementation."""
-    items = SEED_ITEMS
-    return {
-        "cached GET": wrk(f"{label} GET", base + "/", GET_SCRIPT.format(items=items, etag="nil")),
-        "304 revalidation": wrk(
-            f"{label} 304",
-            base + "/",
-            GET_SCRIPT.format(items=items, etag='"\\"1\\""' if with_etag else "nil"),
+@dataclass(frozen=True)
+class Endpoint:
+    """One figure: our URL and script, and the naive implementation's."""
+
+    name: str
+    ours: str
+    naive: str
+    script: Callable[[], str]
+    naive_script: Callable[[], str]
+
+
+@dataclass
+class Triple:
+    """F, ours and the naive implementation on one endpoint, measured back to back."""
+
+    f: Figure
+    ours: Figure
+    naive: Figure
+
+
+def endpoints(url: dict[str, str]) -> list[Endpoint]:
+    """The five figures.
+
+    The naive implementation has no cache and no ETags: its every GET is a database read,
+    measured again beside each of ours.
+    """
+    get = GET_SCRIPT.format(items=SEED_ITEMS, etag="nil")
+    revalidate = GET_SCRIPT.format(items=SEED_ITEMS, etag='"\\"1\\""')
+    ours, naive = url["regatta"], url["naive"]
+    return [
+        Endpoint("cached GET", ours + "/", naive + "/", lambda: get, lambda: get),
+        Endpoint("304 revalidation", ours + "/", naive + "/", lambda: revalidate, lambda: get),
+        Endpoint(
+            "database point read", url["nocache"] + "/", naive + "/", lambda: get, lambda: get
         ),
-        "list page": wrk(f"{label} list", base + "/items?limit=20", ""),
-        "POST /items": wrk(f"{label} POST", base + "/", post_script()),
+        Endpoint("list page", ours + "/items?limit=20", naive + "/items?limit=20", str, str),
+        Endpoint("POST /items", ours + "/", naive + "/", post_script, post_script),
+    ]
+
+
+# The order of a triple rotates from round to round, so that no implementation is always the
+# first (or last) to run after the machine changed its mind.
+_ORDERS = (("f", "ours", "naive"), ("ours", "naive", "f"), ("naive", "f", "ours"))
+
+
+def measure(endpoint: Endpoint, f_url: str, round_: int) -> Triple:
+    """F, ours and naive on ``endpoint``, back to back (seconds apart, not minutes)."""
+    get = GET_SCRIPT.format(items=SEED_ITEMS, etag="nil")
+    runs = {
+        "f": lambda: wrk(f"F {endpoint.name}", f_url + "/", get),
+        "ours": lambda: wrk(endpoint.name, endpoint.ours, endpoint.script()),
+        "naive": lambda: wrk(f"naive {endpoint.name}", endpoint.naive, endpoint.naive_script()),
     }
+    figures = {who: runs[who]() for who in _ORDERS[round_ % len(_ORDERS)]}
+    return Triple(**figures)
 
 
 def main() -> int:
@@ -247,26 +293,25 @@ def main() -> int:
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
         b = wrk("B", url["B"] + "/", GET_SCRIPT.format(items=SEED_ITEMS, etag="nil"))
-        f = wrk("F", url["F"] + "/", GET_SCRIPT.format(items=SEED_ITEMS, etag="nil"))
-        ours = run_endpoints("regatta", url["regatta"], with_etag=True)
-        ours["database point read"] = wrk(
-            "regatta no-cache GET",
-            url["nocache"] + "/",
-            GET_SCRIPT.format(items=SEED_ITEMS, etag="nil"),
-        )
-        naive = run_endpoints("naive", url["naive"], with_etag=False)
-        naive["database point read"] = naive["cached GET"]
+        triples: dict[str, list[Triple]] = {endpoint.name: [] for endpoint in endpoints(url)}
+        for round_ in range(ROUNDS):
+            for endpoint in endpoints(url):
+                triples[endpoint.name].append(measure(endpoint, url["F"], round_))
         get_script = GET_SCRIPT.format(items=SEED_ITEMS, etag="nil")
+        maximum = {
+            name: statistics.median(t.ours.rps for t in runs) for name, runs in triples.items()
+        }
+        f_maximum = statistics.median(t.f.rps for runs in triples.values() for t in runs)
         # Each paced figure with the maximum it is paced against; the same pacing against F
         # shows how much of the tail is the machine's and wrk's own.
         paced_runs = (
-            ("cached GET", url["regatta"], lambda: get_script, ours["cached GET"].rps),
-            ("POST /items", url["regatta"], post_script, ours["POST /items"].rps),
-            ("F (baseline)", url["F"], lambda: get_script, f.rps),
+            ("cached GET", url["regatta"], lambda: get_script, maximum["cached GET"]),
+            ("POST /items", url["regatta"], post_script, maximum["POST /items"]),
+            ("F (baseline)", url["F"], lambda: get_script, f_maximum),
         )
         paced_figures = {
-            name: (paced(f"{name} at 60%", base + "/", script, maximum), maximum)
-            for name, base, script, maximum in paced_runs
+            name: (paced(f"{name} at 60%", base + "/", script, most), most)
+            for name, base, script, most in paced_runs
         }
         regatta_pid = processes["regatta"].pid
         rss_after = rss_mib(regatta_pid)
@@ -277,7 +322,7 @@ def main() -> int:
             seconds=SOAK_SECONDS,
         )
         rss_soaked = rss_mib(regatta_pid)
-        report(b, f, ours, naive, paced_figures, rss_after, rss_soaked, soak)
+        report(b, triples, paced_figures, rss_after, rss_soaked, soak)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -297,31 +342,48 @@ def seed(base: str) -> None:
             pass
 
 
+def _spread(values: list[float], digits: int) -> str:
+    """The median of ``values`` and, after it, their lowest and highest."""
+    return (
+        f"{statistics.median(values):.{digits}f} "
+        f"({min(values):.{digits}f}-{max(values):.{digits}f})"
+    )
+
+
 def report(  # noqa: PLR0917
     b: Figure,
-    f: Figure,
-    ours: dict[str, Figure],
-    naive: dict[str, Figure],
+    triples: dict[str, list[Triple]],
     paced: dict[str, tuple[Figure, float]],
     rss_after: float,
     rss_soaked: float,
     soak: Figure,
 ) -> None:
-    """Print the table with ratios against F and against the naive implementation."""
-    print(f"\nwrk -t1 -c{CONNECTIONS} -d{SECONDS}s, server on CPU 0, wrk on CPU 1")
-    for label, base in (("B (bare Starlette)", b), ("F (minimal FastAPI)", f)):
-        latency = f"p50 {base.p50_ms:6.2f} ms  p99 {base.p99_ms:6.2f} ms"
-        print(f"{label:20} {base.rps:8.0f} req/s  {latency}")
+    """Print the table: medians over the rounds; each ratio between figures of one triple."""
+    rounds = len(next(iter(triples.values())))
+    print(
+        f"\nwrk -t1 -c{CONNECTIONS} -d{SECONDS}s, server on CPU 0, wrk on CPU 1; "
+        f"{rounds} rounds, each endpoint measured back to back with F and the naive "
+        "implementation; medians (lowest-highest)"
+    )
+    latency = f"p50 {b.p50_ms:6.2f} ms  p99 {b.p99_ms:6.2f} ms"
+    print(f"{'B (bare Starlette)':22} {b.rps:8.0f} req/s  {latency}")
+    f_rps = [t.f.rps for runs in triples.values() for t in runs]
+    print(f"{'F (minimal FastAPI)':22} {_spread(f_rps, 0)} req/s over {len(f_rps)} runs")
     print()
     columns = ("req/s", "× F", "p50 ms", "p99 ms", "non-2xx", "naive req/s", "× naive")
-    widths = (8, 6, 7, 7, 7, 11, 7)
-    print(f"{'endpoint':24} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
-    for name, fig in ours.items():
-        other = naive[name]
-        print(
-            f"{name:24} {fig.rps:8.0f} {fig.rps / f.rps:6.2f} {fig.p50_ms:7.2f} {fig.p99_ms:7.2f} "
-            f"{fig.errors:7d} {other.rps:11.0f} {fig.rps / other.rps:7.2f}"
+    widths = (16, 16, 7, 7, 7, 11, 16)
+    print(f"{'endpoint':20} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
+    for name, runs in triples.items():
+        cells = (
+            _spread([t.ours.rps for t in runs], 0),
+            _spread([t.ours.rps / t.f.rps for t in runs], 2),
+            f"{statistics.median(t.ours.p50_ms for t in runs):.2f}",
+            f"{statistics.median(t.ours.p99_ms for t in runs):.2f}",
+            str(sum(t.ours.errors for t in runs)),
+            f"{statistics.median(t.naive.rps for t in runs):.0f}",
+            _spread([t.ours.rps / t.naive.rps for t in runs], 2),
         )
+        print(f"{name:20} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
     print("\npaced at about 60 % of each endpoint's maximum (wrk delay(), staggered starts):")
     for name, (fig, maximum) in paced.items():
         print(

@@ -73,7 +73,7 @@ async def _purge_idempotency(runtime: Runtime, stores: Sequence[IdempotencyStore
 async def _sample_pool(runtime: Runtime) -> None:
     # Scrapes also sample; this keeps other processes' values fresh in multiprocess mode.
     while True:
-        runtime.metrics.sample_pool(runtime.database.engine)
+        runtime.metrics.sample_pool(runtime.database)
         if await runtime.pause(POOL_SAMPLE_SECONDS):
             return
 

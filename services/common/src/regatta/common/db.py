@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,11 +21,15 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePool
 from sqlalchemy.sql import Select
 from sqlalchemy.types import TypeDecorator
 
+from regatta.common.errors import ProblemError
+from regatta.common.lending import ConnectionLender
 from regatta.common.settings import ServiceSettings
+
+logger = logging.getLogger("regatta.db")
 
 
 def create_engine(settings: ServiceSettings) -> AsyncEngine:
@@ -142,6 +148,30 @@ _MAYBE_BROKEN = (
 _BROKEN_SIGNS = ("handler is closed", "another operation", "connection is closed")
 
 
+def _cut(error: BaseException) -> bool:
+    """Whether ``error`` says the connection had been closed (not that it timed out)."""
+    cause: BaseException | None = error
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, _CUT):
+            return True
+        if isinstance(cause, _MAYBE_BROKEN) and any(sign in str(cause) for sign in _CUT_SIGNS):
+            return True
+        cause = cause.__cause__ or getattr(cause, "orig", None) or cause.__context__
+    return False
+
+
+# A socket reset or closed under the connection; asyncpg's and uvloop's words for one.
+_CUT = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+_CUT_SIGNS = ("connection is closed", "handler is closed", "connection was closed")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     # WAL lets readers run beside the single writer; busy_timeout queues writers instead of
     # failing them with "database is locked".
@@ -178,7 +208,11 @@ async def fetch_direct(
     invalidated and the answer is "unavailable" (503), as the statement may or may not have
     happened; a keyed retry then replays or completes it.
     """
-    raw = await connection.get_raw_connection()
+    sync = connection.sync_connection
+    if sync is not None and not sync.invalidated and not sync.closed:
+        raw = sync.connection  # already checked out: no I/O, so no greenlet to get it
+    else:
+        raw = await connection.get_raw_connection()
     try:
         records = await raw.driver_connection.fetch(statement, *args)  # type: ignore[union-attr]
     except asyncpg.exceptions.QueryCanceledError as exc:
@@ -322,12 +356,86 @@ class Database:
         self.reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         # Hot reads run by asyncpg itself (fetch_direct) on Postgres. Off while the engine is
         # traced: then every statement goes through SQLAlchemy and so shows as a span.
-        self.direct = engine.dialect.name == "postgresql"
+        self._direct = engine.dialect.name == "postgresql"
+        # Half the pool serves the hot statements through a lender (see lend()), the other half
+        # everything else; a pool of one is not split.
+        pool = engine.sync_engine.pool
+        self.lender = (
+            ConnectionLender(self.reader, size=pool.size() // 2, timeout=pool.timeout())
+            if self.direct and isinstance(pool, QueuePool) and pool.size() > 1
+            else None
+        )
+
+    @property
+    def direct(self) -> bool:
+        """Whether the hot statements run by asyncpg itself (and on lent connections)."""
+        return self._direct
+
+    @direct.setter
+    def direct(self, direct: bool) -> None:
+        # Off (tracing): every statement through SQLAlchemy, on connections of the whole pool.
+        self._direct = direct
+        if not direct:
+            self.lender = None
 
     @property
     def dialect(self) -> str:
         """The backend name: ``postgresql`` or ``sqlite``."""
         return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def lend(self) -> AsyncIterator[AsyncConnection]:
+        """An autocommit connection for one or two :func:`fetch_direct` statements.
+
+        From the lender when there is one (Postgres): checking a connection out of
+        SQLAlchemy's pool and back in costs about an eighth of a point read, a lent one a
+        small fraction of that. A connection that failed, was invalidated or was cancelled
+        mid-statement goes back to the pool, never to the next request.
+        """
+        if self.lender is None:
+            async with self.reader.connect() as connection:
+                yield connection
+            return
+        lent = await self.lender.acquire()
+        try:
+            yield lent.connection
+        except ProblemError:  # the client's (a 409, a 422): the connection is fine
+            await self.lender.release(lent, reuse=True)
+            raise
+        except BaseException:
+            await self.lender.release(lent, reuse=False)
+            raise
+        await self.lender.release(lent, reuse=True)
+
+    async def read_direct(
+        self, statement: Select[Any], parameters: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The rows of a read run by :func:`execute_direct` on a lent connection.
+
+        A connection kept by the lender may have been cut since its last use (the server
+        restarted, a proxy closed it): when a read fails on one because its connection was
+        closed, the read runs once more on a fresh checkout, which the pool pings first. A
+        read is safe to repeat; a timeout is not retried (it would only double the wait).
+        """
+        if self.lender is None:
+            async with self.reader.connect() as connection:
+                return await execute_direct(connection, statement, parameters)
+        lent = await self.lender.acquire()
+        try:
+            rows = await execute_direct(lent.connection, statement, parameters)
+        except Exception as exc:
+            await self.lender.release(lent, reuse=False)
+            if not (lent.reused and _cut(exc)):
+                raise
+            logger.info("a kept connection had broken; the read runs on a fresh one")
+        except BaseException:  # cancelled, perhaps mid-statement: never reused
+            await self.lender.release(lent, reuse=False)
+            raise
+        else:
+            await self.lender.release(lent, reuse=True)
+            return rows
+        async with self.reader.connect() as connection:
+            return await execute_direct(connection, statement, parameters)
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
@@ -335,7 +443,9 @@ class Database:
             await connection.execute(text("SELECT 1"))
 
     async def close(self) -> None:
-        """Close every pooled connection."""
+        """Return the lender's connections, then close every pooled connection."""
+        if self.lender is not None:
+            await self.lender.close()
         await self.engine.dispose()
 
 

@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from regatta.common.db import Database
+
 logger = logging.getLogger("regatta.observability")
 
 # `foo_created` series double what Prometheus stores and no panel reads them.
@@ -326,14 +328,19 @@ class PlatformMetrics:
         """Count a keyed creating request's outcome."""
         self.idempotency.labels(service, outcome).inc()
 
-    def sample_pool(self, engine: AsyncEngine) -> None:
-        """Record the pool's size and connections in use (read from the pool, no I/O)."""
-        pool = engine.pool
+    def sample_pool(self, database: Database) -> None:
+        """Record the pool's size and connections in use (read from the pool, no I/O).
+
+        Connections the lender keeps idle between hot statements are out of the pool but
+        not in use: they do not count.
+        """
+        pool = database.engine.pool
         size = getattr(pool, "size", None)
         checked_out = getattr(pool, "checkedout", None)
         if callable(size) and callable(checked_out):
+            idle = database.lender.idle if database.lender is not None else 0
             self.pool_size.labels(self.service_name).set(size())
-            self.pool_checked_out.labels(self.service_name).set(checked_out())
+            self.pool_checked_out.labels(self.service_name).set(checked_out() - idle)
 
 
 class _WithLabels(Collector):
@@ -385,7 +392,7 @@ def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
     async def serve_metrics(request: Request) -> Response:
         runtime = getattr(request.app.state, "runtime", None)
         if runtime is not None:
-            metrics.sample_pool(runtime.database.engine)
+            metrics.sample_pool(runtime.database)
         registry = metrics.registry
         if multiprocess_dir() is not None:
             registry = CollectorRegistry()

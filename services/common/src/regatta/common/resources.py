@@ -103,8 +103,11 @@ class Resource(Generic[M, R]):
         cached = await cache.get(key)
         if cached is not None:
             return cached  # no session, no connection: a hit costs one cache round trip
-        async with database.reader.connect() as connection:
-            row = await self.repository.read(connection, row_id, direct=database.direct)
+        if database.direct:
+            row = await self.repository.read_lent(database, row_id)
+        else:
+            async with database.reader.connect() as connection:
+                row = await self.repository.read(connection, row_id)
         if row is None:
             raise self.not_found(row_id)
         entry = self.render(row)
@@ -119,10 +122,15 @@ class Resource(Generic[M, R]):
         where: Sequence[ColumnElement[bool]] = (),
     ) -> bytes:
         """One page of the list, rendered to JSON bytes."""
-        async with database.reader.connect() as connection:
-            rows = await self.repository.read_page(
-                connection, after=page.after, limit=page.limit, where=where, direct=database.direct
+        if database.direct and not where:
+            rows = await database.read_direct(
+                *self.repository.page(after=page.after, limit=page.limit)
             )
+        else:
+            async with database.reader.connect() as connection:
+                rows = await self.repository.read_page(
+                    connection, after=page.after, limit=page.limit, where=where
+                )
         shown = self._many.validate_python(rows[: page.limit])
         cursor = next_cursor([row["id"] for row in rows], page.limit)
         # {"data": [...], "next_cursor": ...}: each part rendered by pydantic-core in one call.
@@ -189,7 +197,7 @@ class Resource(Generic[M, R]):
         # no transaction to hold. The rendering equals what the row reads back as: values are
         # validated to what the columns store exactly, and the contract suites compare the two.
         claim = store.claim() if keyed is not None else None
-        async with database.reader.connect() as connection:
+        async with database.lend() as connection:
 
             async def prepare(row_id: int) -> tuple[StoredResponse, Select[Any], dict[str, Any]]:
                 now = utcnow()

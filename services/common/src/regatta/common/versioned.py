@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Row,
+    Select,
     Table,
     bindparam,
     delete,
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from regatta.common.columns import BigIntPK, UTCDateTime, utcnow
 from regatta.common.conditional import Precondition
-from regatta.common.db import fetch_rows
+from regatta.common.db import Database, fetch_rows
 
 # Ids are BIGINT; anything outside this range cannot exist (404, never a database error).
 MAX_ID = 2**63 - 1
@@ -82,6 +83,17 @@ class VersionedRepository(Generic[M]):
         found = await fetch_rows(connection, self._by_id, {"id": row_id}, direct=direct)
         return found[0] if found else None
 
+    async def read_lent(self, database: Database, row_id: int) -> Mapping[str, Any] | None:
+        """:meth:`read`, direct, on a connection ``database`` lends (Postgres only)."""
+        found = await database.read_direct(self._by_id, {"id": row_id})
+        return found[0] if found else None
+
+    def page(self, *, after: int | None, limit: int) -> tuple[Select[Any], dict[str, Any]]:
+        """The statement of an unfiltered page and its parameters (``limit + 1`` rows)."""
+        if after is None:
+            return self._first_page, {"limit": limit + 1}
+        return self._later_page, {"limit": limit + 1, "after": after}
+
     async def read_page(
         self,
         connection: AsyncConnection,
@@ -96,10 +108,7 @@ class VersionedRepository(Generic[M]):
         ``direct``: run unfiltered pages with asyncpg itself (Postgres only).
         """
         if not where:
-            if after is None:
-                statement, parameters = self._first_page, {"limit": limit + 1}
-            else:
-                statement, parameters = self._later_page, {"limit": limit + 1, "after": after}
+            statement, parameters = self.page(after=after, limit=limit)
             return await fetch_rows(connection, statement, parameters, direct=direct)
         table: Any = self._table
         filtered = select(table).where(*where).order_by(table.c.id).limit(limit + 1)

@@ -26,7 +26,7 @@ from sqlalchemy.sql import Select
 from sqlalchemy.types import TypeDecorator
 
 from regatta.common.errors import ProblemError
-from regatta.common.lending import ConnectionLender
+from regatta.common.lending import ConnectionLender, Lent
 from regatta.common.settings import ServiceSettings
 
 logger = logging.getLogger("regatta.db")
@@ -396,16 +396,8 @@ class Database:
             async with self.reader.connect() as connection:
                 yield connection
             return
-        lent = await self.lender.acquire()
-        try:
+        async with _borrowed(self.lender) as lent:
             yield lent.connection
-        except ProblemError:  # the client's (a 409, a 422): the connection is fine
-            await self.lender.release(lent, reuse=True)
-            raise
-        except BaseException:
-            await self.lender.release(lent, reuse=False)
-            raise
-        await self.lender.release(lent, reuse=True)
 
     async def read_direct(
         self, statement: Select[Any], parameters: Mapping[str, Any]
@@ -417,23 +409,15 @@ class Database:
         closed, the read runs once more on a fresh checkout, which the pool pings first. A
         read is safe to repeat; a timeout is not retried (it would only double the wait).
         """
-        if self.lender is None:
-            async with self.reader.connect() as connection:
-                return await execute_direct(connection, statement, parameters)
-        lent = await self.lender.acquire()
-        try:
-            rows = await execute_direct(lent.connection, statement, parameters)
-        except Exception as exc:
-            await self.lender.release(lent, reuse=False)
-            if not (lent.reused and _cut(exc)):
-                raise
-            logger.info("a kept connection had broken; the read runs on a fresh one")
-        except BaseException:  # cancelled, perhaps mid-statement: never reused
-            await self.lender.release(lent, reuse=False)
-            raise
-        else:
-            await self.lender.release(lent, reuse=True)
-            return rows
+        if self.lender is not None:
+            lent: Lent | None = None
+            try:
+                async with _borrowed(self.lender) as lent:
+                    return await execute_direct(lent.connection, statement, parameters)
+            except Exception as exc:
+                if lent is None or not (lent.reused and _cut(exc)):
+                    raise
+                logger.info("a kept connection had broken; the read runs on a fresh one")
         async with self.reader.connect() as connection:
             return await execute_direct(connection, statement, parameters)
 
@@ -447,6 +431,22 @@ class Database:
         if self.lender is not None:
             await self.lender.close()
         await self.engine.dispose()
+
+
+@asynccontextmanager
+async def _borrowed(lender: ConnectionLender) -> AsyncIterator[Lent]:
+    # A lent connection, given back for the next request unless the body failed for any
+    # reason but the client's (a 409, a 422) or was cancelled, perhaps mid-statement.
+    lent = await lender.acquire()
+    try:
+        yield lent
+    except ProblemError:
+        await lender.release(lent, reuse=True)
+        raise
+    except BaseException:
+        await lender.release(lent, reuse=False)
+        raise
+    await lender.release(lent, reuse=True)
 
 
 async def get_database(request: Request) -> Database:

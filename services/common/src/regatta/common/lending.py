@@ -24,7 +24,6 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -102,10 +101,7 @@ class ConnectionLender:
         now = time.monotonic()
         while self._idle:
             idle = self._idle.pop()
-            sync = idle.connection.sync_connection
-            sound = sync is not None and not (sync.invalidated or sync.closed)
-            driver: Any = sync.connection.driver_connection if sound else None  # type: ignore[union-attr]
-            if driver is None or driver.is_closed() or now - idle.used_at >= IDLE_SECONDS:
+            if _closed(idle.connection) or now - idle.used_at >= IDLE_SECONDS:
                 self._return_later(idle.connection, discard=True)
             elif now - idle.taken_at >= KEEP_SECONDS:
                 self._return_later(idle.connection, discard=False)
@@ -195,3 +191,12 @@ class ConnectionLender:
         task = asyncio.get_running_loop().create_task(close)
         self._returning.add(task)
         task.add_done_callback(self._returning.discard)
+
+
+def _closed(connection: AsyncConnection) -> bool:
+    """Whether ``connection`` is known to be gone: invalidated, closed, or its socket closed."""
+    sync = connection.sync_connection
+    if sync is None or sync.invalidated or sync.closed:
+        return True
+    driver = sync.connection.driver_connection
+    return driver is None or bool(driver.is_closed())

@@ -96,15 +96,24 @@ async def test_the_rest_of_the_pool_serves_everything_else_while_the_lender_is_b
     await asyncio.gather(*busy)
 
 
+@pytest.mark.parametrize("seen", [True, False], ids=["seen-closed", "found-by-the-read"])
 async def test_a_kept_connection_that_broke_is_replaced_and_the_read_succeeds(
-    database: db.Database, postgres_url: str
+    database: db.Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch, seen: bool
 ) -> None:
     first = await pid(database)
     await terminate(postgres_url, first)
+    await asyncio.sleep(0.2)  # the server's goodbye reaches the socket
+    if not seen:  # as when the read comes first: the lender cannot tell, the read meets it
+        monkeypatch.setattr(lending, "_closed", lambda _: False)
     second = await pid(database)  # no error: the cut one is not lent, or the read runs again
+    monkeypatch.undo()
     assert second != first
     assert database.lender is not None
+    # Not lent: replaced inside the lender. Lent: returned, and the read ran on a checkout.
+    assert database.lender.open == (1 if seen else 0)
+    assert await pid(database) == await pid(database)
     assert database.lender.open == 1
+    assert database.engine.sync_engine.pool.checkedout() == 1  # type: ignore[attr-defined]
 
 
 async def test_a_create_never_meets_a_kept_connection_the_server_closed(

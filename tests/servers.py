@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import NoReturn
 
 import pytest
@@ -15,8 +15,14 @@ from daemons import (
     find_redis,
     postgres_os_user,
 )
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
-__all__ = ["PostgresServer", "RedisServer"]
+__all__ = ["PostgresServer", "RedisServer", "Terminate"]
+
+# What the terminate_backend fixture gives: end the server process with this pid.
+Terminate = Callable[[int], Awaitable[None]]
 
 
 def unavailable(error: DaemonUnavailableError) -> NoReturn:
@@ -49,6 +55,21 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
         yield postgres_server.url(name)
     finally:
         postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def terminate_backend(postgres_url: str) -> Terminate:
+    """End one server process of the test's database, as a restart or a proxy's cut would."""
+
+    async def terminate(pid: int) -> None:
+        admin = create_async_engine(make_url(postgres_url))
+        try:
+            async with admin.connect() as connection:
+                await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        finally:
+            await admin.dispose()
+
+    return terminate
 
 
 @pytest.fixture(scope="session")

@@ -24,12 +24,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from regatta.common import db
 from regatta.common.columns import Money, UTCDateTime
 from regatta.common.settings import Environment, ServiceSettings
+from tests.servers import Terminate
 
 pytestmark = pytest.mark.postgres
 
@@ -37,15 +37,6 @@ pytestmark = pytest.mark.postgres
 async def backend_pid(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
         return int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
-
-
-async def terminate(postgres_url: str, pid: int) -> None:
-    admin = create_async_engine(make_url(postgres_url))
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    finally:
-        await admin.dispose()
 
 
 def one_connection_engine(postgres_url: str, **settings: Any) -> AsyncEngine:
@@ -66,12 +57,12 @@ def engine(postgres_url: str) -> AsyncEngine:
 
 
 async def test_an_idle_connection_is_pinged_and_replaced(
-    engine: AsyncEngine, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, terminate_backend: Terminate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)
     try:
         first = await backend_pid(engine)
-        await terminate(postgres_url, first)
+        await terminate_backend(first)
         second = await backend_pid(engine)  # no error: the ping found it dead
         assert second != first
     finally:
@@ -79,12 +70,12 @@ async def test_an_idle_connection_is_pinged_and_replaced(
 
 
 async def test_a_busy_connection_fails_once_as_unavailable_then_recovers(
-    engine: AsyncEngine, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, terminate_backend: Terminate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "IDLE_PING_SECONDS", 3600.0)
     try:
         first = await backend_pid(engine)
-        await terminate(postgres_url, first)
+        await terminate_backend(first)
         with pytest.raises(db.DatabaseUnavailableError):
             await backend_pid(engine)  # not pinged: the statement meets the dropped connection
         second = await backend_pid(engine)
@@ -115,12 +106,12 @@ async def test_a_direct_read_returns_its_rows_as_dicts(engine: AsyncEngine) -> N
 
 
 async def test_a_direct_read_on_a_dropped_connection_fails_once_then_recovers(
-    engine: AsyncEngine, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    engine: AsyncEngine, terminate_backend: Terminate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "IDLE_PING_SECONDS", 3600.0)
     try:
         first = await direct_backend_pid(engine)
-        await terminate(postgres_url, first)
+        await terminate_backend(first)
         with pytest.raises(db.DatabaseUnavailableError) as raised:
             await direct_backend_pid(engine)  # replayed through SQLAlchemy, which classifies it
         assert raised.value.connection_invalidated

@@ -12,13 +12,12 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import event, func, select, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from regatta.common import db, lending
 from regatta.common.errors import ProblemError
 from regatta.common.observability import PlatformMetrics
 from regatta.common.settings import Environment, ServiceSettings
+from tests.servers import Terminate
 
 pytestmark = pytest.mark.postgres
 
@@ -28,15 +27,6 @@ PID = select(func.pg_backend_pid().label("pid"))
 def sleeping(seconds: float) -> Any:
     """A read that holds its connection for ``seconds``."""
     return select(func.pg_backend_pid().label("pid"), func.pg_sleep(seconds).label("slept"))
-
-
-async def terminate(postgres_url: str, pid: int) -> None:
-    admin = create_async_engine(make_url(postgres_url))
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    finally:
-        await admin.dispose()
 
 
 def database_of(postgres_url: str, *, pool: int = 4, timeout: float = 5.0) -> db.Database:
@@ -98,10 +88,13 @@ async def test_the_rest_of_the_pool_serves_everything_else_while_the_lender_is_b
 
 @pytest.mark.parametrize("seen", [True, False], ids=["seen-closed", "found-by-the-read"])
 async def test_a_kept_connection_that_broke_is_replaced_and_the_read_succeeds(
-    database: db.Database, postgres_url: str, monkeypatch: pytest.MonkeyPatch, seen: bool
+    database: db.Database,
+    terminate_backend: Terminate,
+    monkeypatch: pytest.MonkeyPatch,
+    seen: bool,
 ) -> None:
     first = await pid(database)
-    await terminate(postgres_url, first)
+    await terminate_backend(first)
     await asyncio.sleep(0.2)  # the server's goodbye reaches the socket
     if not seen:  # as when the read comes first: the lender cannot tell, the read meets it
         monkeypatch.setattr(lending, "_closed", lambda _: False)
@@ -117,10 +110,10 @@ async def test_a_kept_connection_that_broke_is_replaced_and_the_read_succeeds(
 
 
 async def test_a_create_never_meets_a_kept_connection_the_server_closed(
-    database: db.Database, postgres_url: str
+    database: db.Database, terminate_backend: Terminate
 ) -> None:
     first = await pid(database)
-    await terminate(postgres_url, first)
+    await terminate_backend(first)
     await asyncio.sleep(0.2)  # the server's goodbye reaches the socket
     async with database.lend() as connection:  # a write would not be run twice: never tried
         rows = await db.fetch_direct(connection, "SELECT pg_backend_pid() AS pid", replay=False)
@@ -226,29 +219,6 @@ async def test_a_read_cancelled_mid_statement_does_not_hand_its_connection_on(
     assert await pid(database)
 
 
-async def test_a_waiter_cancelled_with_a_connection_in_hand_passes_it_on(
-    postgres_url: str,
-) -> None:
-    database = database_of(postgres_url, pool=2)
-    lender = database.lender
-    assert lender is not None
-    try:
-        held = await lender.acquire()
-        first = asyncio.create_task(lender.acquire())
-        second = asyncio.create_task(lender.acquire())
-        await asyncio.sleep(0.05)  # both waiting, in order
-        await lender.release(held, reuse=True)  # handed to the first waiter...
-        first.cancel()  # ...which is cancelled before it could take it
-        with pytest.raises(asyncio.CancelledError):
-            await first
-        passed = await asyncio.wait_for(second, 1)
-        assert passed.connection is held.connection
-        assert lender.open == 1
-        await lender.release(passed, reuse=True)
-    finally:
-        await database.close()
-
-
 async def test_close_returns_every_connection(postgres_url: str) -> None:
     database = database_of(postgres_url)
     pool = database.engine.sync_engine.pool
@@ -287,8 +257,9 @@ async def test_kept_connections_do_not_count_as_in_use(database: db.Database) ->
         assert in_use() == 1
 
 
-async def test_a_waiter_cancelled_after_its_wake_up_passes_the_wake_up_on(
-    postgres_url: str,
+@pytest.mark.parametrize("reuse", [True, False], ids=["a-connection", "a-wake-up"])
+async def test_a_waiter_cancelled_with_a_hand_over_passes_it_on(
+    postgres_url: str, reuse: bool
 ) -> None:
     database = database_of(postgres_url, pool=2)
     lender = database.lender
@@ -297,14 +268,18 @@ async def test_a_waiter_cancelled_after_its_wake_up_passes_the_wake_up_on(
         held = await lender.acquire()
         first = asyncio.create_task(lender.acquire())
         second = asyncio.create_task(lender.acquire())
-        await asyncio.sleep(0.05)
-        await lender.release(held, reuse=False)  # a place is free: the first waiter is told
-        first.cancel()  # and cancelled before it could open a connection
+        await asyncio.sleep(0.05)  # both waiting, in order
+        # Handed to the first waiter: the connection itself, or word that a place is free...
+        await lender.release(held, reuse=reuse)
+        first.cancel()  # ...which is cancelled before it could act on it
         with pytest.raises(asyncio.CancelledError):
             await first
-        opened = await asyncio.wait_for(second, 1)  # the second was told in its place
-        assert not opened.reused
+        passed = await asyncio.wait_for(second, 1)  # the second got it in its place
+        if reuse:
+            assert passed.connection is held.connection
+        else:
+            assert not passed.reused  # it opened a connection of its own
         assert lender.open == 1
-        await lender.release(opened, reuse=True)
+        await lender.release(passed, reuse=True)
     finally:
         await database.close()

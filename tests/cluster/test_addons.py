@@ -73,7 +73,10 @@ def test_the_collector_tags_pods_keeps_errors_and_slow_traces_and_feeds_tempo() 
     assert processors[-1] == "batch"
     policies = {p["type"]: p for p in config["processors"]["tail_sampling"]["policies"]}
     assert policies["status_code"]["status_code"]["status_codes"] == ["ERROR"]
-    assert policies["latency"]["latency"]["threshold_ms"] > 0
+    # Slow means slower than the latency objective the SLO alerts count against.
+    slo = (REPO / "observability" / "prometheus" / "rules" / "regatta-slo.yaml").read_text()
+    threshold = policies["latency"]["latency"]["threshold_ms"]
+    assert f'le="{threshold / 1000:g}"' in slo
     (exporter,) = traces["exporters"]
     tempo = load_yaml(ADDONS / "tempo.yaml")
     endpoint = config["exporters"][exporter]["endpoint"]

@@ -7,7 +7,8 @@
 #   5. `helm upgrade --install --wait` charts/regatta with those images (k8s/kind-values.yaml),
 #   6. `helm test`, then print where everything is.
 # `k8s/kind-up.sh --dry-run` (or DRY_RUN=1) prints every command, `$ ` first, and runs none.
-# KIND_CLUSTER names the cluster (regatta); TAG the image tag (kind-<commit>).
+# KIND_CLUSTER names the cluster (regatta); TAG the image tag (kind-<commit>, and -dirty-<time>
+# with uncommitted changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,11 @@ export DRY_RUN=${DRY_RUN:-0}
 cluster=${KIND_CLUSTER:-regatta}
 namespace=regatta
 release=regatta
+# A new tag for uncommitted changes too: the same tag would keep the running pods on old code.
 tag=${TAG:-kind-$(git rev-parse --short HEAD 2>/dev/null || echo dev)}
+if [[ -z "${TAG:-}" && -n "$(git status --porcelain 2>/dev/null)" ]]; then
+    tag="${tag}-dirty-$(date +%s)"
+fi
 # Fully qualified names: podman would otherwise prefix `localhost/` itself, docker `docker.io/`.
 registry=localhost
 # image name, Dockerfile and the chart values naming its repository and tag.

@@ -79,8 +79,10 @@ def test_the_default_tag_is_the_commit_and_always_a_string() -> None:
         cwd=REPO,
     ).stdout.strip()
     install = _install(run)
-    tags = [a for a in option_values(install, "--set-string") if a.endswith(".tag=kind-" + commit)]
+    tags = [a for a in option_values(install, "--set-string") if a.split("=")[0].endswith(".tag")]
     assert len(tags) == 4
+    assert len({a.split("=")[1] for a in tags}) == 1
+    assert all(a.split("=")[1].startswith(f"kind-{commit}") for a in tags)
     assert not option_values(install, "--set")  # `--set tag=1.0` would make a number
 
 

@@ -69,7 +69,7 @@ def test_the_collector_tags_pods_keeps_errors_and_slow_traces_and_feeds_tempo() 
     traces = config["service"]["pipelines"]["traces"]
     assert traces["receivers"] == ["otlp"]
     processors = traces["processors"]
-    assert processors.index("k8sattributes") < processors.index("tail_sampling")
+    assert processors.index("k8s_attributes") < processors.index("tail_sampling")
     assert processors[-1] == "batch"
     policies = {p["type"]: p for p in config["processors"]["tail_sampling"]["policies"]}
     assert policies["status_code"]["status_code"]["status_codes"] == ["ERROR"]

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PORT ?= 8000
 export UV_LINK_MODE ?= copy
 
-.PHONY: help up test lint typecheck audit pytest sync deps clean stack stack-down bench
+.PHONY: help up test lint typecheck audit pytest sync deps clean stack stack-down bench kind
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ stack-down: ## Stop the local stack
 bench: deps sync ## The benchmark suite (wrk; prints ratios against baselines measured in the same run)
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	PYTHONPATH=infra/local:tests/load uv run --frozen python tests/load/bench.py
+
+kind: ## A local kind cluster: add-ons, the four images built and loaded, the chart, helm test (DRY_RUN=1 prints)
+	k8s/kind-up.sh
 
 clean: ## Remove the local data directory and caches
 	rm -rf data .stack .mypy_cache .pytest_cache .ruff_cache

@@ -16,7 +16,7 @@ K8S = REPO / "k8s"
 
 def test_kind_maps_the_ingress_node_ports_to_localhost() -> None:
     kind = load_yaml(K8S / "kind.yaml")
-    traefik = load_yaml(K8S / "addons" / "traefik.yaml")
+    traefik = load_yaml(K8S / "addons" / "traefik-kind.yaml")
     (control_plane,) = [n for n in kind["nodes"] if n["role"] == "control-plane"]
     mapped = {m["containerPort"]: m["hostPort"] for m in control_plane["extraPortMappings"]}
     assert mapped[traefik["ports"]["web"]["nodePort"]] == 80
@@ -66,8 +66,7 @@ def test_monitoring_finds_the_charts_objects_and_grafana_has_data() -> None:
     assert dashboards["label"] == values["label"]
     assert dashboards["labelValue"] == values["labelValue"]
     assert dashboards["searchNamespace"] == "ALL"
-    (loki,) = stack["grafana"]["additionalDataSources"]
-    assert loki["type"] == "loki"
+    (loki,) = [s for s in stack["grafana"]["additionalDataSources"] if s["type"] == "loki"]
     alloy = load_yaml(K8S / "addons" / "alloy.yaml")["alloy"]["configMap"]["content"]
     assert loki["url"] in alloy
     # The cluster parses logs exactly as observability/alloy/config.alloy does.
@@ -85,8 +84,11 @@ def test_every_add_on_chart_version_is_pinned() -> None:
     assert set(pins) == {
         "TRAEFIK_CHART_VERSION",
         "KUBE_PROMETHEUS_STACK_CHART_VERSION",
+        "METRICS_SERVER_CHART_VERSION",
         "LOKI_CHART_VERSION",
         "ALLOY_CHART_VERSION",
+        "OTEL_COLLECTOR_CHART_VERSION",
+        "TEMPO_CHART_VERSION",
     }
     for version in pins.values():
         assert re.fullmatch(r"\d+\.\d+\.\d+", version)
@@ -95,7 +97,9 @@ def test_every_add_on_chart_version_is_pinned() -> None:
     )
     assert sorted(installs) == sorted(pins)
     for values in re.findall(r"--values (\S+)", script):
-        assert (K8S / "addons" / values).is_file()
+        for profile in ("kind", "cloud"):
+            path = values.strip('"').replace("${profile}", profile)
+            assert (K8S / "addons" / path).is_file()
 
 
 def test_the_example_api_service_matches_the_crd() -> None:

@@ -268,3 +268,50 @@ def upgrade(before: dict[str, Any], after: dict[str, Any]) -> Walk:
     walk.run_hooks(release, "post-upgrade")
     walk.run_hooks(release, "test")
     return walk
+
+
+# Argo CD: the phase of a Helm hook (argo-cd docs, "Helm hooks"), when it has no hook of its own.
+_ARGO_PHASES = ["PreSync", "Sync", "PostSync"]
+_HELM_TO_ARGO = {
+    "crd-install": "PreSync",
+    "pre-install": "PreSync",
+    "pre-upgrade": "PreSync",
+    "post-install": "PostSync",
+    "post-upgrade": "PostSync",
+}
+
+
+def argo_step(obj: Manifest) -> tuple[int, int] | None:
+    """When Argo CD applies an object: (phase, wave); None when it skips it.
+
+    Its own hook annotation wins over Helm's; a Helm hook of several events runs in the
+    earliest phase they map to; unmapped Helm hooks (test) are not applied. The wave is
+    argocd.argoproj.io/sync-wave, else a Helm hook's weight, else 0.
+    """
+    notes = annotations_of(obj)
+    if "argocd.argoproj.io/hook" in notes:
+        phases = [p.strip() for p in notes["argocd.argoproj.io/hook"].split(",")]
+    elif hook_events(obj):
+        phases = [_HELM_TO_ARGO[e] for e in hook_events(obj) if e in _HELM_TO_ARGO]
+    else:
+        phases = ["Sync"]
+    known = [_ARGO_PHASES.index(p) for p in phases if p in _ARGO_PHASES]
+    if not known:
+        return None
+    wave = notes.get("argocd.argoproj.io/sync-wave", notes.get("helm.sh/hook-weight", "0"))
+    return (min(known), int(wave))
+
+
+def argo_sync(values: dict[str, Any]) -> Walk:
+    """An Argo CD sync of a fresh namespace: each (phase, wave) applied, then waited for."""
+    release = Release.of(values)
+    walk = Walk(existing=provided_by_user(values))
+    steps = sorted({step for obj in release.objects if (step := argo_step(obj)) is not None})
+    for step in steps:
+        batch = sorted((o for o in release.objects if argo_step(o) == step), key=install_order)
+        for obj in batch:
+            walk.steps.append(f"{_ARGO_PHASES[step[0]]} wave {step[1]}: {key(obj)}")
+            walk._create(obj)
+        for obj in batch:
+            walk._check(obj, f"{_ARGO_PHASES[step[0]]} wave {step[1]}")
+    return walk

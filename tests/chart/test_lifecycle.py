@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helm_python.errors import HelmError
 
-from tests.chart.lifecycle import Release, Walk, install, upgrade
-from tests.chart.manifests import _deep_merge, value_sets
+from tests.chart.lifecycle import Release, Walk, argo_step, argo_sync, install, upgrade
+from tests.chart.manifests import Manifest, render, value_sets
 
 SETS = list(value_sets())
 
@@ -101,5 +102,46 @@ def test_hooks_run_by_weight_then_name_then_kind() -> None:
     ]
 
 
-def test_value_sets_merge_like_helm() -> None:
-    assert _deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+def _migrations(values: dict[str, Any]) -> list[Manifest]:
+    return [o for o in render(values).objects if o["kind"] == "Job"]
+
+
+def test_argo_cd_would_migrate_before_postgres_exists_without_its_mode() -> None:
+    # What the Argo CD mode is for: post-install,pre-upgrade maps to PreSync there.
+    rendered = render({})
+    postgres = argo_step(rendered.get("StatefulSet", "regatta-postgresql"))
+    assert postgres is not None
+    for job in _migrations({}):
+        step = argo_step(job)
+        assert step is not None
+        assert step < postgres
+
+
+def test_under_argo_cd_migrations_run_between_the_databases_and_the_services() -> None:
+    values = value_sets()["argocd"]
+    rendered = render(values)
+    assert not rendered.kind("Secret"), "nothing generated: lookup sees nothing under Argo CD"
+    data = [
+        argo_step(o)
+        for o in rendered.objects
+        if o["kind"] in {"StatefulSet", "Cluster"} or o["kind"] == "Service"
+    ]
+    services = [argo_step(d) for d in rendered.kind("Deployment")]
+    jobs = _migrations(values)
+    assert jobs
+    for job in jobs:
+        step = argo_step(job)
+        assert step is not None
+        assert all(s is not None and s < step for s in data), job["metadata"]["name"]
+        assert all(s is not None and step < s for s in services), job["metadata"]["name"]
+    for pod in rendered.kind("Pod"):
+        assert argo_step(pod) is None, "helm test pods are Helm's alone"
+    _assert_clean(argo_sync(values))
+
+
+def test_argo_cd_mode_refuses_generated_credentials() -> None:
+    values = {**value_sets()["argocd"], "apiKeys": {"existingSecret": ""}}
+    with pytest.raises(HelmError, match=r"argocd.enabled needs .*apiKeys.existingSecret"):
+        render(values)
+    with pytest.raises(HelmError, match=r"notifications.webhookSigningSecret.existingSecret"):
+        render({"argocd": {"enabled": True}})

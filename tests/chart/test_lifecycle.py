@@ -8,7 +8,7 @@ import pytest
 from helm_python.errors import HelmError
 
 from tests.chart.lifecycle import Release, Walk, argo_step, argo_sync, install, upgrade
-from tests.chart.manifests import Manifest, render, value_sets
+from tests.chart.manifests import REPO, Manifest, load_yaml, render, value_sets
 
 SETS = list(value_sets())
 
@@ -145,3 +145,28 @@ def test_argo_cd_mode_refuses_generated_credentials() -> None:
         render(values)
     with pytest.raises(HelmError, match=r"notifications.webhookSigningSecret.existingSecret"):
         render({"argocd": {"enabled": True}})
+
+
+def _crds(values: dict[str, Any]) -> list[Manifest]:
+    return [o for o in render(values).objects if o["kind"] == "CustomResourceDefinition"]
+
+
+def test_the_api_service_crd_comes_with_the_operator_only_and_is_kept() -> None:
+    assert not _crds({})
+    assert not _crds(value_sets()["skaffold-dev-core"])
+    (crd,) = _crds(value_sets()["production"])
+    assert crd["metadata"]["name"] == "apiservices.regatta.dev"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["spec"]["names"]["kind"] == "ApiService"
+    assert not _crds({"operator": {"enabled": True, "crd": {"install": False}}})
+    # Turning the operator off in an upgrade keeps the CRD, and with it every ApiService.
+    walk = upgrade(value_sets()["production"], {**value_sets()["production"], "operator": {}})
+    assert ("CustomResourceDefinition", "apiservices.regatta.dev") in walk.existing
+
+
+def test_the_core_profile_skips_crds() -> None:
+    skaffold = load_yaml(REPO / "skaffold.yaml")
+    (core,) = [p for p in skaffold["profiles"] if p["name"] == "core"]
+    (flags,) = [p["value"] for p in core["patches"] if p["path"] == "/deploy/helm/flags"]
+    assert "--skip-crds" in flags["install"]
+    assert "--skip-crds" in flags["upgrade"]

@@ -127,7 +127,9 @@ def test_a_changed_setting_changes_the_config_checksum_and_nothing_else_does() -
     assert checksums({})[1] != secrets
     assert checksums({"config": {"logLevel": "DEBUG"}})[0] != config
     assert checksums({"apiKeys": {"secretKey": "keys"}})[0] != config
+    assert checksums({"tracing": {"otlpEndpoint": "http://collector:4318"}})[0] != config
     assert checksums({"defaults": {"replicas": 3}})[0] == config
+    assert checksums({"database": {"builtin": {"persistence": {"size": "20Gi"}}}})[0] == config
 
 
 def test_redis_restarts_when_its_generated_password_changes() -> None:

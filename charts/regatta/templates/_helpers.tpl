@@ -209,13 +209,15 @@ API keys and connects to the database and Redis). (dict "root" $ "only" (list "r
 {{- end -}}
 
 {{/*
-Checksum of the settings a service process reads: its environment is built from these, so a
-change rolls the pods even where it reaches them through a file or an envFrom source.
+Checksum of the settings a service process reads (config, where its credentials come from, the
+notifications and tracing settings), and of nothing else: sizing the built-in Postgres or Redis
+rolls no API pod.
 */}}
 {{- define "regatta.configChecksum" -}}
 {{- $v := .Values -}}
-{{- $notifications := omit $v.notifications "webhookSigningSecret" -}}
-{{- toJson (dict "config" $v.config "apiKeys" $v.apiKeys "notifications" $notifications "database" (omit $v.database "cloudnativepg") "redis" $v.redis "tracing" $v.tracing) | sha256sum -}}
+{{- $database := dict "mode" $v.database.mode "name" $v.database.name "user" $v.database.user "external" $v.database.external "secret" (pick $v.database.builtin "existingSecret" "passwordKey") -}}
+{{- $redis := dict "mode" $v.redis.mode "external" $v.redis.external "builtin" (pick $v.redis.builtin "existingSecret" "passwordKey" "database") -}}
+{{- toJson (dict "config" $v.config "apiKeys" $v.apiKeys "notifications" $v.notifications "database" $database "redis" $redis "tracing" $v.tracing) | sha256sum -}}
 {{- end -}}
 
 {{/*

@@ -16,6 +16,8 @@ pods are only checked once their whole phase is applied (the kubelet retries in 
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,6 +174,12 @@ def made_by_operators(obj: Manifest) -> set[Key]:
     return set()
 
 
+@functools.cache
+def _rendered(values: str) -> list[Manifest]:
+    """Each value set rendered once per session (the walks only read the objects)."""
+    return render(json.loads(values)).objects
+
+
 def crds() -> list[Manifest]:
     return [
         yaml.safe_load(p.read_text(encoding="utf-8"))
@@ -188,7 +196,7 @@ class Release:
 
     @classmethod
     def of(cls, values: dict[str, Any]) -> Release:
-        return cls(values=values, objects=render(values).objects)
+        return cls(values=values, objects=_rendered(json.dumps(values, sort_keys=True)))
 
     def hooks(self, event: str) -> list[Manifest]:
         return sorted((o for o in self.objects if event in hook_events(o)), key=hook_order)

@@ -103,7 +103,7 @@ def test_every_add_on_chart_version_is_pinned() -> None:
 
 
 def test_the_example_api_service_matches_the_crd() -> None:
-    crd = load_yaml(CHART_DIR / "crds" / "apiservices.regatta.dev.yaml")
+    crd = load_yaml(CHART_DIR / "files" / "crds" / "apiservices.regatta.dev.yaml")
     (version,) = crd["spec"]["versions"]
     example = load_yaml(K8S / "examples" / "apiservice.yaml")
     assert example["apiVersion"] == f"{crd['spec']['group']}/{version['name']}"

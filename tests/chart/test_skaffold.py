@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from typing import Any
 
 import jsonschema
 import pytest
 
-from tests.chart.manifests import REPO, load_yaml, render_set, schema_dir
+from tests.chart.manifests import (
+    REPO,
+    Rendered,
+    load_yaml,
+    pod_spec,
+    render,
+    render_set,
+    schema_dir,
+    value_sets,
+)
 
 SKAFFOLD = load_yaml(REPO / "skaffold.yaml")
 
@@ -97,3 +107,81 @@ def test_port_forwards_name_services_the_chart_creates() -> None:
     assert {f["resourceName"] for f in ours} <= services
     assert any(f["resourceName"].endswith("grafana") for f in forwards)
     assert len({f["localPort"] for f in forwards}) == len(forwards)
+
+
+def _dev_artifacts() -> list[dict[str, Any]]:
+    (dev,) = [p for p in SKAFFOLD["profiles"] if p["name"] == "dev"]
+    artifacts: list[dict[str, Any]] = dev["build"]["artifacts"]
+    return artifacts
+
+
+def _dev_release() -> Rendered:
+    """The dev profile as skaffold installs it, with the images it built (named as built)."""
+    values = value_sets()["skaffold-dev"]
+    (release,) = SKAFFOLD["deploy"]["helm"]["releases"]
+    for path, template in release["setValueTemplates"].items():
+        if path.endswith(".repository"):
+            image = re.fullmatch(r"\{\{\.IMAGE_REPO_(\w+)\}\}", template).group(1)  # type: ignore[union-attr]
+            node = values
+            *parents, leaf = path.split(".")
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = image.replace("_", "-")
+    return render(values)
+
+
+def _dockerfile_dev_owner(dockerfile: str) -> int:
+    """The UID that owns the virtual environment in a Dockerfile's `dev` stage."""
+    text = (REPO / dockerfile).read_text(encoding="utf-8")
+    stage = text.split("AS dev", 1)[1].split("\nFROM ", 1)[0]
+    (owner,) = re.findall(r"COPY --from=builder --chown=(\d+):\d+ /app/\.venv /app/\.venv", stage)
+    return int(owner)
+
+
+def _watched(args: list[str], dest: str) -> bool:
+    """Whether the process reloads or restarts itself on a change under `dest`."""
+    if "--reload" in args:
+        dirs = [args[i + 1] for i, a in enumerate(args) if a == "--reload-dir"]
+        return any(d.startswith(dest) for d in dirs)
+    if args[:1] == ["watchfiles"]:
+        return any(a.startswith(dest) for a in args[1:])
+    return False
+
+
+def test_every_pod_file_sync_reaches_can_take_the_files_and_reloads() -> None:
+    rendered = _dev_release()
+    checked = set()
+    for artifact in _dev_artifacts():
+        rules = artifact.get("sync", {}).get("manual", [])
+        # No sync rules (the operator): skaffold rebuilds the image and redeploys, restarting it.
+        for deployment in rendered.kind("Deployment"):
+            spec = pod_spec(deployment)
+            for container in spec["containers"]:
+                if container["image"].split(":")[0] != artifact["image"] or not rules:
+                    continue
+                name = deployment["metadata"]["name"]
+                checked.add(name)
+                context = {**spec["securityContext"], **container["securityContext"]}
+                assert context["readOnlyRootFilesystem"] is False, f"{name}: sync cannot write"
+                owner = _dockerfile_dev_owner(artifact["docker"]["dockerfile"])
+                assert context["runAsUser"] == owner, f"{name}: the code belongs to {owner}"
+                for rule in rules:
+                    assert _watched(container["args"], rule["dest"]), f"{name}: never reloads"
+    # The worker runs the notifications image: file sync reaches it as it reaches the API.
+    assert checked == {
+        "regatta-items",
+        "regatta-heroes",
+        "regatta-notifications",
+        "regatta-notifications-worker",
+    }
+
+
+def test_the_dev_images_have_watchfiles() -> None:
+    # uvicorn[standard], which every service has through regatta-common, brings it.
+    lock = tomllib.loads((REPO / "uv.lock").read_text(encoding="utf-8"))
+    uvicorn = next(p for p in lock["package"] if p["name"] == "uvicorn")
+    assert "watchfiles" in {d["name"] for d in uvicorn["optional-dependencies"]["standard"]}
+    common = tomllib.loads(
+        (REPO / "services" / "common" / "pyproject.toml").read_text(encoding="utf-8")
+    )
+    assert any(d.startswith("uvicorn[standard]") for d in common["project"]["dependencies"])

@@ -176,7 +176,9 @@ def test_every_serving_deployment_is_autoscaled_and_protected(value_set: str) ->
             hpa = hpas[name]
             assert "replicas" not in deployment["spec"], f"{name}: the HPA owns the count"
             metrics = {m["resource"]["name"] for m in hpa["spec"]["metrics"]}
-            assert metrics == {"cpu", "memory"}, name
+            # CPU only: a Python process rarely gives memory back, so a memory target would
+            # add pods after a burst and never remove them.
+            assert metrics == {"cpu"}, name
             assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0, name
             assert name not in keda, f"{name}: an HPA and a ScaledObject would fight"
         elif name in keda:
@@ -349,7 +351,7 @@ def test_notes_tell_how_to_reach_the_platform() -> None:
 
 def test_the_worker_scales_on_stream_lag_with_keda() -> None:
     rendered = render_set("production")
-    (scaled,) = rendered.kind("ScaledObject")
+    scaled = rendered.get("ScaledObject", "regatta-notifications-worker")
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "redis-streams"
     assert trigger["metadata"]["stream"] == "regatta:events"

@@ -18,7 +18,7 @@ from regatta.operator.settings import PlatformSettings
 from regatta.operator.spec import GROUP, KIND, PLURAL, VERSION, ApiServiceSpec, parse_spec
 from tests.chart.manifests import CHART_DIR, KUBERNETES_VERSION, REPO, load_yaml, schema_dir
 
-CRD_PATH = CHART_DIR / "crds" / "apiservices.regatta.dev.yaml"
+CRD_PATH = CHART_DIR / "files" / "crds" / "apiservices.regatta.dev.yaml"
 EXAMPLES = sorted((REPO / "k8s" / "examples").glob("*.yaml"))
 CUSTOM_SCHEMAS = {
     "ServiceMonitor": "monitoring.coreos.com/servicemonitor_v1.json",

@@ -151,12 +151,114 @@ A generated secret value, base64: the one already in the cluster when there is o
 keep it), otherwise a new random one. (dict "root" $ "name" "..." "key" "..." "length" 32)
 */}}
 {{- define "regatta.generatedSecret" -}}
+{{- /* Drawn once per render: the Secret and every checksum of it see the same value. */ -}}
+{{- if not (hasKey .root "regattaGenerated") -}}
+{{- $_ := set .root "regattaGenerated" dict -}}
+{{- end -}}
+{{- $cache := get .root "regattaGenerated" -}}
+{{- $id := printf "%s/%s" .name .key -}}
+{{- if not (hasKey $cache $id) -}}
 {{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name -}}
 {{- if and $existing $existing.data (hasKey $existing.data .key) -}}
-{{- index $existing.data .key -}}
+{{- $_ := set $cache $id (index $existing.data .key) -}}
 {{- else -}}
-{{- randAlphaNum (int .length) | b64enc -}}
+{{- $_ := set $cache $id (randAlphaNum (int .length) | b64enc) -}}
 {{- end -}}
+{{- end -}}
+{{- get $cache $id -}}
+{{- end -}}
+
+{{/*
+The Secrets the chart generates, as (list name key length) triples: one place for secrets.yaml
+and the checksums that roll pods when one of them changes. Empty with every existingSecret set.
+*/}}
+{{- define "regatta.generatedSecrets" -}}
+{{- $out := list -}}
+{{- if not .Values.apiKeys.existingSecret -}}
+{{- $out = append $out (list "api-keys" (include "regatta.apiKeys.secretName" .) .Values.apiKeys.secretKey 40) -}}
+{{- end -}}
+{{- if and (eq .Values.database.mode "builtin") (not .Values.database.builtin.existingSecret) -}}
+{{- $out = append $out (list "postgresql" (include "regatta.postgresql.secretName" .) .Values.database.builtin.passwordKey 32) -}}
+{{- end -}}
+{{- if and (eq .Values.redis.mode "builtin") (not .Values.redis.builtin.existingSecret) -}}
+{{- $out = append $out (list "redis" (include "regatta.redis.secretName" .) .Values.redis.builtin.passwordKey 32) -}}
+{{- end -}}
+{{- if and .Values.services.notifications.enabled (not .Values.notifications.webhookSigningSecret.existingSecret) -}}
+{{- $out = append $out (list "notifications" (include "regatta.notifications.secretName" .) .Values.notifications.webhookSigningSecret.secretKey 48) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
+Checksum of the generated Secrets a pod reads (all of them: every service process mounts the
+API keys and connects to the database and Redis). (dict "root" $ "only" (list "redis") or no
+"only" for every one.) Empty when the chart generates none of them.
+*/}}
+{{- define "regatta.generatedSecretsChecksum" -}}
+{{- $root := .root -}}
+{{- $parts := list -}}
+{{- range include "regatta.generatedSecrets" $root | fromJsonArray -}}
+{{- if or (not $.only) (has (index . 0) $.only) -}}
+{{- $value := include "regatta.generatedSecret" (dict "root" $root "name" (index . 1) "key" (index . 2) "length" (index . 3)) -}}
+{{- $parts = append $parts (printf "%s/%s=%s" (index . 1) (index . 2) $value) -}}
+{{- end -}}
+{{- end -}}
+{{- if $parts -}}
+{{- join "\n" $parts | sha256sum -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Checksum of the settings a service process reads (config, where its credentials come from, the
+notifications and tracing settings), and of nothing else: sizing the built-in Postgres or Redis
+rolls no API pod.
+*/}}
+{{- define "regatta.configChecksum" -}}
+{{- $v := .Values -}}
+{{- $database := dict "mode" $v.database.mode "name" $v.database.name "user" $v.database.user "external" $v.database.external "secret" (pick $v.database.builtin "existingSecret" "passwordKey") -}}
+{{- $redis := dict "mode" $v.redis.mode "external" $v.redis.external "builtin" (pick $v.redis.builtin "existingSecret" "passwordKey" "database") -}}
+{{- toJson (dict "config" $v.config "apiKeys" $v.apiKeys "notifications" $v.notifications "database" $database "redis" $redis "tracing" $v.tracing) | sha256sum -}}
+{{- end -}}
+
+{{/*
+OpenTelemetry: the collector's endpoint, this workload's service name and its pod and namespace
+as resource attributes (downward API). Nothing when no endpoint is set: tracing stays off.
+(dict "root" $ "service" "items")
+*/}}
+{{- define "regatta.otelEnv" -}}
+{{- $t := .root.Values.tracing -}}
+{{- if $t.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.otlpEndpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: OTEL_K8S_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: OTEL_K8S_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{- $attributes := list "k8s.pod.name=$(OTEL_K8S_POD_NAME)" "k8s.namespace.name=$(OTEL_K8S_NAMESPACE)" "k8s.node.name=$(OTEL_K8S_NODE_NAME)" }}
+{{- range $key, $value := $t.resourceAttributes }}
+{{- $attributes = append $attributes (printf "%s=%s" $key $value) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attributes | quote }}
+{{- with $t.sampler }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ . | quote }}
+{{- end }}
+{{- with $t.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* DATABASE_URL (and the variables it is built from), never a password in plain text. */}}
@@ -352,7 +454,15 @@ metadata:
     {{- with $w.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- with $w.podAnnotations }}
+  {{- $annotations := dict }}
+  {{- if .serviceEnv }}
+  {{- $_ := set $annotations "checksum/config" (include "regatta.configChecksum" $root) }}
+  {{- with include "regatta.generatedSecretsChecksum" (dict "root" $root) }}
+  {{- $_ := set $annotations "checksum/secrets" . }}
+  {{- end }}
+  {{- end }}
+  {{- $annotations = merge (deepCopy ($w.podAnnotations | default dict)) $annotations }}
+  {{- with $annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -409,6 +519,7 @@ spec:
       env:
         {{- if .serviceEnv }}
         {{- include "regatta.serviceEnv" $root | nindent 8 }}
+        {{- include "regatta.otelEnv" (dict "root" $root "service" .component) | nindent 8 }}
         {{- end }}
         {{- with .extraEnv }}
         {{- . | nindent 8 }}
@@ -464,12 +575,62 @@ spec:
     {{- end }}
 {{- end -}}
 
-{{/* HPA and PDB of a Deployment. (dict "root" $ "w" $w "component" "items") */}}
+{{/* Whether an API scales through KEDA on its request rate (and CPU) instead of an HPA. */}}
+{{- define "regatta.requestRateScaling" -}}
+{{- if and .autoscaling.enabled .autoscaling.requestRate.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+HPA (or, with autoscaling.requestRate on an API, a KEDA ScaledObject) and PDB of a Deployment.
+(dict "root" $ "w" $w "component" "items" "api" true)
+*/}}
 {{- define "regatta.scaling" -}}
 {{- $w := .w -}}
 {{- $labels := include "regatta.labels" (dict "root" .root "component" .component) -}}
 {{- $name := printf "%s-%s" (include "regatta.fullname" .root) .component -}}
-{{- if $w.autoscaling.enabled }}
+{{- if and .api (include "regatta.requestRateScaling" $w) }}
+{{- $rate := $w.autoscaling.requestRate }}
+{{- if not $rate.prometheusAddress }}
+{{- fail (printf "%s: autoscaling.requestRate needs prometheusAddress (the Prometheus KEDA queries)" .component) }}
+{{- end }}
+---
+# CPU as the HPA would, plus the request rate the API serves (recording rule
+# service_name:http_requests:rate1m): whichever asks for more replicas wins.
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- $labels | nindent 4 }}
+spec:
+  scaleTargetRef:
+    name: {{ $name }}
+  minReplicaCount: {{ $w.autoscaling.minReplicas | int }}
+  maxReplicaCount: {{ $w.autoscaling.maxReplicas | int }}
+  pollingInterval: {{ $rate.pollingInterval | int }}
+  advanced:
+    horizontalPodAutoscalerConfig:
+      behavior:
+        {{- include "regatta.hpaBehavior" $w | nindent 8 }}
+  triggers:
+    - type: cpu
+      metricType: Utilization
+      metadata:
+        value: {{ $w.autoscaling.targetCPUUtilizationPercentage | int | toString | quote }}
+    {{- with $w.autoscaling.targetMemoryUtilizationPercentage | int }}
+    - type: memory
+      metricType: Utilization
+      metadata:
+        value: {{ . | toString | quote }}
+    {{- end }}
+    - type: prometheus
+      metricType: AverageValue
+      metadata:
+        serverAddress: {{ $rate.prometheusAddress | quote }}
+        query: {{ printf "sum(service_name:http_requests:rate1m{namespace=%q, service_name=%q})" .root.Release.Namespace .component | quote }}
+        threshold: {{ $rate.requestsPerSecond | int | toString | quote }}
+        ignoreNullValues: "true"
+{{- else if $w.autoscaling.enabled }}
 ---
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
@@ -491,25 +652,16 @@ spec:
         target:
           type: Utilization
           averageUtilization: {{ $w.autoscaling.targetCPUUtilizationPercentage | int }}
+    {{- with $w.autoscaling.targetMemoryUtilizationPercentage | int }}
     - type: Resource
       resource:
         name: memory
         target:
           type: Utilization
-          averageUtilization: {{ $w.autoscaling.targetMemoryUtilizationPercentage | int }}
+          averageUtilization: {{ . }}
+    {{- end }}
   behavior:
-    scaleDown:
-      stabilizationWindowSeconds: {{ $w.autoscaling.scaleDownStabilizationWindowSeconds | int }}
-      policies:
-        - type: Pods
-          value: 1
-          periodSeconds: 60
-    scaleUp:
-      stabilizationWindowSeconds: 0
-      policies:
-        - type: Percent
-          value: 100
-          periodSeconds: 30
+    {{- include "regatta.hpaBehavior" $w | nindent 4 }}
 {{- end }}
 {{- $least := int $w.replicas -}}
 {{- if $w.autoscaling.enabled -}}{{- $least = int $w.autoscaling.minReplicas -}}{{- end -}}
@@ -527,6 +679,22 @@ spec:
     matchLabels:
       {{- include "regatta.selectorLabels" (dict "root" .root "component" .component) | nindent 6 }}
 {{- end }}
+{{- end -}}
+
+{{/* How fast an autoscaler adds and removes pods: no flapping after a burst. */}}
+{{- define "regatta.hpaBehavior" -}}
+scaleDown:
+  stabilizationWindowSeconds: {{ .autoscaling.scaleDownStabilizationWindowSeconds | int }}
+  policies:
+    - type: Pods
+      value: 1
+      periodSeconds: 60
+scaleUp:
+  stabilizationWindowSeconds: 0
+  policies:
+    - type: Percent
+      value: 100
+      periodSeconds: 30
 {{- end -}}
 
 {{/* Whether the Prometheus Operator's CRDs are served (or rendering is forced). */}}

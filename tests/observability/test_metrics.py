@@ -55,11 +55,14 @@ PLATFORM_FAMILIES = {
     "regatta_delivery_attempt_duration_seconds",
     "regatta_delivery_latency_seconds",
     "regatta_delivery_attempts",
-    "regatta_delivery_backlog",
-    "regatta_delivery_oldest_due_seconds",
+    "regatta_up",
     "process_cpu_seconds",
     "process_resident_memory_bytes",
 }
+# Set by delivery workers alone: exported only where workers run, so that a notifications
+# API without any worker shows no queue at all rather than an empty one.
+WORKER_FAMILIES = {"regatta_delivery_backlog", "regatta_delivery_oldest_due_seconds"}
+RUNS_WORKERS = {"notifications-worker", "regatta"}
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
@@ -108,7 +111,12 @@ async def test_every_process_exports_the_platform_metrics(name: str, tmp_path: P
     assert response.status_code == 200
     families = {family.name for family in text_string_to_metric_families(response.text)}
     assert families >= PLATFORM_FAMILIES
+    if name in RUNS_WORKERS:
+        assert families >= WORKER_FAMILIES
+    else:
+        assert not families & WORKER_FAMILIES
     assert value(response.text, "process_cpu_seconds_total", service_name=name) > 0
+    assert value(response.text, "regatta_up", service_name=name) == 1
     # Zero is an answer: nothing rate-limited yet, every delivery outcome at 0.
     for outcome in ("delivered", "retry", "failed"):
         assert (
@@ -143,6 +151,22 @@ async def test_requests_are_labelled_by_route_template_with_millisecond_buckets(
     assert 'handler="/livez"' not in text  # probes are not measured
 
 
+async def test_every_route_starts_at_zero_for_its_success_and_for_500(tmp_path: Path) -> None:
+    # rate() only sees an increase between two samples: a 5xx series made by the first error
+    # would hide that error from the error ratios.
+    async with serving(create_embedded_app(sqlite_settings(tmp_path))) as client:
+        text = (await client.get("/metrics")).text
+    created = {"service_name": "heroes", "handler": "/heroes", "method": "POST"}
+    assert value(text, "http_requests_total", status="201", **created) == 0
+    assert value(text, "http_requests_total", status="500", **created) == 0
+    accepted = {"service_name": "notifications", "handler": "/notifications", "method": "POST"}
+    assert value(text, "http_requests_total", status="202", **accepted) == 0
+    read = {"service_name": "items", "handler": "/items/{item_id}", "method": "GET"}
+    assert value(text, "http_requests_total", status="500", **read) == 0
+    assert value(text, "http_request_duration_seconds_count", **read) == 0
+    assert 'handler="/metrics"' not in text
+
+
 async def test_cache_idempotency_and_pool_are_measured(tmp_path: Path) -> None:
     app = create_embedded_app(sqlite_settings(tmp_path))
     async with serving(app) as client:
@@ -171,8 +195,9 @@ async def test_many_apps_in_one_process_each_have_their_own_registry(tmp_path: P
         first = (await client.get("/metrics")).text
     async with serving(apps[1]) as client:
         second = (await client.get("/metrics")).text
-    assert 'handler="/items"' in first
-    assert 'handler="/items"' not in second
+    counted = 'http_requests_total{handler="/items",method="GET",service_name="items",status="200"}'
+    assert f"{counted} 1.0" in first
+    assert f"{counted} 0.0" in second
 
 
 async def test_openmetrics_scrapes_get_trace_exemplars(

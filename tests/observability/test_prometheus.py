@@ -52,7 +52,7 @@ DASHBOARDS = sorted((OBSERVABILITY / "grafana" / "dashboards").glob("*.json"))
 RULES = sorted((OBSERVABILITY / "prometheus" / "rules").glob("*.yaml"))
 CLUSTER_ONLY = "Cluster only:"
 # What Grafana would put in for the dashboards' variables on a Prometheus outside Kubernetes.
-VARIABLES = {"$__rate_interval": "1m", "$namespace": ".*"}
+VARIABLES = {"$__rate_interval": "1m", "$namespace": ".*", "$pod": ".*", "$route": ".*"}
 READY_SECONDS = 60.0
 SERVICES = ("items", "heroes", "notifications")
 WORKER = "notifications-worker"
@@ -191,11 +191,11 @@ async def wait_until(
         await asyncio.sleep(0.1)
 
 
-def prometheus_config(targets: dict[str, str]) -> str:
+def prometheus_config(targets: dict[str, str], rules: list[Path] = RULES) -> str:
     return yaml.safe_dump(
         {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(path) for path in RULES],
+            "rule_files": [str(path) for path in rules],
             "scrape_configs": [
                 {"job_name": name, "static_configs": [{"targets": [address]}]}
                 for name, address in targets.items()
@@ -353,12 +353,14 @@ async def start_services(running: Deployment) -> None:
     )
 
 
-def start_prometheus(running: Deployment, executable: str) -> str:
-    """Prometheus scraping every process each second and evaluating the shipped rules."""
+def start_prometheus(running: Deployment, executable: str, rules: list[Path] = RULES) -> str:
+    """Prometheus scraping every process each second and evaluating the rules (the shipped)."""
     port = free_port()
     config = running.directory / "prometheus.yml"
     config.write_text(
-        prometheus_config({child.name: f"127.0.0.1:{child.port}" for child in running.children})
+        prometheus_config(
+            {child.name: f"127.0.0.1:{child.port}" for child in running.children}, rules
+        )
     )
     running.start(
         "prometheus",

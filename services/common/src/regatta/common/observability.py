@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from opentelemetry import propagate, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -51,7 +52,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import Instrumentator, routing
 from prometheus_fastapi_instrumentator.metrics import Info
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 from starlette.middleware import Middleware
@@ -93,6 +94,8 @@ IDEMPOTENCY_OUTCOMES: Final = ("stored", "replayed", "conflict", "mismatch")
 DELIVERY_CHANNELS: Final = ("email", "webhook")
 DELIVERY_OUTCOMES: Final = ("delivered", "retry", "failed")
 TOO_MANY_REQUESTS: Final = "429"
+OK: Final = 200
+SERVER_ERROR: Final = "500"
 
 
 def multiprocess_dir() -> str | None:
@@ -140,6 +143,14 @@ class PlatformMetrics:
             ["service_name"],
             registry=r,
         )
+        # 0 where no limiter runs, or while Redis answers; the fail-open alert watches it.
+        self.rate_limit_unavailable = Counter(
+            "regatta_rate_limit_unavailable_total",
+            "Requests served without a rate-limit check because Redis could not be reached.",
+            ["service_name"],
+            registry=r,
+        )
+        self.rate_limit_unavailable.labels(service_name)
         self.cache_requests = Counter(
             "regatta_cache_requests_total",
             "Response cache look-ups, by result (hit or miss).",
@@ -254,18 +265,18 @@ class PlatformMetrics:
             buckets=ATTEMPT_BUCKETS,
             registry=r,
         )
-        self.delivery_backlog = Gauge(
-            "regatta_delivery_backlog",
-            "Notifications due for delivery and waiting for a worker.",
+        # Set by delivery workers alone. A process running none exports neither, so that with
+        # every worker gone the series vanish (the dead-man alerts see it) instead of reading 0.
+        self.delivery_backlog: Gauge | Unexported = Unexported()
+        self.delivery_oldest_due: Gauge | Unexported = Unexported()
+        self.up = Gauge(
+            "regatta_up",
+            "1 while this process serves: the dead-man alerts watch it disappear.",
+            ["service_name"],
             multiprocess_mode="livemax",
             registry=r,
         )
-        self.delivery_oldest_due = Gauge(
-            "regatta_delivery_oldest_due_seconds",
-            "How long the longest-waiting due notification has waited (0 when none).",
-            multiprocess_mode="livemax",
-            registry=r,
-        )
+        self.up.labels(service_name).set(1)
         # Zero is an answer ("nothing was refused"), so these exist before the first event.
         for name in services:
             self.rate_limited.labels(name)
@@ -277,6 +288,32 @@ class PlatformMetrics:
         if multiprocess_dir() is None:
             # Per-process CPU and memory; in multiprocess mode only files are aggregated.
             r.register(_WithLabels(prometheus_client.ProcessCollector(registry=None), service_name))
+
+    def export_worker_gauges(self) -> None:
+        """Export the gauges only delivery workers set: this process runs workers."""
+        if isinstance(self.delivery_backlog, Gauge):
+            return
+        self.delivery_backlog = Gauge(
+            "regatta_delivery_backlog",
+            "Notifications due for delivery and waiting for a worker.",
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+        self.delivery_oldest_due = Gauge(
+            "regatta_delivery_oldest_due_seconds",
+            "How long the longest-waiting due notification has waited (0 when none).",
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+
+    def start_at_zero(self, handler: str, method: str, statuses: Iterable[str]) -> None:
+        """Make a route's request series before its first request, at 0.
+
+        A counter that appears with its first increment hides that increment from ``rate()``:
+        the first 5xx of a route would never reach the error ratio.
+        """
+        for status in statuses:
+            self._series_of(handler, method, status)
 
     def service_for(self, handler: str) -> str:
         """The service a route template belongs to: its first segment, or this app's name."""
@@ -343,6 +380,17 @@ class PlatformMetrics:
             self.pool_checked_out.labels(self.service_name).set(checked_out() - idle)
 
 
+class Unexported:
+    """Stands in for a gauge this process does not export: setting it changes nothing."""
+
+    def set(self, value: float) -> None:
+        """Forget ``value``."""
+
+    def labels(self, *_values: str) -> Unexported:
+        """Itself: every child of an unexported gauge is unexported too."""
+        return self
+
+
 class _WithLabels(Collector):
     """Adds a ``service_name`` label to every sample of another collector."""
 
@@ -374,7 +422,23 @@ def trace_exemplar() -> dict[str, str] | None:
 
 
 def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
-    """Measure and log every request (pure ASGI middleware) and serve ``/metrics``."""
+    """Measure and log every request (pure ASGI middleware) and serve ``/metrics``.
+
+    Every route's request series start at 0 for its own status and for 500 (so the first
+    server error is seen by ``rate()``); a process running workers exports their gauges.
+    """
+    if getattr(app.state, "run_workers", False) or getattr(app.state, "workers", None):
+        metrics.export_worker_gauges()
+    for route in routing._effective_routes(list(app.routes)):  # noqa: SLF001 -- as route_templates
+        original = getattr(route, "original_route", route)
+        path = getattr(route, "path", None)
+        if (
+            isinstance(original, APIRoute)
+            and isinstance(path, str)
+            and path not in UNOBSERVED_PATHS
+        ):
+            for method in sorted(getattr(route, "methods", None) or ()):
+                metrics.start_at_zero(path, method, statuses_of(original))
     Instrumentator(
         should_group_status_codes=False,
         excluded_handlers=[f"^{path}$" for path in UNOBSERVED_PATHS],
@@ -399,6 +463,12 @@ def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encode(registry), headers={"Content-Type": content_type})
+
+
+def statuses_of(route: APIRoute) -> list[str]:
+    """The status classes a route's series start with: its success status and 500."""
+    success = str(route.status_code or OK)
+    return [success, SERVER_ERROR] if success != SERVER_ERROR else [success]
 
 
 FLUSH_TIMEOUT_MILLIS: Final = 5000

@@ -414,12 +414,7 @@ def install_rate_limit(app: FastAPI, settings: ServiceSettings) -> None:
     if not settings.rate_limit_enabled:
         return
     metrics: PlatformMetrics = app.state.metrics
-    unavailable = Counter(
-        "regatta_rate_limit_unavailable_total",
-        "Requests served without a rate-limit check because Redis could not be reached.",
-        ["service_name"],
-        registry=metrics.registry,
-    ).labels(app.state.service_name)
+    unavailable = metrics.rate_limit_unavailable.labels(app.state.service_name)
     limiter = RateLimiter.from_settings(
         settings,
         service=app.state.service_name,

@@ -788,6 +788,106 @@ def logs_and_traces(layout: Layout, services: tuple[str, ...]) -> None:
     )
 
 
+def why_slow_panels(layout: Layout, service: str, processes: tuple[str, ...]) -> None:
+    """Where a request's time goes: the pool, the statements, Redis; and the servers' side."""
+    names = "|".join((*processes, EMBEDDED))
+    process = selector(f'service_name=~"{names}"', POD)
+    keyed = selector(f'service_name="{service}"', POD)
+    logs_of = f"{service}|{EMBEDDED}"
+    layout.row("Why is it slow")
+    layout.add(
+        timeseries(
+            "Database pool wait",
+            "Time to get a pooled connection (p95, p99) and the requests that gave up after "
+            "the pool timeout (503) per second. Waits without slow statements: the pool is "
+            "too small for the load.",
+            [
+                Target(quantile(0.95, process, "regatta_db_pool_wait_seconds"), "wait p95 (s)"),
+                Target(quantile(0.99, process, "regatta_db_pool_wait_seconds"), "wait p99 (s)"),
+                Target(
+                    f"sum(rate(regatta_db_pool_timeouts_total{process}[{RATE}]))",
+                    "timeouts / s",
+                ),
+            ],
+            links=[loki_link("Unavailable answers", logs_of, " | status=503")],
+        )
+    )
+    layout.add(
+        timeseries(
+            "Statement latency p95",
+            "Duration of SQL statements by operation (statement timeouts included). Slow "
+            "statements and no pool wait: the database is the bottleneck.",
+            [
+                Target(
+                    quantile(0.95, process, "regatta_db_statement_duration_seconds", "operation"),
+                    "{{operation}}",
+                )
+            ],
+            unit="s",
+        )
+    )
+    layout.add(
+        timeseries(
+            "Redis round trip p95",
+            "Duration of Redis round trips by operation: cache reads and stores, rate-limit "
+            "checks.",
+            [
+                Target(
+                    quantile(0.95, process, "regatta_redis_command_duration_seconds", "operation"),
+                    "{{operation}}",
+                )
+            ],
+            unit="s",
+        )
+    )
+    layout.add(
+        timeseries(
+            "Cache errors",
+            "Response cache operations that failed per second (reads are then served from the "
+            "database, writes retried): Redis is unreachable or refusing.",
+            [
+                Target(
+                    f"sum by (operation) (rate(regatta_cache_errors_total{keyed}[{RATE}]))",
+                    "{{operation}}",
+                )
+            ],
+            unit="ops",
+            links=[loki_link("Cache warnings", logs_of, ' |= "cache"')],
+        )
+    )
+    layout.add(
+        timeseries(
+            "Postgres",
+            f"{CLUSTER_ONLY} postgres_exporter (or CloudNativePG's own metrics): whether the "
+            "server answers, its backends by state and the longest-running transaction.",
+            [
+                Target(f"max(pg_up{{{NS}}})", "up"),
+                Target(f"sum by (state) (pg_stat_activity_count{{{NS}}})", "{{state}}"),
+                Target(f"max(pg_stat_activity_max_tx_duration{{{NS}}})", "longest transaction (s)"),
+                Target(f"sum(cnpg_backends_total{{{NS}}})", "backends (CloudNativePG)"),
+            ],
+        )
+    )
+    layout.add(
+        timeseries(
+            "Redis",
+            f"{CLUSTER_ONLY} redis_exporter: whether Redis answers, its clients, commands per "
+            "second and memory in use against its limit.",
+            [
+                Target(f"max(redis_up{{{NS}}})", "up"),
+                Target(f"sum(redis_connected_clients{{{NS}}})", "clients"),
+                Target(
+                    f"sum(rate(redis_commands_processed_total{{{NS}}}[{RATE}]))", "commands / s"
+                ),
+                Target(
+                    f"max(redis_memory_used_bytes{{{NS}}}) / max(redis_memory_max_bytes{{{NS}}})",
+                    "memory used / max",
+                ),
+            ],
+        )
+    )
+
+
 # --- The dashboards ----------------------------------------------------------------------------
 
 
@@ -1027,6 +1127,7 @@ def service_dashboard(service: str) -> dict[str, Any]:
         processes = (service,)
     saturation_panels(layout, processes, POD)
     logs_and_traces(layout, processes)
+    why_slow_panels(layout, service, processes)
     return dashboard(
         f"regatta-{service}",
         f"Regatta / {service.capitalize()}",

@@ -62,8 +62,7 @@ async def test_dead_man_queue_stuck_and_fail_open_alerts_fire_when_their_target_
 ) -> None:
     executable = binary("prometheus")
     async with run_otlp_sink() as sink:
-        env = service_env(postgres_url, redis_url, sink) | {"RATE_LIMIT_ENABLED": "true"}
-        with deployment(tmp_path, env) as running:
+        with deployment(tmp_path, service_env(postgres_url, redis_url, sink)) as running:
             await start_services(running)
             prometheus = start_prometheus(running, executable, immediate_rules(tmp_path))
             async with httpx.AsyncClient(timeout=5) as client:

@@ -19,8 +19,11 @@ GRAFANA = OBSERVABILITY / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 RULES = sorted((OBSERVABILITY / "prometheus" / "rules").glob("*.yaml"))
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "regatta.yaml"
-# Metrics only a cluster has: cAdvisor's and kube-state-metrics'.
-CLUSTER_METRIC = re.compile(r"\b(container_[a-z_]+|kube_[a-z_]+)\b")
+# Metrics only a cluster has: cAdvisor's, kube-state-metrics', and the chart's Postgres and
+# Redis exporters' (and CloudNativePG's).
+CLUSTER_METRIC = re.compile(
+    r"\b(container_[a-z_]+|kube_[a-z_]+|pg_[a-z_]+|cnpg_[a-z_]+|redis_[a-z_]+)\b"
+)
 
 
 def load(path: Any) -> Any:

@@ -18,10 +18,17 @@ from fastapi.responses import Response
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from embedded import create_embedded_app
 from regatta.common import observability
+from regatta.common.cache import MeteredCache, RedisCache
+from regatta.common.db import Database
 from regatta.common.settings import Environment
 from regatta.heroes.main import create_app as create_heroes
 from regatta.heroes.settings import HeroesSettings
@@ -307,3 +314,44 @@ def test_processes_serving_together_report_their_sum(tmp_path: Path) -> None:
         text = httpx.get(f"{first}/metrics").text
         assert value(text, "regatta_db_pool_size") == both / 2
         assert value(text, "http_requests_total", **route) == 5
+
+
+async def test_statements_pool_waits_and_pool_timeouts_are_measured(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    metrics = observability.PlatformMetrics(service_name="items", registry=registry)
+    engine = create_async_engine(
+        f"sqlite+aiosqlite:///{tmp_path}/pool.db", pool_size=1, max_overflow=0, pool_timeout=0.05
+    )
+    database = Database(engine)
+    metrics.sample_pool(database)
+    metrics.sample_pool(database)  # instrumented once, however often sampled
+    try:
+        async with engine.connect() as held:
+            await held.execute(text("SELECT 1"))
+            with pytest.raises(sa_exc.TimeoutError):
+                async with engine.connect():
+                    pass
+    finally:
+        await engine.dispose()
+    text_ = generate_latest(registry).decode()
+    labels = {"service_name": "items"}
+    assert value(text_, "regatta_db_statement_duration_seconds_count", operation="select") == 1
+    assert value(text_, "regatta_db_pool_wait_seconds_count", **labels) == 2
+    assert value(text_, "regatta_db_pool_timeouts_total", **labels) == 1
+
+
+async def test_cache_failures_and_redis_round_trips_are_counted(tmp_path: Path) -> None:
+    metrics = observability.PlatformMetrics(service_name="regatta", services=["items"])
+    unreachable = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    cache = MeteredCache(RedisCache(unreachable, ttl_seconds=60), metrics.count_cache, metrics)
+    try:
+        assert await cache.get("items:1") is None  # a miss, not an error, for the client
+    finally:
+        await unreachable.aclose()
+    text_ = generate_latest(metrics.registry).decode()
+    items = {"service_name": "items"}
+    assert value(text_, "regatta_cache_errors_total", operation="read", **items) == 1
+    assert value(text_, "regatta_cache_errors_total", operation="write", **items) == 0
+    assert value(text_, "regatta_cache_requests_total", result="miss", **items) == 1
+    count = "regatta_redis_command_duration_seconds_count"
+    assert value(text_, count, operation="cache_get", **items) == 1

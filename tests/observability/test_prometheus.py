@@ -309,7 +309,7 @@ async def query(client: httpx.AsyncClient, prometheus: str, expr: str) -> list[d
 
 
 def service_env(postgres_url: str, redis_url: str, sink: OtlpSink) -> dict[str, str]:
-    """Test settings, fast retries, loopback webhooks, and traces to the sink."""
+    """Test settings, fast retries, loopback webhooks, rate limits, and traces to the sink."""
     return clean_environment() | {
         "ENVIRONMENT": "test",
         "DATABASE_URL": postgres_url,
@@ -319,6 +319,8 @@ def service_env(postgres_url: str, redis_url: str, sink: OtlpSink) -> dict[str, 
         "LOG_LEVEL": "INFO",
         "GRACEFUL_SHUTDOWN_SECONDS": "2",
         "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        # Its checks are Redis round trips and its failures an alert: on, with room to spare.
+        "RATE_LIMIT_ENABLED": "true",
         "DELIVERY_MAX_ATTEMPTS": "2",
         "DELIVERY_BACKOFF_BASE_SECONDS": "0.05",
         "DELIVERY_BACKOFF_MAX_SECONDS": "0.1",

@@ -21,6 +21,8 @@ import contextlib
 import json
 import logging
 import os
+import time
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -55,8 +57,11 @@ from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator, routing
 from prometheus_fastapi_instrumentator.metrics import Info
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from starlette.middleware import Middleware
 
+from regatta.common import db
 from regatta.common.logs import log_request, request_logged
 from regatta.common.route_templates import TemplatedMetricsMiddleware
 
@@ -66,7 +71,9 @@ if TYPE_CHECKING:
     from opentelemetry.trace.span import TraceState
     from opentelemetry.util.types import Attributes
     from redis.asyncio import Redis
+    from sqlalchemy.engine import ExceptionContext
     from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.pool import Pool
 
     from regatta.common.db import Database
 
@@ -94,6 +101,8 @@ IDEMPOTENCY_OUTCOMES: Final = ("stored", "replayed", "conflict", "mismatch")
 DELIVERY_CHANNELS: Final = ("email", "webhook")
 DELIVERY_OUTCOMES: Final = ("delivered", "retry", "failed")
 TOO_MANY_REQUESTS: Final = "429"
+CACHE_OPERATIONS: Final = ("read", "write")
+STATEMENT_OPERATIONS: Final = ("select", "insert", "update", "delete")
 OK: Final = 200
 SERVER_ERROR: Final = "500"
 
@@ -171,6 +180,45 @@ class PlatformMetrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        # Why is it slow: waiting for a pooled connection, the statements, Redis.
+        self.pool_wait = Histogram(
+            "regatta_db_pool_wait_seconds",
+            "Time to get a connection from the database pool (waiting for a free one, or "
+            "opening a new one).",
+            ["service_name"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pool_timeouts = Counter(
+            "regatta_db_pool_timeouts_total",
+            "Requests for a pooled connection that gave up after the pool timeout (a 503).",
+            ["service_name"],
+            registry=r,
+        )
+        self.pool_timeouts.labels(service_name)
+        self.db_statement = Histogram(
+            "regatta_db_statement_duration_seconds",
+            "Duration of one SQL statement, by operation (select, insert, update, delete, other).",
+            ["service_name", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_command = Histogram(
+            "regatta_redis_command_duration_seconds",
+            "Duration of one Redis round trip, by operation (cache_get, cache_store, rate_limit).",
+            ["service_name", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "regatta_cache_errors_total",
+            "Response cache operations that failed (Redis unreachable or refusing), by "
+            "operation (read: served from the database; write: retried later).",
+            ["service_name", "operation"],
+            registry=r,
+        )
+        # Engines whose statements and pool waits are measured (instrument_database).
+        self._instrumented: weakref.WeakSet[Any] = weakref.WeakSet()
         self.idempotency = Counter(
             "regatta_idempotency_requests_total",
             "Creating requests with an Idempotency-Key, by outcome "
@@ -280,6 +328,8 @@ class PlatformMetrics:
         # Zero is an answer ("nothing was refused"), so these exist before the first event.
         for name in services:
             self.rate_limited.labels(name)
+            for operation in CACHE_OPERATIONS:
+                self.cache_errors.labels(name, operation)
             for outcome in IDEMPOTENCY_OUTCOMES:
                 self.idempotency.labels(name, outcome)
         for channel in DELIVERY_CHANNELS:
@@ -334,13 +384,18 @@ class PlatformMetrics:
             self.rate_limited.labels(service).inc()
         code = int(status) if status.isdigit() else 0
         if request_logged(code):  # building the URL costs more than the metrics above
+            request = info.request
+            length = info.response.headers.get("content-length") if info.response else None
             log_request(
                 service=service,
                 route=handler,
                 method=info.method,
-                path=info.request.url.path,
+                path=request.url.path,
                 status=code,
                 duration_seconds=info.modified_duration,
+                client=request.client.host if request.client else None,
+                api_key_id=api_key_id(request),
+                response_bytes=int(length) if length and length.isdigit() else None,
             )
 
     def _series_of(self, handler: str, method: str, status: str) -> _RequestSeries:
@@ -365,12 +420,82 @@ class PlatformMetrics:
         """Count a keyed creating request's outcome."""
         self.idempotency.labels(service, outcome).inc()
 
+    def count_cache_error(self, key: str, operation: str) -> None:
+        """Count a failed cache operation (``read`` or ``write``) on ``key``."""
+        self.cache_errors.labels(key.split(":", 1)[0], operation).inc()
+
+    def observe_redis(self, key: str, operation: str, seconds: float) -> None:
+        """Time one Redis round trip of a cache operation on ``key``."""
+        self.redis_command.labels(key.split(":", 1)[0], operation).observe(seconds)
+
+    def instrument_database(self, database: Database) -> None:
+        """Measure the pool waits and statements of ``database``'s engine (once per engine).
+
+        Statements through SQLAlchemy are timed by its cursor events, those asyncpg runs itself
+        (db.fetch_direct) by the observer db.observe_direct_statements registers. A failed
+        statement (a statement timeout above all) is timed too.
+        """
+        sync_engine = database.engine.sync_engine
+        if sync_engine in self._instrumented:
+            return
+        self._instrumented.add(sync_engine)
+        by_operation = {
+            operation: self.db_statement.labels(self.service_name, operation)
+            for operation in (*STATEMENT_OPERATIONS, "other")
+        }
+
+        def observe(statement: str, seconds: float) -> None:
+            by_operation[statement_operation(statement)].observe(seconds)
+
+        def before(*args: Any) -> None:
+            context = args[4]
+            if context is not None:
+                context.regatta_started = time.perf_counter()
+
+        def after(*args: Any) -> None:
+            started = getattr(args[4], "regatta_started", None)
+            if started is not None:
+                observe(args[2], time.perf_counter() - started)
+
+        def failed(context: ExceptionContext) -> None:
+            started = getattr(context.execution_context, "regatta_started", None)
+            if started is not None and context.statement:
+                observe(context.statement, time.perf_counter() - started)
+
+        event.listen(sync_engine, "before_cursor_execute", before)
+        event.listen(sync_engine, "after_cursor_execute", after)
+        event.listen(sync_engine, "handle_error", failed)
+        db.observe_direct_statements(database.engine, observe)
+        self._time_pool_waits(sync_engine.pool)
+
+    def _time_pool_waits(self, pool: Pool) -> None:
+        # SQLAlchemy has no event before a checkout: its pool's one method that waits (or
+        # connects) is timed instead, on this pool object only.
+        get = getattr(pool, "_do_get", None)
+        if get is None:
+            return
+        waited = self.pool_wait.labels(self.service_name)
+        timeouts = self.pool_timeouts.labels(self.service_name)
+
+        def timed_get() -> Any:
+            started = time.perf_counter()
+            try:
+                return get()
+            except sa_exc.TimeoutError:
+                timeouts.inc()
+                raise
+            finally:
+                waited.observe(time.perf_counter() - started)
+
+        pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
+
     def sample_pool(self, database: Database) -> None:
         """Record the pool's size and connections in use (read from the pool, no I/O).
 
         Connections the lender keeps idle between hot statements are out of the pool but
-        not in use: they do not count.
+        not in use: they do not count. The first sample also instruments the database.
         """
+        self.instrument_database(database)
         pool = database.engine.pool
         size = getattr(pool, "size", None)
         checked_out = getattr(pool, "checkedout", None)
@@ -378,6 +503,32 @@ class PlatformMetrics:
             idle = database.lender.idle if database.lender is not None else 0
             self.pool_size.labels(self.service_name).set(size())
             self.pool_checked_out.labels(self.service_name).set(checked_out() - idle)
+
+
+API_KEY_ID_STATE: Final = "api_key_id"
+
+
+def api_key_id(request: Request) -> str | None:
+    """The id of the valid API key a request carries (``key-<digest>``), else None.
+
+    Taken from the request's state when the rate limiter already worked it out.
+    """
+    known = request.scope.get("state", {}).get(API_KEY_ID_STATE)
+    if known is not None:
+        return str(known)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    keys = getattr(request.app.state, "api_keys", None)
+    if scheme.lower() != "bearer" or not token.strip() or keys is None or not keys.enabled:
+        return None
+    principal: str | None = keys.principal(token.strip())
+    return principal
+
+
+def statement_operation(statement: str) -> str:
+    """The operation label of a SQL statement: its first keyword when a common one."""
+    head = statement.lstrip()[:8].split(None, 1)
+    keyword = head[0].lower() if head else ""
+    return keyword if keyword in STATEMENT_OPERATIONS else "other"
 
 
 class Unexported:

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,16 +21,18 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from redis.asyncio import Redis
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
+from sqlalchemy import literal_column, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.sql import Select
 
 from embedded import create_embedded_app
 from regatta.common import observability
 from regatta.common.cache import MeteredCache, RedisCache
-from regatta.common.db import Database
-from regatta.common.settings import Environment
+from regatta.common.db import Database, create_engine
+from regatta.common.settings import Environment, ServiceSettings
 from regatta.heroes.main import create_app as create_heroes
 from regatta.heroes.settings import HeroesSettings
 from regatta.items.main import create_app as create_items
@@ -355,3 +358,35 @@ async def test_cache_failures_and_redis_round_trips_are_counted(tmp_path: Path) 
     assert value(text_, "regatta_cache_requests_total", result="miss", **items) == 1
     count = "regatta_redis_command_duration_seconds_count"
     assert value(text_, count, operation="cache_get", **items) == 1
+
+
+@pytest.mark.postgres
+async def test_hot_reads_waiting_for_a_lent_connection_and_direct_statements_are_measured(
+    postgres_url: str,
+) -> None:
+    # Hot reads run on connections the lender keeps (lending.py) and by asyncpg itself: their
+    # waits and statements are what a slow database shows first.
+    settings = ServiceSettings(
+        environment=Environment.TEST,
+        database_url=SecretStr(postgres_url),
+        db_pool_size=2,
+        db_pool_timeout_seconds=0.1,
+    )
+    database = Database(create_engine(settings))
+    metrics = observability.PlatformMetrics(service_name="items")
+    metrics.sample_pool(database)
+    assert database.lender is not None
+    statement: Select[Any] = select(literal_column("1").label("one"))
+    try:
+        assert await database.read_direct(statement, {}) == [{"one": 1}]
+        async with database.lend():
+            with pytest.raises(sa_exc.TimeoutError):
+                async with database.lend():
+                    pass
+    finally:
+        await database.close()
+    text_ = generate_latest(metrics.registry).decode()
+    items = {"service_name": "items"}
+    assert value(text_, "regatta_db_statement_duration_seconds_count", operation="select") >= 1
+    assert value(text_, "regatta_db_pool_timeouts_total", **items) == 1
+    assert value(text_, "regatta_db_pool_wait_seconds_count", **items) >= 3

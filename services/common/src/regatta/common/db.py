@@ -230,7 +230,8 @@ async def fetch_direct(
     return [dict(record.items()) for record in records]
 
 
-# Statement observers of engines whose direct statements are timed (observability.py).
+# Statement observers of engines whose direct statements are timed (observability.py), by
+# the engine's pool: the autocommit reader and the engine share it.
 _direct_observers: weakref.WeakKeyDictionary[Any, Callable[[str, float], None]] = (
     weakref.WeakKeyDictionary()
 )
@@ -238,13 +239,13 @@ _direct_observers: weakref.WeakKeyDictionary[Any, Callable[[str, float], None]] 
 
 def observe_direct_statements(engine: AsyncEngine, observe: Callable[[str, float], None]) -> None:
     """Have ``observe(statement, seconds)`` called for each statement :func:`fetch_direct` runs."""
-    _direct_observers[engine.sync_engine] = observe
+    _direct_observers[engine.sync_engine.pool] = observe
 
 
 async def _timed_fetch(
     connection: AsyncConnection, raw: Any, statement: str, args: Sequence[Any]
 ) -> list[Any]:
-    observe = _direct_observers.get(connection.sync_engine)
+    observe = _direct_observers.get(connection.engine.sync_engine.pool)
     started = time.perf_counter()
     try:
         records: list[Any] = await raw.driver_connection.fetch(statement, *args)

@@ -27,6 +27,8 @@ RULES = ROOT / "observability" / "prometheus" / "rules"
 # The chart ships copies of both (charts/regatta/files/), written here with the dashboards.
 CHART_FILES = ROOT / "charts" / "regatta" / "files"
 CLUSTER_ONLY = "Cluster only:"
+# Panels empty where there is no Redis (`make up` without REDIS_URL) say so the same way.
+NEEDS_REDIS = "With Redis:"
 RATE = "$__rate_interval"
 NS = 'namespace=~"$namespace"'
 # Per-pod and per-route drill-down of the service dashboards ("All" matches series without
@@ -439,7 +441,7 @@ def red_panels(layout: Layout, service: str) -> None:
             unit="reqps",
         )
     )
-    layout.add(fail_open_panel(selector(f'service_name="{service}"', POD)))
+    layout.add(fail_open_panel(selector(f'service_name=~"{service}|{EMBEDDED}"', POD)))
 
 
 def fail_open_panel(s: str) -> Panel:
@@ -829,8 +831,8 @@ def why_slow_panels(layout: Layout, service: str, processes: tuple[str, ...]) ->
     layout.add(
         timeseries(
             "Redis round trip p95",
-            "Duration of Redis round trips by operation: cache reads and stores, rate-limit "
-            "checks.",
+            f"{NEEDS_REDIS} duration of Redis round trips by operation: cache reads and "
+            "stores, rate-limit checks.",
             [
                 Target(
                     quantile(0.95, process, "regatta_redis_command_duration_seconds", "operation"),

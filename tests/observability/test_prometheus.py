@@ -51,6 +51,9 @@ pytestmark = pytest.mark.postgres
 DASHBOARDS = sorted((OBSERVABILITY / "grafana" / "dashboards").glob("*.json"))
 RULES = sorted((OBSERVABILITY / "prometheus" / "rules").glob("*.yaml"))
 CLUSTER_ONLY = "Cluster only:"
+EMBEDDED = Path(__file__).resolve().parents[2] / "infra" / "embedded.py"
+# Panels about Redis, which `make up` runs without.
+NEEDS_REDIS = "With Redis:"
 # What Grafana would put in for the dashboards' variables on a Prometheus outside Kubernetes.
 VARIABLES = {"$__rate_interval": "1m", "$namespace": ".*", "$pod": ".*", "$route": ".*"}
 READY_SECONDS = 60.0
@@ -204,7 +207,7 @@ def prometheus_config(targets: dict[str, str], rules: list[Path] = RULES) -> str
     )
 
 
-def panel_queries() -> dict[str, str]:
+def panel_queries(*, skipped: tuple[str, ...] = (CLUSTER_ONLY,)) -> dict[str, str]:
     """Every Prometheus query of every dashboard panel not marked as needing a cluster."""
     queries = {}
     for path in DASHBOARDS:
@@ -212,7 +215,7 @@ def panel_queries() -> dict[str, str]:
         for panel in dashboard["panels"]:
             if panel.get("datasource", {}).get("type") != "prometheus":
                 continue
-            if panel.get("description", "").startswith(CLUSTER_ONLY):
+            if panel.get("description", "").startswith(skipped):
                 continue
             for target in panel["targets"]:
                 expr = target["expr"]
@@ -380,9 +383,12 @@ def start_prometheus(running: Deployment, executable: str, rules: list[Path] = R
 
 
 async def assert_every_query_has_series(
-    client: httpx.AsyncClient, prometheus: str, running: Deployment
+    client: httpx.AsyncClient,
+    prometheus: str,
+    running: Deployment,
+    queries: dict[str, str] | None = None,
 ) -> None:
-    empty = panel_queries() | {rule: rule for rule in recording_rules()}
+    empty = queries or panel_queries() | {rule: rule for rule in recording_rules()}
 
     async def every_query_has_series() -> bool:
         for name, expr in list(empty.items()):
@@ -506,3 +512,51 @@ def check_log_lines(directory: Path, delivery_ids: set[str]) -> None:
     )
     assert delivery_ids <= {line["notification_id"] for line in deliveries}
     assert {line["outcome"] for line in deliveries} == {"delivered", "retry", "failed"}
+
+
+async def test_every_dashboard_query_returns_series_on_make_up(tmp_path: Path) -> None:
+    """``make up``: one embedded process on SQLite, without Redis, names itself ``regatta``."""
+    executable = binary("prometheus")
+    port = free_port()
+    env = clean_environment() | {
+        "ENVIRONMENT": "test",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/regatta.db",
+        "LOG_LEVEL": "INFO",
+        "GRACEFUL_SHUTDOWN_SECONDS": "2",
+        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "DELIVERY_MAX_ATTEMPTS": "2",
+        "DELIVERY_BACKOFF_BASE_SECONDS": "0.05",
+        "DELIVERY_BACKOFF_MAX_SECONDS": "0.1",
+        "WORKER_POLL_SECONDS": "0.1",
+    }
+    embedded = str(EMBEDDED)
+    async with run_receiver() as receiver, run_receiver(statuses=[500]) as failing:
+        with deployment(tmp_path, env) as running:
+            process = running.start("regatta", [sys.executable, embedded], port, env)
+            await wait_until(
+                lambda: all_ready([process]), what="ready", within=READY_SECONDS, children=[process]
+            )
+            prometheus = start_prometheus(running, executable)
+            # The one process serves every service's routes.
+            aliases = [Child(name, port, process.process, process.log_path) for name in SERVICES]
+            running.children.extend(aliases)
+            async with httpx.AsyncClient(timeout=5) as client:
+
+                async def scraped() -> bool:
+                    try:
+                        return bool(await query(client, prometheus, "regatta_up"))
+                    except (httpx.TransportError, AssertionError):
+                        return False
+
+                await wait_until(scraped, what="scraped", within=READY_SECONDS, children=[])
+                await drive_every_route(running, receiver, failing)
+                await assert_every_query_has_series(
+                    client,
+                    prometheus,
+                    running,
+                    panel_queries(skipped=(CLUSTER_ONLY, NEEDS_REDIS)),
+                )
+            for alias in aliases:
+                running.children.remove(alias)

@@ -1,7 +1,10 @@
 """Build the Grafana dashboards in ``observability/grafana/dashboards/``.
 
-    uv run python infra/dashboards.py          # rewrite the JSON files
-    uv run python infra/dashboards.py --check  # exit 1 if they are out of date
+    uv run python infra/dashboards.py          # rewrite the JSON files and the chart's copies
+    uv run python infra/dashboards.py --check  # exit 1 if any is out of date
+
+The chart's copies (``charts/regatta/files/dashboards/`` and ``files/rules/``, the rule files
+copied from ``observability/prometheus/rules/``) are written too, so they never drift.
 
 One overview of the platform and one dashboard per service, built from the same few panel
 builders so they stay consistent. Every Prometheus query is evaluated by
@@ -18,10 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DASHBOARDS = Path(__file__).resolve().parent.parent / "observability" / "grafana" / "dashboards"
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARDS = ROOT / "observability" / "grafana" / "dashboards"
+RULES = ROOT / "observability" / "prometheus" / "rules"
+# The chart ships copies of both (charts/regatta/files/), written here with the dashboards.
+CHART_FILES = ROOT / "charts" / "regatta" / "files"
 CLUSTER_ONLY = "Cluster only:"
+# Panels empty where there is no Redis (`make up` without REDIS_URL) say so the same way.
+NEEDS_REDIS = "With Redis:"
 RATE = "$__rate_interval"
 NS = 'namespace=~"$namespace"'
+# Per-pod and per-route drill-down of the service dashboards ("All" matches series without
+# the label too: outside Kubernetes there is no pod).
+POD = 'pod=~"$pod"'
+ROUTE = 'handler=~"$route"'
 PROMETHEUS = {"type": "prometheus", "uid": "${datasource}"}
 LOKI = {"type": "loki", "uid": "${loki}"}
 TEMPO = {"type": "tempo", "uid": "${tempo}"}
@@ -30,6 +43,8 @@ AVAILABILITY_BUDGET = 0.001
 LATENCY_BUDGET = 0.01
 SERVICES = ("items", "heroes", "notifications")
 WORKER = "notifications-worker"
+# The all-in-one process of `make up` names itself so in process-level metrics.
+EMBEDDED = "regatta"
 
 Panel = dict[str, Any]
 
@@ -46,6 +61,20 @@ def ratio(numerator: str, denominator: str, by: str = "") -> str:
         f"(sum{grouping} ({numerator}) or sum{grouping} ({denominator}) * 0)"
         f" / sum{grouping} ({denominator})"
     )
+
+
+def loki_link(title: str, services: str, line_filter: str = "") -> dict[str, Any]:
+    """A data link opening Explore on Loki with the matching log lines, in the panel's range."""
+    query = f'{{{NS}, service_name=~"{services}"}} | json{line_filter}'
+    pane = {
+        "a": {
+            "datasource": "${loki}",
+            "queries": [{"refId": "A", "expr": query, "datasource": LOKI}],
+            "range": {"from": "${__from}", "to": "${__to}"},
+        }
+    }
+    encoded = json.dumps(pane, separators=(",", ":")).replace('"', "%22").replace(" ", "%20")
+    return {"title": title, "url": f"/explore?schemaVersion=1&panes={encoded}"}
 
 
 def quantile(q: float, bucket_selector: str, metric: str, by: str = "") -> str:
@@ -119,8 +148,9 @@ def timeseries(
     *,
     unit: str = "short",
     stack: bool = False,
+    links: list[dict[str, Any]] | None = None,
 ) -> Panel:
-    """A Prometheus time series panel."""
+    """A Prometheus time series panel; ``links`` are data links (to Loki) on its series."""
     return {
         "type": "timeseries",
         "title": title,
@@ -136,6 +166,7 @@ def timeseries(
                     "showPoints": "never",
                     "stacking": {"mode": "normal" if stack else "none", "group": "A"},
                 },
+                "links": links or [],
             },
             "overrides": [],
         },
@@ -259,7 +290,28 @@ def variables() -> dict[str, Any]:
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "hide": 0,
     }
-    return {"list": [*sources, namespace]}
+    drill_down = [
+        {
+            "name": name,
+            "label": label,
+            "type": "query",
+            "datasource": PROMETHEUS,
+            "definition": query,
+            "query": {"query": query, "refId": name},
+            "refresh": 2,
+            "sort": 1,
+            "includeAll": True,
+            "allValue": ".*",
+            "multi": True,
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+            "hide": 0,
+        }
+        for name, label, query in (
+            ("pod", "Pod", f"label_values(regatta_up{{{NS}}}, pod)"),
+            ("route", "Route", f"label_values(http_requests_total{{{NS}}}, handler)"),
+        )
+    ]
+    return {"list": [*sources, namespace, *drill_down]}
 
 
 def dashboard(uid: str, title: str, description: str, layout: Layout) -> dict[str, Any]:
@@ -297,27 +349,39 @@ def dashboard(uid: str, title: str, description: str, layout: Layout) -> dict[st
 
 def red_panels(layout: Layout, service: str) -> None:
     """Rate, errors and duration of one service's requests, by route."""
-    s = selector(f'service_name="{service}"')
+    s = selector(f'service_name="{service}"', POD, ROUTE)
     requests = f"rate(http_requests_total{s}[{RATE}])"
-    failed = selector(f'service_name="{service}"', 'status=~"5.."')
+    failed = selector(f'service_name="{service}"', POD, ROUTE, 'status=~"5.."')
     errors = f"rate(http_requests_total{failed}[{RATE}])"
+    logs_of = f"{service}|{EMBEDDED}"
+    route_logs = loki_link(
+        "Log lines of this route", logs_of, ' | route="${__field.labels.handler}"'
+    )
     layout.row("Requests")
     layout.add(
         timeseries(
             "Request rate by route",
-            "Requests answered per second, by method and route template.",
+            "Requests answered per second, by method and route template; a series links to "
+            "the route's log lines.",
             [Target(f"sum by (method, handler) ({requests})", "{{method}} {{handler}}")],
             unit="reqps",
             stack=True,
+            links=[route_logs],
         )
     )
     layout.add(
         timeseries(
             "Responses by status",
-            "Responses per second by status code; 429 means rate-limited.",
+            "Responses per second by status code; 429 means rate-limited. A series links to "
+            "the log lines with that status.",
             [Target(f"sum by (status) ({requests})", "{{status}}")],
             unit="reqps",
             stack=True,
+            links=[
+                loki_link(
+                    "Log lines with this status", logs_of, " | status=${__field.labels.status}"
+                )
+            ],
         )
     )
     layout.add(
@@ -347,7 +411,8 @@ def red_panels(layout: Layout, service: str) -> None:
     layout.add(
         timeseries(
             "Latency p95 by route",
-            "95th percentile response time of each route.",
+            "95th percentile response time of each route; a series links to the route's "
+            "slowest log lines.",
             [
                 Target(
                     quantile(0.95, s, "http_request_duration_seconds", "method, handler"),
@@ -355,6 +420,13 @@ def red_panels(layout: Layout, service: str) -> None:
                 )
             ],
             unit="s",
+            links=[
+                loki_link(
+                    "Slow log lines of this route",
+                    logs_of,
+                    ' | route="${__field.labels.handler}" | duration_ms > 250',
+                )
+            ],
         )
     )
     layout.add(
@@ -368,6 +440,23 @@ def red_panels(layout: Layout, service: str) -> None:
             ],
             unit="reqps",
         )
+    )
+    layout.add(fail_open_panel(selector(f'service_name=~"{service}|{EMBEDDED}"', POD)))
+
+
+def fail_open_panel(s: str) -> Panel:
+    """Requests let through unchecked because the rate limiter could not reach Redis."""
+    return timeseries(
+        "Rate limiter failing open",
+        "Requests served without a rate-limit check because Redis did not answer (the limiter "
+        "fails open), by service. Above 0 for 5 minutes: RegattaRateLimiterFailingOpen.",
+        [
+            Target(
+                f"sum by (service_name) (rate(regatta_rate_limit_unavailable_total{s}[{RATE}]))",
+                "{{service_name}}",
+            )
+        ],
+        unit="reqps",
     )
 
 
@@ -448,10 +537,13 @@ def outbox_panels(layout: Layout, service: str) -> None:
     )
 
 
-def saturation_panels(layout: Layout, services: tuple[str, ...]) -> None:
-    """Pool usage, CPU and memory of the processes, and of their containers in a cluster."""
+def saturation_panels(layout: Layout, services: tuple[str, ...], *matchers: str) -> None:
+    """Pool usage, CPU and memory of the processes, and of their containers in a cluster.
+
+    Process-level series also match the all-in-one process of ``make up`` (``regatta``).
+    """
     names = "|".join(services)
-    s = selector(f'service_name=~"{names}"')
+    s = selector(f'service_name=~"{names}|{EMBEDDED}"', *matchers)
     layout.row("Saturation")
     layout.add(
         timeseries(
@@ -682,7 +774,7 @@ def logs_and_traces(layout: Layout, services: tuple[str, ...]) -> None:
             "Logs",
             "Log lines of these processes from Loki, newest first; a line's trace_id links to "
             "its trace in Tempo.",
-            f'{{{NS}, service_name=~"{names}"}} | json',
+            f'{{{NS}, service_name=~"{names}|{EMBEDDED}"}} | json',
         ),
         width=14,
         height=10,
@@ -695,6 +787,106 @@ def logs_and_traces(layout: Layout, services: tuple[str, ...]) -> None:
         ),
         width=10,
         height=10,
+    )
+
+
+def why_slow_panels(layout: Layout, service: str, processes: tuple[str, ...]) -> None:
+    """Where a request's time goes: the pool, the statements, Redis; and the servers' side."""
+    names = "|".join((*processes, EMBEDDED))
+    process = selector(f'service_name=~"{names}"', POD)
+    keyed = selector(f'service_name="{service}"', POD)
+    logs_of = f"{service}|{EMBEDDED}"
+    layout.row("Why is it slow")
+    layout.add(
+        timeseries(
+            "Database pool wait",
+            "Time to get a pooled connection (p95, p99) and the requests that gave up after "
+            "the pool timeout (503) per second. Waits without slow statements: the pool is "
+            "too small for the load.",
+            [
+                Target(quantile(0.95, process, "regatta_db_pool_wait_seconds"), "wait p95 (s)"),
+                Target(quantile(0.99, process, "regatta_db_pool_wait_seconds"), "wait p99 (s)"),
+                Target(
+                    f"sum(rate(regatta_db_pool_timeouts_total{process}[{RATE}]))",
+                    "timeouts / s",
+                ),
+            ],
+            links=[loki_link("Unavailable answers", logs_of, " | status=503")],
+        )
+    )
+    layout.add(
+        timeseries(
+            "Statement latency p95",
+            "Duration of SQL statements by operation (statement timeouts included). Slow "
+            "statements and no pool wait: the database is the bottleneck.",
+            [
+                Target(
+                    quantile(0.95, process, "regatta_db_statement_duration_seconds", "operation"),
+                    "{{operation}}",
+                )
+            ],
+            unit="s",
+        )
+    )
+    layout.add(
+        timeseries(
+            "Redis round trip p95",
+            f"{NEEDS_REDIS} duration of Redis round trips by operation: cache reads and "
+            "stores, rate-limit checks.",
+            [
+                Target(
+                    quantile(0.95, process, "regatta_redis_command_duration_seconds", "operation"),
+                    "{{operation}}",
+                )
+            ],
+            unit="s",
+        )
+    )
+    layout.add(
+        timeseries(
+            "Cache errors",
+            "Response cache operations that failed per second (reads are then served from the "
+            "database, writes retried): Redis is unreachable or refusing.",
+            [
+                Target(
+                    f"sum by (operation) (rate(regatta_cache_errors_total{keyed}[{RATE}]))",
+                    "{{operation}}",
+                )
+            ],
+            unit="ops",
+            links=[loki_link("Cache warnings", logs_of, ' |= "cache"')],
+        )
+    )
+    layout.add(
+        timeseries(
+            "Postgres",
+            f"{CLUSTER_ONLY} postgres_exporter (or CloudNativePG's own metrics): whether the "
+            "server answers, its backends by state and the longest-running transaction.",
+            [
+                Target(f"max(pg_up{{{NS}}})", "up"),
+                Target(f"sum by (state) (pg_stat_activity_count{{{NS}}})", "{{state}}"),
+                Target(f"max(pg_stat_activity_max_tx_duration{{{NS}}})", "longest transaction (s)"),
+                Target(f"sum(cnpg_backends_total{{{NS}}})", "backends (CloudNativePG)"),
+            ],
+        )
+    )
+    layout.add(
+        timeseries(
+            "Redis",
+            f"{CLUSTER_ONLY} redis_exporter: whether Redis answers, its clients, commands per "
+            "second and memory in use against its limit.",
+            [
+                Target(f"max(redis_up{{{NS}}})", "up"),
+                Target(f"sum(redis_connected_clients{{{NS}}})", "clients"),
+                Target(
+                    f"sum(rate(redis_commands_processed_total{{{NS}}}[{RATE}]))", "commands / s"
+                ),
+                Target(
+                    f"max(redis_memory_used_bytes{{{NS}}}) / max(redis_memory_max_bytes{{{NS}}})",
+                    "memory used / max",
+                ),
+            ],
+        )
     )
 
 
@@ -880,7 +1072,7 @@ def overview() -> dict[str, Any]:
             "Warnings and errors",
             "Log lines at WARNING or above from every Regatta process; a trace_id links to its "
             "trace.",
-            f'{{{NS}, service_name=~"{"|".join((*SERVICES, WORKER))}"}} | json '
+            f'{{{NS}, service_name=~"{"|".join((*SERVICES, WORKER, EMBEDDED))}"}} | json '
             '| level=~"WARNING|ERROR|CRITICAL"',
         ),
         width=14,
@@ -895,6 +1087,26 @@ def overview() -> dict[str, Any]:
         ),
         width=10,
         height=10,
+    )
+    layout.row("Dead-man and fail-open")
+    layout.add(
+        timeseries(
+            "Processes reporting",
+            "Regatta processes Prometheus scrapes, by kind. A kind that drops to nothing fires "
+            "RegattaWorkloadDown; notifications without notifications-worker fire "
+            "RegattaNotificationsWorkersDown.",
+            [Target(f"count by (service_name) (regatta_up{s})", "{{service_name}}")],
+        )
+    )
+    layout.add(fail_open_panel(s))
+    layout.add(
+        timeseries(
+            "Oldest due notification",
+            "How long the longest-waiting due notification has waited, as the workers see it. "
+            "No line at all means no worker reports: the queue is stuck.",
+            [Target(f"max(regatta_delivery_oldest_due_seconds{s})", "oldest wait")],
+            unit="s",
+        )
     )
     return dashboard(
         "regatta-overview",
@@ -915,8 +1127,9 @@ def service_dashboard(service: str) -> dict[str, Any]:
     else:
         outbox_panels(layout, service)
         processes = (service,)
-    saturation_panels(layout, processes)
+    saturation_panels(layout, processes, POD)
     logs_and_traces(layout, processes)
+    why_slow_panels(layout, service, processes)
     return dashboard(
         f"regatta-{service}",
         f"Regatta / {service.capitalize()}",
@@ -938,21 +1151,45 @@ def render() -> dict[str, str]:
     }
 
 
+def outputs() -> dict[Path, str]:
+    """Every file this script writes: the dashboards and the chart's copies (rules too)."""
+    dashboards = render()
+    rules = {path.name: path.read_text() for path in sorted(RULES.glob("*.yaml"))}
+    return (
+        {DASHBOARDS / name: content for name, content in dashboards.items()}
+        | {CHART_FILES / "dashboards" / name: content for name, content in dashboards.items()}
+        | {CHART_FILES / "rules" / name: content for name, content in rules.items()}
+    )
+
+
 def main(argv: list[str]) -> int:
-    """Write the dashboards, or with ``--check`` report whether they are up to date."""
-    stale = []
-    for name, content in render().items():
-        path = DASHBOARDS / name
-        if path.exists() and path.read_text() == content:
-            continue
-        stale.append(name)
-        if "--check" not in argv:
+    """Write the dashboards and the chart's copies, or with ``--check`` report stale ones."""
+    wanted = outputs()
+    stale = [path for path, content in wanted.items() if not _holds(path, content)]
+    # A copy whose source is gone would still ship with the chart.
+    stale += [
+        path
+        for kind, pattern in (("dashboards", "*.json"), ("rules", "*.yaml"))
+        for path in sorted((CHART_FILES / kind).glob(pattern))
+        if path not in wanted
+    ]
+    if "--check" in argv:
+        if stale:
+            names = ", ".join(str(path.relative_to(ROOT)) for path in stale)
+            sys.stderr.write(f"out of date: {names}; run python infra/dashboards.py\n")
+            return 1
+        return 0
+    for path in stale:
+        if path in wanted:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(content)
-    if stale and "--check" in argv:
-        sys.stderr.write(f"out of date: {', '.join(stale)}; run python infra/dashboards.py\n")
-        return 1
+            path.write_text(wanted[path])
+        else:
+            path.unlink()
     return 0
+
+
+def _holds(path: Path, content: str) -> bool:
+    return path.exists() and path.read_text() == content
 
 
 if __name__ == "__main__":

@@ -282,10 +282,13 @@ def test_network_policies_fence_the_data_and_the_apis(value_set: str) -> None:
             for labels in _pod_peers(policy):
                 assert labels.keys() & data_clients, policy["metadata"]["name"]
     # Clients of the data are exactly the services, their worker and their migrations (and
-    # the operator, which creates each ApiService's database).
+    # the operator, which creates each ApiService's database, and the Postgres exporter).
     for workload in rendered.workloads():
         is_client = pod_labels(workload).get("regatta.dev/database-client") == "true"
-        assert is_client == (tier(workload) in {"api", "worker", "migrations", "operator"})
+        postgres_exporter = workload["metadata"]["name"].endswith("-postgres-exporter")
+        assert is_client == (
+            tier(workload) in {"api", "worker", "migrations", "operator"} or postgres_exporter
+        )
     api_policy = rendered.get("NetworkPolicy", "regatta-api")
     assert api_policy["spec"]["policyTypes"] == ["Ingress"]
     for rule in api_policy["spec"]["ingress"]:
@@ -363,7 +366,7 @@ def test_the_worker_scales_on_stream_lag_with_keda() -> None:
     assert "regatta-notifications-worker" not in {
         h["spec"]["scaleTargetRef"]["name"] for h in rendered.kind("HorizontalPodAutoscaler")
     }
-    (monitor,) = rendered.kind("PodMonitor")
+    monitor = rendered.get("PodMonitor", "regatta-notifications-worker")
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "health"
 
 

@@ -13,14 +13,17 @@ from prometheus_client.parser import text_string_to_metric_families
 import dashboards
 from regatta.common.logs import JsonFormatter
 from regatta.common.observability import PlatformMetrics
-from tests.observability.conftest import OBSERVABILITY
+from tests.observability.conftest import OBSERVABILITY, ROOT
 
 GRAFANA = OBSERVABILITY / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 RULES = sorted((OBSERVABILITY / "prometheus" / "rules").glob("*.yaml"))
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "regatta.yaml"
-# Metrics only a cluster has: cAdvisor's and kube-state-metrics'.
-CLUSTER_METRIC = re.compile(r"\b(container_[a-z_]+|kube_[a-z_]+)\b")
+# Metrics only a cluster has: cAdvisor's, kube-state-metrics', and the chart's Postgres and
+# Redis exporters' (and CloudNativePG's).
+CLUSTER_METRIC = re.compile(
+    r"\b(container_[a-z_]+|kube_[a-z_]+|pg_[a-z_]+|cnpg_[a-z_]+|redis_[a-z_]+)\b"
+)
 
 
 def load(path: Any) -> Any:
@@ -142,4 +145,17 @@ def test_alloy_parses_the_fields_our_log_lines_have_and_keeps_labels_bounded() -
     assert label_names == {"level", "event", "service_name"}
     metadata = re.search(r"stage\.structured_metadata \{\s*values = \{(.*?)\}", text, re.DOTALL)
     assert metadata is not None
-    assert set(re.findall(r"(\w+)\s*=", metadata.group(1))) == optional
+    # Discovery labels other than namespace would multiply streams by pods: metadata only.
+    discovered = set(re.findall(r'target_label\s*=\s*"(\w+)"', text)) - {"namespace"}
+    assert set(re.findall(r"(\w+)\s*=", metadata.group(1))) == optional | discovered
+
+
+def test_grafana_assumes_the_scrape_interval_the_chart_sets() -> None:
+    # $__rate_interval is four times timeInterval: set shorter than the scrape, a rate window
+    # holds two samples and panels flicker.
+    values = yaml.safe_load((ROOT / "charts" / "regatta" / "values.yaml").read_text())
+    datasources = yaml.safe_load(
+        (OBSERVABILITY / "grafana" / "provisioning" / "datasources" / "regatta.yaml").read_text()
+    )["datasources"]
+    prometheus = next(source for source in datasources if source["type"] == "prometheus")
+    assert prometheus["jsonData"]["timeInterval"] == values["metrics"]["serviceMonitor"]["interval"]

@@ -127,6 +127,34 @@ async def test_no_line_ever_holds_a_key_a_secret_name_or_an_email_body(
     assert log_lines.events("request")
     for secret in (key, "wrong-k3y", secret_name, body):
         assert secret not in output
+    # A complaint about a request can be traced to its key by the key's id, never the key.
+    created = next(line for line in log_lines.events("request") if line["status"] == 201)
+    assert re.fullmatch(r"key-[0-9a-f]{16}", created["api_key_id"])
+    forbidden = next(line for line in log_lines.events("request") if line["status"] == 403)
+    assert "api_key_id" not in forbidden
+
+
+@pytest.mark.parametrize("rate_limit_enabled", [False, True])
+async def test_a_request_line_names_the_client_its_key_and_the_bytes_sent(
+    start_traced: TracedAppFactory, log_lines: LogLines, *, rate_limit_enabled: bool
+) -> None:
+    key = "an-api-key-for-the-log"
+    async with (
+        start_traced(api_keys=[SecretStr(key)], rate_limit_enabled=rate_limit_enabled) as app,
+        client_for(app) as client,
+    ):
+        keyed = await client.get("/items", headers={"Authorization": f"Bearer {key}"})
+        anonymous = await client.get("/items/424242")
+    keyed_line, anonymous_line = (
+        next(line for line in log_lines.events("request") if line["path"] == path)
+        for path in ("/items", "/items/424242")
+    )
+    assert keyed_line["client"] == anonymous_line["client"] == "127.0.0.1"
+    assert keyed_line["api_key_id"].startswith("key-")
+    assert key not in "\n".join(log_lines.raw)
+    assert "api_key_id" not in anonymous_line
+    assert keyed_line["response_bytes"] == len(keyed.content)
+    assert anonymous_line["response_bytes"] == len(anonymous.content)
 
 
 def test_grafana_turns_the_trace_id_of_a_real_line_into_a_trace_link() -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,11 +19,20 @@ from fastapi.responses import Response
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import literal_column, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.sql import Select
 
 from embedded import create_embedded_app
 from regatta.common import observability
-from regatta.common.settings import Environment
+from regatta.common.cache import MeteredCache, RedisCache
+from regatta.common.db import Database, create_engine
+from regatta.common.settings import Environment, ServiceSettings
 from regatta.heroes.main import create_app as create_heroes
 from regatta.heroes.settings import HeroesSettings
 from regatta.items.main import create_app as create_items
@@ -55,11 +65,14 @@ PLATFORM_FAMILIES = {
     "regatta_delivery_attempt_duration_seconds",
     "regatta_delivery_latency_seconds",
     "regatta_delivery_attempts",
-    "regatta_delivery_backlog",
-    "regatta_delivery_oldest_due_seconds",
+    "regatta_up",
     "process_cpu_seconds",
     "process_resident_memory_bytes",
 }
+# Set by delivery workers alone: exported only where workers run, so that a notifications
+# API without any worker shows no queue at all rather than an empty one.
+WORKER_FAMILIES = {"regatta_delivery_backlog", "regatta_delivery_oldest_due_seconds"}
+RUNS_WORKERS = {"notifications-worker", "regatta"}
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 
@@ -108,7 +121,12 @@ async def test_every_process_exports_the_platform_metrics(name: str, tmp_path: P
     assert response.status_code == 200
     families = {family.name for family in text_string_to_metric_families(response.text)}
     assert families >= PLATFORM_FAMILIES
+    if name in RUNS_WORKERS:
+        assert families >= WORKER_FAMILIES
+    else:
+        assert not families & WORKER_FAMILIES
     assert value(response.text, "process_cpu_seconds_total", service_name=name) > 0
+    assert value(response.text, "regatta_up", service_name=name) == 1
     # Zero is an answer: nothing rate-limited yet, every delivery outcome at 0.
     for outcome in ("delivered", "retry", "failed"):
         assert (
@@ -143,6 +161,22 @@ async def test_requests_are_labelled_by_route_template_with_millisecond_buckets(
     assert 'handler="/livez"' not in text  # probes are not measured
 
 
+async def test_every_route_starts_at_zero_for_its_success_and_for_500(tmp_path: Path) -> None:
+    # rate() only sees an increase between two samples: a 5xx series made by the first error
+    # would hide that error from the error ratios.
+    async with serving(create_embedded_app(sqlite_settings(tmp_path))) as client:
+        text = (await client.get("/metrics")).text
+    created = {"service_name": "heroes", "handler": "/heroes", "method": "POST"}
+    assert value(text, "http_requests_total", status="201", **created) == 0
+    assert value(text, "http_requests_total", status="500", **created) == 0
+    accepted = {"service_name": "notifications", "handler": "/notifications", "method": "POST"}
+    assert value(text, "http_requests_total", status="202", **accepted) == 0
+    read = {"service_name": "items", "handler": "/items/{item_id}", "method": "GET"}
+    assert value(text, "http_requests_total", status="500", **read) == 0
+    assert value(text, "http_request_duration_seconds_count", **read) == 0
+    assert 'handler="/metrics"' not in text
+
+
 async def test_cache_idempotency_and_pool_are_measured(tmp_path: Path) -> None:
     app = create_embedded_app(sqlite_settings(tmp_path))
     async with serving(app) as client:
@@ -171,8 +205,9 @@ async def test_many_apps_in_one_process_each_have_their_own_registry(tmp_path: P
         first = (await client.get("/metrics")).text
     async with serving(apps[1]) as client:
         second = (await client.get("/metrics")).text
-    assert 'handler="/items"' in first
-    assert 'handler="/items"' not in second
+    counted = 'http_requests_total{handler="/items",method="GET",service_name="items",status="200"}'
+    assert f"{counted} 1.0" in first
+    assert f"{counted} 0.0" in second
 
 
 async def test_openmetrics_scrapes_get_trace_exemplars(
@@ -282,3 +317,76 @@ def test_processes_serving_together_report_their_sum(tmp_path: Path) -> None:
         text = httpx.get(f"{first}/metrics").text
         assert value(text, "regatta_db_pool_size") == both / 2
         assert value(text, "http_requests_total", **route) == 5
+
+
+async def test_statements_pool_waits_and_pool_timeouts_are_measured(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    metrics = observability.PlatformMetrics(service_name="items", registry=registry)
+    engine = create_async_engine(
+        f"sqlite+aiosqlite:///{tmp_path}/pool.db", pool_size=1, max_overflow=0, pool_timeout=0.05
+    )
+    database = Database(engine)
+    metrics.sample_pool(database)
+    metrics.sample_pool(database)  # instrumented once, however often sampled
+    try:
+        async with engine.connect() as held:
+            await held.execute(text("SELECT 1"))
+            with pytest.raises(sa_exc.TimeoutError):
+                async with engine.connect():
+                    pass
+    finally:
+        await engine.dispose()
+    text_ = generate_latest(registry).decode()
+    labels = {"service_name": "items"}
+    assert value(text_, "regatta_db_statement_duration_seconds_count", operation="select") == 1
+    assert value(text_, "regatta_db_pool_wait_seconds_count", **labels) == 2
+    assert value(text_, "regatta_db_pool_timeouts_total", **labels) == 1
+
+
+async def test_cache_failures_and_redis_round_trips_are_counted(tmp_path: Path) -> None:
+    metrics = observability.PlatformMetrics(service_name="regatta", services=["items"])
+    unreachable = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    cache = MeteredCache(RedisCache(unreachable, ttl_seconds=60), metrics.count_cache, metrics)
+    try:
+        assert await cache.get("items:1") is None  # a miss, not an error, for the client
+    finally:
+        await unreachable.aclose()
+    text_ = generate_latest(metrics.registry).decode()
+    items = {"service_name": "items"}
+    assert value(text_, "regatta_cache_errors_total", operation="read", **items) == 1
+    assert value(text_, "regatta_cache_errors_total", operation="write", **items) == 0
+    assert value(text_, "regatta_cache_requests_total", result="miss", **items) == 1
+    count = "regatta_redis_command_duration_seconds_count"
+    assert value(text_, count, operation="cache_get", **items) == 1
+
+
+@pytest.mark.postgres
+async def test_hot_reads_waiting_for_a_lent_connection_and_direct_statements_are_measured(
+    postgres_url: str,
+) -> None:
+    # Hot reads run on connections the lender keeps (lending.py) and by asyncpg itself: their
+    # waits and statements are what a slow database shows first.
+    settings = ServiceSettings(
+        environment=Environment.TEST,
+        database_url=SecretStr(postgres_url),
+        db_pool_size=2,
+        db_pool_timeout_seconds=0.1,
+    )
+    database = Database(create_engine(settings))
+    metrics = observability.PlatformMetrics(service_name="items")
+    metrics.sample_pool(database)
+    assert database.lender is not None
+    statement: Select[Any] = select(literal_column("1").label("one"))
+    try:
+        assert await database.read_direct(statement, {}) == [{"one": 1}]
+        async with database.lend():
+            with pytest.raises(sa_exc.TimeoutError):
+                async with database.lend():
+                    pass
+    finally:
+        await database.close()
+    text_ = generate_latest(metrics.registry).decode()
+    items = {"service_name": "items"}
+    assert value(text_, "regatta_db_statement_duration_seconds_count", operation="select") >= 1
+    assert value(text_, "regatta_db_pool_timeouts_total", **items) == 1
+    assert value(text_, "regatta_db_pool_wait_seconds_count", **items) >= 3

@@ -51,8 +51,11 @@ pytestmark = pytest.mark.postgres
 DASHBOARDS = sorted((OBSERVABILITY / "grafana" / "dashboards").glob("*.json"))
 RULES = sorted((OBSERVABILITY / "prometheus" / "rules").glob("*.yaml"))
 CLUSTER_ONLY = "Cluster only:"
+EMBEDDED = Path(__file__).resolve().parents[2] / "infra" / "embedded.py"
+# Panels about Redis, which `make up` runs without.
+NEEDS_REDIS = "With Redis:"
 # What Grafana would put in for the dashboards' variables on a Prometheus outside Kubernetes.
-VARIABLES = {"$__rate_interval": "1m", "$namespace": ".*"}
+VARIABLES = {"$__rate_interval": "1m", "$namespace": ".*", "$pod": ".*", "$route": ".*"}
 READY_SECONDS = 60.0
 SERVICES = ("items", "heroes", "notifications")
 WORKER = "notifications-worker"
@@ -191,11 +194,11 @@ async def wait_until(
         await asyncio.sleep(0.1)
 
 
-def prometheus_config(targets: dict[str, str]) -> str:
+def prometheus_config(targets: dict[str, str], rules: list[Path] = RULES) -> str:
     return yaml.safe_dump(
         {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(path) for path in RULES],
+            "rule_files": [str(path) for path in rules],
             "scrape_configs": [
                 {"job_name": name, "static_configs": [{"targets": [address]}]}
                 for name, address in targets.items()
@@ -204,7 +207,7 @@ def prometheus_config(targets: dict[str, str]) -> str:
     )
 
 
-def panel_queries() -> dict[str, str]:
+def panel_queries(*, skipped: tuple[str, ...] = (CLUSTER_ONLY,)) -> dict[str, str]:
     """Every Prometheus query of every dashboard panel not marked as needing a cluster."""
     queries = {}
     for path in DASHBOARDS:
@@ -212,7 +215,7 @@ def panel_queries() -> dict[str, str]:
         for panel in dashboard["panels"]:
             if panel.get("datasource", {}).get("type") != "prometheus":
                 continue
-            if panel.get("description", "").startswith(CLUSTER_ONLY):
+            if panel.get("description", "").startswith(skipped):
                 continue
             for target in panel["targets"]:
                 expr = target["expr"]
@@ -309,7 +312,7 @@ async def query(client: httpx.AsyncClient, prometheus: str, expr: str) -> list[d
 
 
 def service_env(postgres_url: str, redis_url: str, sink: OtlpSink) -> dict[str, str]:
-    """Test settings, fast retries, loopback webhooks, and traces to the sink."""
+    """Test settings, fast retries, loopback webhooks, rate limits, and traces to the sink."""
     return clean_environment() | {
         "ENVIRONMENT": "test",
         "DATABASE_URL": postgres_url,
@@ -319,6 +322,8 @@ def service_env(postgres_url: str, redis_url: str, sink: OtlpSink) -> dict[str, 
         "LOG_LEVEL": "INFO",
         "GRACEFUL_SHUTDOWN_SECONDS": "2",
         "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        # Its checks are Redis round trips and its failures an alert: on, with room to spare.
+        "RATE_LIMIT_ENABLED": "true",
         "DELIVERY_MAX_ATTEMPTS": "2",
         "DELIVERY_BACKOFF_BASE_SECONDS": "0.05",
         "DELIVERY_BACKOFF_MAX_SECONDS": "0.1",
@@ -353,12 +358,14 @@ async def start_services(running: Deployment) -> None:
     )
 
 
-def start_prometheus(running: Deployment, executable: str) -> str:
-    """Prometheus scraping every process each second and evaluating the shipped rules."""
+def start_prometheus(running: Deployment, executable: str, rules: list[Path] = RULES) -> str:
+    """Prometheus scraping every process each second and evaluating the rules (the shipped)."""
     port = free_port()
     config = running.directory / "prometheus.yml"
     config.write_text(
-        prometheus_config({child.name: f"127.0.0.1:{child.port}" for child in running.children})
+        prometheus_config(
+            {child.name: f"127.0.0.1:{child.port}" for child in running.children}, rules
+        )
     )
     running.start(
         "prometheus",
@@ -376,9 +383,12 @@ def start_prometheus(running: Deployment, executable: str) -> str:
 
 
 async def assert_every_query_has_series(
-    client: httpx.AsyncClient, prometheus: str, running: Deployment
+    client: httpx.AsyncClient,
+    prometheus: str,
+    running: Deployment,
+    queries: dict[str, str] | None = None,
 ) -> None:
-    empty = panel_queries() | {rule: rule for rule in recording_rules()}
+    empty = queries or panel_queries() | {rule: rule for rule in recording_rules()}
 
     async def every_query_has_series() -> bool:
         for name, expr in list(empty.items()):
@@ -502,3 +512,51 @@ def check_log_lines(directory: Path, delivery_ids: set[str]) -> None:
     )
     assert delivery_ids <= {line["notification_id"] for line in deliveries}
     assert {line["outcome"] for line in deliveries} == {"delivered", "retry", "failed"}
+
+
+async def test_every_dashboard_query_returns_series_on_make_up(tmp_path: Path) -> None:
+    """``make up``: one embedded process on SQLite, without Redis, names itself ``regatta``."""
+    executable = binary("prometheus")
+    port = free_port()
+    env = clean_environment() | {
+        "ENVIRONMENT": "test",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/regatta.db",
+        "LOG_LEVEL": "INFO",
+        "GRACEFUL_SHUTDOWN_SECONDS": "2",
+        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "DELIVERY_MAX_ATTEMPTS": "2",
+        "DELIVERY_BACKOFF_BASE_SECONDS": "0.05",
+        "DELIVERY_BACKOFF_MAX_SECONDS": "0.1",
+        "WORKER_POLL_SECONDS": "0.1",
+    }
+    embedded = str(EMBEDDED)
+    async with run_receiver() as receiver, run_receiver(statuses=[500]) as failing:
+        with deployment(tmp_path, env) as running:
+            process = running.start("regatta", [sys.executable, embedded], port, env)
+            await wait_until(
+                lambda: all_ready([process]), what="ready", within=READY_SECONDS, children=[process]
+            )
+            prometheus = start_prometheus(running, executable)
+            # The one process serves every service's routes.
+            aliases = [Child(name, port, process.process, process.log_path) for name in SERVICES]
+            running.children.extend(aliases)
+            async with httpx.AsyncClient(timeout=5) as client:
+
+                async def scraped() -> bool:
+                    try:
+                        return bool(await query(client, prometheus, "regatta_up"))
+                    except (httpx.TransportError, AssertionError):
+                        return False
+
+                await wait_until(scraped, what="scraped", within=READY_SECONDS, children=[])
+                await drive_every_route(running, receiver, failing)
+                await assert_every_query_has_series(
+                    client,
+                    prometheus,
+                    running,
+                    panel_queries(skipped=(CLUSTER_ONLY, NEEDS_REDIS)),
+                )
+            for alias in aliases:
+                running.children.remove(alias)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,11 +167,14 @@ class RedisCache:
         # key → version of the tombstone a write could not leave, oldest first.
         self._owed: OrderedDict[str, int] = OrderedDict()
         self._repaying: asyncio.Lock | None = None
+        # Told of each failure and each round trip's duration (MeteredCache sets it).
+        self.observer: CacheObserver | None = None
 
     async def get(self, key: str) -> CachedResponse | None:
         """The entry under ``key``, or None."""
         if self._owed and not await self._repay():
             return None  # Redis is still unreachable, or may hold what those writes replaced
+        started = time.perf_counter()
         try:
             if self._reader is not None:
                 raw = await self._reader.get((self._prefix + key).encode())
@@ -179,7 +183,9 @@ class RedisCache:
         # Not only RedisError: uvloop reports a write to a socket Redis closed as RuntimeError.
         except Exception as exc:  # noqa: BLE001 -- a cache never fails what the database can serve
             logger.warning("cache read failed, serving from the database: %r", exc)
+            self._observe(key, "cache_get", started, failed="read")
             return None
+        self._observe(key, "cache_get", started)
         return _decode(raw, self.generation.current) if raw else None
 
     async def put(self, key: str, entry: CachedResponse) -> None:
@@ -208,13 +214,23 @@ class RedisCache:
         )
 
     async def _store(self, key: str, version: int, encoded: bytes) -> bool:
+        started = time.perf_counter()
         try:
             await self._run_store(key, version, encoded)
         except Exception as exc:  # noqa: BLE001 -- as in get()
             logger.warning("cache write failed for %s, will retry its invalidation: %r", key, exc)
+            self._observe(key, "cache_store", started, failed="write")
             self._owe(key, version)
             return False
+        self._observe(key, "cache_store", started)
         return True
+
+    def _observe(self, key: str, operation: str, started: float, failed: str = "") -> None:
+        if self.observer is None:
+            return
+        self.observer.observe_redis(key, operation, time.perf_counter() - started)
+        if failed:
+            self.observer.count_cache_error(key, failed)
 
     def _owe(self, key: str, version: int) -> None:
         # A failed store may have been a write's invalidation: leave a tombstone at its version
@@ -251,12 +267,32 @@ def _decode(raw: bytes, generation: int) -> CachedResponse | None:
     return CachedResponse(version=int(parts[0]), etag=parts[3].decode(), body=parts[4])
 
 
-class MeteredCache:
-    """Any cache, with every look-up reported as a hit or a miss."""
+class CacheObserver(Protocol):
+    """What a shared cache reports besides hits and misses (PlatformMetrics)."""
 
-    def __init__(self, inner: ResponseCache, count: Callable[[str, bool], None]) -> None:
+    def observe_redis(self, key: str, operation: str, seconds: float) -> None:
+        """One round trip to Redis for ``key`` took ``seconds``."""
+
+    def count_cache_error(self, key: str, operation: str) -> None:
+        """A ``read`` or ``write`` of ``key`` failed."""
+
+
+class MeteredCache:
+    """Any cache, with every look-up reported as a hit or a miss.
+
+    With an ``observer``, a shared (Redis) cache also reports its failures and round trips.
+    """
+
+    def __init__(
+        self,
+        inner: ResponseCache,
+        count: Callable[[str, bool], None],
+        observer: CacheObserver | None = None,
+    ) -> None:
         self.inner = inner
         self._count = count
+        if observer is not None and isinstance(inner, RedisCache):
+            inner.observer = observer
 
     async def get(self, key: str) -> CachedResponse | None:
         """The entry under ``key``, or None; counted."""

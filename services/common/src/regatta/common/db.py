@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -214,7 +215,7 @@ async def fetch_direct(
     else:
         raw = await connection.get_raw_connection()
     try:
-        records = await raw.driver_connection.fetch(statement, *args)  # type: ignore[union-attr]
+        records = await _timed_fetch(connection, raw, statement, args)
     except asyncpg.exceptions.QueryCanceledError as exc:
         raise DatabaseUnavailableError(statement, None, exc, hide_parameters=True) from exc
     except Exception as exc:
@@ -227,6 +228,31 @@ async def fetch_direct(
         rows = (await connection.exec_driver_sql(statement, args)).all()
         return [dict(row._mapping) for row in rows]  # noqa: SLF001 -- the public mapping
     return [dict(record.items()) for record in records]
+
+
+# Statement observers of engines whose direct statements are timed (observability.py), by
+# the engine's pool: the autocommit reader and the engine share it.
+_direct_observers: weakref.WeakKeyDictionary[Any, Callable[[str, float], None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def observe_direct_statements(engine: AsyncEngine, observe: Callable[[str, float], None]) -> None:
+    """Have ``observe(statement, seconds)`` called for each statement :func:`fetch_direct` runs."""
+    _direct_observers[engine.sync_engine.pool] = observe
+
+
+async def _timed_fetch(
+    connection: AsyncConnection, raw: Any, statement: str, args: Sequence[Any]
+) -> list[Any]:
+    observe = _direct_observers.get(connection.engine.sync_engine.pool)
+    started = time.perf_counter()
+    try:
+        records: list[Any] = await raw.driver_connection.fetch(statement, *args)
+    finally:
+        if observe is not None:
+            observe(statement, time.perf_counter() - started)
+    return records
 
 
 class DirectStatement:

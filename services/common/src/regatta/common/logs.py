@@ -3,7 +3,8 @@
 Every line has ``time``, ``level``, ``logger``, ``message`` and ``service``; ``request_id``,
 ``trace_id`` and ``span_id`` whenever the line is written inside a request or a traced span;
 and the fields its caller passed in ``extra`` (a request line adds ``route``, ``method``,
-``path``, ``status`` and ``duration_ms``). Loki parses these fields (``observability/alloy``)
+``path``, ``status``, ``duration_ms``, ``client``, ``response_bytes`` and, for a request with a
+valid API key, ``api_key_id``). Loki parses these fields (``observability/alloy``)
 and Grafana turns ``trace_id`` into a link to the trace.
 
 Nothing secret belongs in a log line, and callers never log bodies, headers or credentials. As
@@ -115,13 +116,36 @@ def request_logged(status: int) -> bool:
 
 
 def log_request(
-    *, service: str, route: str, method: str, path: str, status: int, duration_seconds: float
+    *,
+    service: str,
+    route: str,
+    method: str,
+    path: str,
+    status: int,
+    duration_seconds: float,
+    client: str | None = None,
+    api_key_id: str | None = None,
+    response_bytes: int | None = None,
 ) -> None:
-    """The one line a request leaves (never its query string, headers or body)."""
+    """The one line a request leaves (never its query string, headers or body).
+
+    ``client`` is the caller's address (behind trusted proxies, the forwarded one),
+    ``api_key_id`` the non-secret id of a valid API key (``key-<digest>``, never the key), and
+    ``response_bytes`` the size of the response body as sent (compressed, if it was).
+    """
     level = logging.ERROR if status >= SERVER_ERROR else logging.INFO
     if not access_logger.isEnabledFor(level):
         return
     duration_ms = round(duration_seconds * 1000, 3)
+    optional = {
+        key: value
+        for key, value in (
+            ("client", client),
+            ("api_key_id", api_key_id),
+            ("response_bytes", response_bytes),
+        )
+        if value is not None
+    }
     access_logger.log(
         level,
         "%s %s %d %.1fms",
@@ -137,5 +161,6 @@ def log_request(
             "path": path,
             "status": status,
             "duration_ms": duration_ms,
+            **optional,
         },
     )

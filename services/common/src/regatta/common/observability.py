@@ -21,12 +21,15 @@ import contextlib
 import json
 import logging
 import os
+import time
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from opentelemetry import propagate, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -51,11 +54,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import Instrumentator, routing
 from prometheus_fastapi_instrumentator.metrics import Info
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from starlette.middleware import Middleware
 
+from regatta.common import db
 from regatta.common.logs import log_request, request_logged
 from regatta.common.route_templates import TemplatedMetricsMiddleware
 
@@ -65,9 +71,12 @@ if TYPE_CHECKING:
     from opentelemetry.trace.span import TraceState
     from opentelemetry.util.types import Attributes
     from redis.asyncio import Redis
+    from sqlalchemy.engine import ExceptionContext
     from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.pool import Pool
 
     from regatta.common.db import Database
+    from regatta.common.lending import ConnectionLender, Lent
 
 logger = logging.getLogger("regatta.observability")
 
@@ -93,6 +102,10 @@ IDEMPOTENCY_OUTCOMES: Final = ("stored", "replayed", "conflict", "mismatch")
 DELIVERY_CHANNELS: Final = ("email", "webhook")
 DELIVERY_OUTCOMES: Final = ("delivered", "retry", "failed")
 TOO_MANY_REQUESTS: Final = "429"
+CACHE_OPERATIONS: Final = ("read", "write")
+STATEMENT_OPERATIONS: Final = ("select", "insert", "update", "delete")
+OK: Final = 200
+SERVER_ERROR: Final = "500"
 
 
 def multiprocess_dir() -> str | None:
@@ -140,6 +153,14 @@ class PlatformMetrics:
             ["service_name"],
             registry=r,
         )
+        # 0 where no limiter runs, or while Redis answers; the fail-open alert watches it.
+        self.rate_limit_unavailable = Counter(
+            "regatta_rate_limit_unavailable_total",
+            "Requests served without a rate-limit check because Redis could not be reached.",
+            ["service_name"],
+            registry=r,
+        )
+        self.rate_limit_unavailable.labels(service_name)
         self.cache_requests = Counter(
             "regatta_cache_requests_total",
             "Response cache look-ups, by result (hit or miss).",
@@ -160,6 +181,45 @@ class PlatformMetrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        # Why is it slow: waiting for a pooled connection, the statements, Redis.
+        self.pool_wait = Histogram(
+            "regatta_db_pool_wait_seconds",
+            "Time to get a connection from the database pool (waiting for a free one, or "
+            "opening a new one).",
+            ["service_name"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pool_timeouts = Counter(
+            "regatta_db_pool_timeouts_total",
+            "Requests for a pooled connection that gave up after the pool timeout (a 503).",
+            ["service_name"],
+            registry=r,
+        )
+        self.pool_timeouts.labels(service_name)
+        self.db_statement = Histogram(
+            "regatta_db_statement_duration_seconds",
+            "Duration of one SQL statement, by operation (select, insert, update, delete, other).",
+            ["service_name", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_command = Histogram(
+            "regatta_redis_command_duration_seconds",
+            "Duration of one Redis round trip, by operation (cache_get, cache_store, rate_limit).",
+            ["service_name", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "regatta_cache_errors_total",
+            "Response cache operations that failed (Redis unreachable or refusing), by "
+            "operation (read: served from the database; write: retried later).",
+            ["service_name", "operation"],
+            registry=r,
+        )
+        # Engines whose statements and pool waits are measured (instrument_database).
+        self._instrumented: weakref.WeakSet[Any] = weakref.WeakSet()
         self.idempotency = Counter(
             "regatta_idempotency_requests_total",
             "Creating requests with an Idempotency-Key, by outcome "
@@ -254,21 +314,23 @@ class PlatformMetrics:
             buckets=ATTEMPT_BUCKETS,
             registry=r,
         )
-        self.delivery_backlog = Gauge(
-            "regatta_delivery_backlog",
-            "Notifications due for delivery and waiting for a worker.",
+        # Set by delivery workers alone. A process running none exports neither, so that with
+        # every worker gone the series vanish (the dead-man alerts see it) instead of reading 0.
+        self.delivery_backlog: Gauge | Unexported = Unexported()
+        self.delivery_oldest_due: Gauge | Unexported = Unexported()
+        self.up = Gauge(
+            "regatta_up",
+            "1 while this process serves: the dead-man alerts watch it disappear.",
+            ["service_name"],
             multiprocess_mode="livemax",
             registry=r,
         )
-        self.delivery_oldest_due = Gauge(
-            "regatta_delivery_oldest_due_seconds",
-            "How long the longest-waiting due notification has waited (0 when none).",
-            multiprocess_mode="livemax",
-            registry=r,
-        )
+        self.up.labels(service_name).set(1)
         # Zero is an answer ("nothing was refused"), so these exist before the first event.
         for name in services:
             self.rate_limited.labels(name)
+            for operation in CACHE_OPERATIONS:
+                self.cache_errors.labels(name, operation)
             for outcome in IDEMPOTENCY_OUTCOMES:
                 self.idempotency.labels(name, outcome)
         for channel in DELIVERY_CHANNELS:
@@ -277,6 +339,32 @@ class PlatformMetrics:
         if multiprocess_dir() is None:
             # Per-process CPU and memory; in multiprocess mode only files are aggregated.
             r.register(_WithLabels(prometheus_client.ProcessCollector(registry=None), service_name))
+
+    def export_worker_gauges(self) -> None:
+        """Export the gauges only delivery workers set: this process runs workers."""
+        if isinstance(self.delivery_backlog, Gauge):
+            return
+        self.delivery_backlog = Gauge(
+            "regatta_delivery_backlog",
+            "Notifications due for delivery and waiting for a worker.",
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+        self.delivery_oldest_due = Gauge(
+            "regatta_delivery_oldest_due_seconds",
+            "How long the longest-waiting due notification has waited (0 when none).",
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+
+    def start_at_zero(self, handler: str, method: str, statuses: Iterable[str]) -> None:
+        """Make a route's request series before its first request, at 0.
+
+        A counter that appears with its first increment hides that increment from ``rate()``:
+        the first 5xx of a route would never reach the error ratio.
+        """
+        for status in statuses:
+            self._series_of(handler, method, status)
 
     def service_for(self, handler: str) -> str:
         """The service a route template belongs to: its first segment, or this app's name."""
@@ -297,13 +385,18 @@ class PlatformMetrics:
             self.rate_limited.labels(service).inc()
         code = int(status) if status.isdigit() else 0
         if request_logged(code):  # building the URL costs more than the metrics above
+            request = info.request
+            length = info.response.headers.get("content-length") if info.response else None
             log_request(
                 service=service,
                 route=handler,
                 method=info.method,
-                path=info.request.url.path,
+                path=request.url.path,
                 status=code,
                 duration_seconds=info.modified_duration,
+                client=request.client.host if request.client else None,
+                api_key_id=api_key_id(request),
+                response_bytes=int(length) if length and length.isdigit() else None,
             )
 
     def _series_of(self, handler: str, method: str, status: str) -> _RequestSeries:
@@ -328,12 +421,103 @@ class PlatformMetrics:
         """Count a keyed creating request's outcome."""
         self.idempotency.labels(service, outcome).inc()
 
+    def count_cache_error(self, key: str, operation: str) -> None:
+        """Count a failed cache operation (``read`` or ``write``) on ``key``."""
+        self.cache_errors.labels(key.split(":", 1)[0], operation).inc()
+
+    def observe_redis(self, key: str, operation: str, seconds: float) -> None:
+        """Time one Redis round trip of a cache operation on ``key``."""
+        self.redis_command.labels(key.split(":", 1)[0], operation).observe(seconds)
+
+    def instrument_database(self, database: Database) -> None:
+        """Measure the pool waits and statements of ``database``'s engine (once per engine).
+
+        Statements through SQLAlchemy are timed by its cursor events, those asyncpg runs itself
+        (db.fetch_direct) by the observer db.observe_direct_statements registers. A failed
+        statement (a statement timeout above all) is timed too.
+        """
+        sync_engine = database.engine.sync_engine
+        if sync_engine in self._instrumented:
+            return
+        self._instrumented.add(sync_engine)
+        by_operation = {
+            operation: self.db_statement.labels(self.service_name, operation)
+            for operation in (*STATEMENT_OPERATIONS, "other")
+        }
+
+        def observe(statement: str, seconds: float) -> None:
+            by_operation[statement_operation(statement)].observe(seconds)
+
+        def before(*args: Any) -> None:
+            context = args[4]
+            if context is not None:
+                context.regatta_started = time.perf_counter()
+
+        def after(*args: Any) -> None:
+            started = getattr(args[4], "regatta_started", None)
+            if started is not None:
+                observe(args[2], time.perf_counter() - started)
+
+        def failed(context: ExceptionContext) -> None:
+            started = getattr(context.execution_context, "regatta_started", None)
+            if started is not None and context.statement:
+                observe(context.statement, time.perf_counter() - started)
+
+        event.listen(sync_engine, "before_cursor_execute", before)
+        event.listen(sync_engine, "after_cursor_execute", after)
+        event.listen(sync_engine, "handle_error", failed)
+        db.observe_direct_statements(database.engine, observe)
+        self._time_pool_waits(sync_engine.pool)
+        if database.lender is not None:
+            self._time_lender_waits(database.lender)
+
+    def _time_pool_waits(self, pool: Pool) -> None:
+        # SQLAlchemy has no event before a checkout: its pool's one method that waits (or
+        # connects) is timed instead, on this pool object only.
+        get = getattr(pool, "_do_get", None)
+        if get is None:
+            return
+        waited = self.pool_wait.labels(self.service_name)
+        timeouts = self.pool_timeouts.labels(self.service_name)
+
+        def timed_get() -> Any:
+            started = time.perf_counter()
+            try:
+                return get()
+            except sa_exc.TimeoutError:
+                timeouts.inc()
+                raise
+            finally:
+                waited.observe(time.perf_counter() - started)
+
+        pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
+
+    def _time_lender_waits(self, lender: ConnectionLender) -> None:
+        # Hot reads wait for a lent connection (lending.py), not for the pool: timed alike. A
+        # connection the lender opens is timed by the pool too.
+        acquire = lender.acquire
+        waited = self.pool_wait.labels(self.service_name)
+        timeouts = self.pool_timeouts.labels(self.service_name)
+
+        async def timed_acquire() -> Lent:
+            started = time.perf_counter()
+            try:
+                return await acquire()
+            except sa_exc.TimeoutError:
+                timeouts.inc()
+                raise
+            finally:
+                waited.observe(time.perf_counter() - started)
+
+        lender.acquire = timed_acquire  # type: ignore[method-assign]
+
     def sample_pool(self, database: Database) -> None:
         """Record the pool's size and connections in use (read from the pool, no I/O).
 
         Connections the lender keeps idle between hot statements are out of the pool but
-        not in use: they do not count.
+        not in use: they do not count. The first sample also instruments the database.
         """
+        self.instrument_database(database)
         pool = database.engine.pool
         size = getattr(pool, "size", None)
         checked_out = getattr(pool, "checkedout", None)
@@ -341,6 +525,43 @@ class PlatformMetrics:
             idle = database.lender.idle if database.lender is not None else 0
             self.pool_size.labels(self.service_name).set(size())
             self.pool_checked_out.labels(self.service_name).set(checked_out() - idle)
+
+
+API_KEY_ID_STATE: Final = "api_key_id"
+
+
+def api_key_id(request: Request) -> str | None:
+    """The id of the valid API key a request carries (``key-<digest>``), else None.
+
+    Taken from the request's state when the rate limiter already worked it out.
+    """
+    known = request.scope.get("state", {}).get(API_KEY_ID_STATE)
+    if known is not None:
+        return str(known)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    keys = getattr(request.app.state, "api_keys", None)
+    if scheme.lower() != "bearer" or not token.strip() or keys is None or not keys.enabled:
+        return None
+    principal: str | None = keys.principal(token.strip())
+    return principal
+
+
+def statement_operation(statement: str) -> str:
+    """The operation label of a SQL statement: its first keyword when a common one."""
+    head = statement.lstrip()[:8].split(None, 1)
+    keyword = head[0].lower() if head else ""
+    return keyword if keyword in STATEMENT_OPERATIONS else "other"
+
+
+class Unexported:
+    """Stands in for a gauge this process does not export: setting it changes nothing."""
+
+    def set(self, value: float) -> None:
+        """Forget ``value``."""
+
+    def labels(self, *_values: str) -> Unexported:
+        """Itself: every child of an unexported gauge is unexported too."""
+        return self
 
 
 class _WithLabels(Collector):
@@ -374,7 +595,23 @@ def trace_exemplar() -> dict[str, str] | None:
 
 
 def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
-    """Measure and log every request (pure ASGI middleware) and serve ``/metrics``."""
+    """Measure and log every request (pure ASGI middleware) and serve ``/metrics``.
+
+    Every route's request series start at 0 for its own status and for 500 (so the first
+    server error is seen by ``rate()``); a process running workers exports their gauges.
+    """
+    if getattr(app.state, "run_workers", False) or getattr(app.state, "workers", None):
+        metrics.export_worker_gauges()
+    for route in routing._effective_routes(list(app.routes)):  # noqa: SLF001 -- as route_templates
+        original = getattr(route, "original_route", route)
+        path = getattr(route, "path", None)
+        if (
+            isinstance(original, APIRoute)
+            and isinstance(path, str)
+            and path not in UNOBSERVED_PATHS
+        ):
+            for method in sorted(getattr(route, "methods", None) or ()):
+                metrics.start_at_zero(path, method, statuses_of(original))
     Instrumentator(
         should_group_status_codes=False,
         excluded_handlers=[f"^{path}$" for path in UNOBSERVED_PATHS],
@@ -399,6 +636,12 @@ def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encode(registry), headers={"Content-Type": content_type})
+
+
+def statuses_of(route: APIRoute) -> list[str]:
+    """The status classes a route's series start with: its success status and 500."""
+    success = str(route.status_code or OK)
+    return [success, SERVER_ERROR] if success != SERVER_ERROR else [success]
 
 
 FLUSH_TIMEOUT_MILLIS: Final = 5000

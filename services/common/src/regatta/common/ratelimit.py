@@ -32,13 +32,13 @@ from typing import Final, cast
 
 from cachetools import TTLCache
 from fastapi import FastAPI
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regatta.common.auth import ApiKeys
 from regatta.common.errors import problem_response
-from regatta.common.observability import UNOBSERVED_PATHS, PlatformMetrics
+from regatta.common.observability import API_KEY_ID_STATE, UNOBSERVED_PATHS, PlatformMetrics
 from regatta.common.pipelined import PipelinedRedis, Script
 from regatta.common.settings import ServiceSettings
 
@@ -249,6 +249,8 @@ class RateLimiter:
         self._redis: Redis | None = None
         self._redis_store: RedisStore | None = None
         self._unavailable = unavailable
+        # Times each check's round trip to Redis (install_rate_limit sets it).
+        self.round_trip: Histogram | None = None
         self._paused_until = 0.0
         self._failing = False
         self._probing = False
@@ -300,6 +302,8 @@ class RateLimiter:
             if scheme.lower() == "bearer" and token:
                 principal = self._api_keys.principal(token)
                 if principal is not None:
+                    # The access log names the key too: worked out once per request.
+                    scope.setdefault("state", {})[API_KEY_ID_STATE] = principal
                     return principal
         client = scope.get("client")
         return "ip-" + client_address(client[0] if client else "", forwarded_for, self._proxies)
@@ -318,6 +322,7 @@ class RateLimiter:
                 return None
             self._probing = probe = True
         key = f"{self._prefix}{policy.name}:{self.identity(scope)}"
+        started = time.perf_counter()
         try:
             decision = await store.acquire(key, policy)
         # Whatever goes wrong — RedisError, OSError, or uvloop's RuntimeError for a write to a
@@ -332,6 +337,8 @@ class RateLimiter:
         finally:
             if probe:
                 self._probing = False
+            if self.round_trip is not None and isinstance(store, RedisStore):
+                self.round_trip.observe(time.perf_counter() - started)
         if self._failing:
             self._failing = False
             logger.warning("rate limiter reaches Redis again; limits apply")
@@ -414,17 +421,13 @@ def install_rate_limit(app: FastAPI, settings: ServiceSettings) -> None:
     if not settings.rate_limit_enabled:
         return
     metrics: PlatformMetrics = app.state.metrics
-    unavailable = Counter(
-        "regatta_rate_limit_unavailable_total",
-        "Requests served without a rate-limit check because Redis could not be reached.",
-        ["service_name"],
-        registry=metrics.registry,
-    ).labels(app.state.service_name)
+    unavailable = metrics.rate_limit_unavailable.labels(app.state.service_name)
     limiter = RateLimiter.from_settings(
         settings,
         service=app.state.service_name,
         api_keys=app.state.api_keys,
         unavailable=unavailable,
     )
+    limiter.round_trip = metrics.redis_command.labels(app.state.service_name, "rate_limit")
     app.state.rate_limiter = limiter
     app.add_middleware(RateLimitMiddleware, limiter=limiter)

@@ -195,7 +195,7 @@ async def open_runtime(
         settings=settings,
         database=database,
         redis=redis,
-        cache=MeteredCache(cache, metrics.count_cache),
+        cache=MeteredCache(cache, metrics.count_cache, metrics),
         events=events,
         metrics=metrics,
         tracer_provider=tracer_provider,

@@ -9,7 +9,16 @@ import pytest
 from tests.chart.manifests import REPO, Manifest, load_yaml, pod_spec, render
 from tests.cluster.kind_run import DryRun, dry_run, helm_values, option_values
 
-THIRD_PARTY = ("docker.io/library/postgres", "docker.io/library/redis")
+_VALUES = load_yaml(REPO / "charts" / "regatta" / "values.yaml")
+# Images the cluster pulls from their publishers: the stores and their exporters.
+THIRD_PARTY = (
+    _VALUES["database"]["builtin"]["image"]["repository"],
+    _VALUES["redis"]["builtin"]["image"]["repository"],
+    *(
+        _VALUES["metrics"]["exporters"][kind]["image"]["repository"]
+        for kind in ("postgres", "redis")
+    ),
+)
 
 
 def _images(objects: list[Manifest]) -> set[str]:

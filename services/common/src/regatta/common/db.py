@@ -193,6 +193,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     # LIKE is case-sensitive on Postgres; make SQLite agree (ILIKE is rendered with lower()).
     cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
+    # SQLite's lower() changes ASCII letters only: searches in any case lower with Python.
+    dbapi_connection.create_function("regatta_lower", 1, _lower, deterministic=True)
+
+
+def _lower(value: str | None) -> str | None:
+    return None if value is None else value.lower()
 
 
 async def fetch_direct(

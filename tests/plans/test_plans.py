@@ -14,15 +14,19 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opentelemetry.trace import NoOpTracer
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from regatta.common.db import Database, create_engine
+from regatta.common.events import RELAY_BATCH, Event, InProcessEventStream, _Relay
 from regatta.common.migrations import upgrade
+from regatta.common.observability import PlatformMetrics
 from regatta.common.pagination import PageRequest
 from regatta.common.settings import Environment
 from regatta.items import service as items
 from regatta.items.main import SERVICE as ITEMS
+from regatta.items.models import outbox
 from regatta.notifications import repository as notifications
 from regatta.notifications.main import SERVICE as NOTIFICATIONS
 from regatta.notifications.settings import NotificationsSettings
@@ -168,3 +172,73 @@ async def test_the_claim_reads_one_batch_from_its_index_in_order(database: Datab
     assert scans, plan
     assert all(int(rows) <= batch for rows in scans), plan
     assert re.search(r"Limit \(actual rows=20 ", plan), plan
+
+
+async def explain_analyze(database: Database, sql: str, parameters: Any) -> str:
+    """What Postgres did running ``sql`` (in a transaction rolled back), without timings."""
+    async with database.engine.connect() as connection, connection.begin() as transaction:
+        rows = await connection.exec_driver_sql(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql, tuple(parameters)
+        )
+        await transaction.rollback()
+        return "\n".join(row[0] for row in rows)
+
+
+def rows_read_outside_index_only_scans(plan: str) -> list[int]:
+    """The rows each scan node but an index-only one returned."""
+    return [
+        int(rows)
+        for line in plan.splitlines()
+        if "Scan" in line and "Index Only Scan" not in line
+        for rows in re.findall(r"actual rows=(\d+)", line)
+    ]
+
+
+async def test_the_delivery_backlog_is_counted_in_the_claimable_index(database: Database) -> None:
+    async with database.sessions() as session, session.begin():
+        # A lease that ran out is work waiting for a worker, as a queued row is.
+        await notifications.claim_due(session, worker="w", batch=3, lease=timedelta(seconds=-1))
+    async with database.sessions() as session:
+        with captured(database) as statements:
+            due, _oldest = await notifications.due_backlog(session)
+    assert due == ROWS // 2
+    [(sql, parameters)] = statements
+    plan = await explain_analyze(database, sql, parameters)
+    assert "Index Only Scan using ix_notifications_claimable" in plan, plan
+    assert rows_read_outside_index_only_scans(plan) == [], plan
+
+
+async def test_the_outbox_relay_reads_its_batch_and_its_oldest_event_from_the_index(
+    database: Database,
+) -> None:
+    async with database.engine.begin() as connection:
+        await connection.exec_driver_sql(
+            # Published events stay behind; a backlog of 2,000 waits after them.
+            "INSERT INTO items_outbox (event_type, payload, occurred_at, published_at) "
+            "SELECT 'item.created', '{}', now(), CASE WHEN g <= $1 - 2000 THEN now() END "
+            "FROM generate_series(1, $1) g",
+            (ROWS,),
+        )
+    async with database.reader.connect() as connection:
+        await connection.exec_driver_sql("ANALYZE items_outbox")
+    stream = InProcessEventStream()
+    stream.subscribe(_ignore)
+    relay = _Relay(
+        database, outbox, "items", stream, PlatformMetrics(service_name="plans"), NoOpTracer()
+    )
+    with captured(database) as statements:
+        await relay.sample_backlog()
+        assert await relay.relay_batch() == RELAY_BATCH
+    sample, batch = (explain_analyze(database, *statement) for statement in statements[:2])
+    # The backlog counts in the index alone; the oldest event is its first row.
+    sampled = await sample
+    assert "Index Only Scan using ix_items_outbox_unpublished" in sampled, sampled
+    assert rows_read_outside_index_only_scans(sampled) == [1], sampled
+    # The batch: the first rows of the partial index, in id order, and no more.
+    relayed = await batch
+    assert "Sort" not in relayed, relayed
+    assert rows_read_outside_index_only_scans(relayed) == [RELAY_BATCH], relayed
+
+
+async def _ignore(_event: Event) -> None:
+    return None

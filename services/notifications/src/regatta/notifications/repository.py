@@ -108,11 +108,15 @@ async def record_outcome(
 
 
 async def due_backlog(session: AsyncSession) -> tuple[int, datetime | None]:
-    """How many queued notifications are due now, and since when the oldest has been."""
+    """How many notifications a worker could claim now, and since when the oldest could.
+
+    Queued and due, or sending under a lease that ran out: the claim's own condition, so
+    that the claimable index answers it by itself (an index-only scan).
+    """
     count, oldest = (
         await session.execute(
             select(func.count(), func.min(Notification.next_attempt_at)).where(
-                Notification.status == "queued", Notification.next_attempt_at <= utcnow()
+                text(CLAIMABLE), Notification.next_attempt_at <= utcnow()
             )
         )
     ).one()

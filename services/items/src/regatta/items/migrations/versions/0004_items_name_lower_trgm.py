@@ -23,10 +23,6 @@ def upgrade() -> None:
         "CREATE INDEX ix_items_name_lower_trgm ON items "
         'USING gin (lower((name COLLATE "und-x-icu")) gin_trgm_ops)'
     )
-    # Finer statistics of the searched expression (ANALYZE keeps them for the index) let the
-    # planner tell a frequent text (walk the ids in order: a page is found at once) from a
-    # rare one (the trigram index).
-    op.execute("ALTER INDEX ix_items_name_lower_trgm ALTER COLUMN 1 SET STATISTICS 1000")
     op.drop_index("ix_items_name_trgm", table_name="items")
 
 

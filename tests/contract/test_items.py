@@ -116,11 +116,53 @@ async def test_filters_by_name_substring_any_case(client: httpx.AsyncClient) -> 
         return [row["name"] for row in page.json()["data"]]
 
     assert await names(q="LAMP") == ["Red Lamp", "blue lamp"]
-    assert await names(q="%") == ["100% cotton"]
-    assert await names(q="_") == ["snake_case"]
-    assert await names(q="\\") == ["back\\slash"]
+    assert await names(q="0% c") == ["100% cotton"]
+    assert await names(q="e_c") == ["snake_case"]
+    assert await names(q="k\\s") == ["back\\slash"]
+    assert await names(q="%%%") == []
+    assert await names(q="___") == []
     assert await names(q="'; DROP TABLE items; --") == []
     assert len(await names()) == 6
+
+
+async def test_q_compares_letters_of_every_alphabet_in_any_case(client: httpx.AsyncClient) -> None:
+    for name in ("ÉCOLE de danse", "Straße", "ΣΟΦΙΑ", "Ёлка", "ecole"):
+        await client.post("/items", json={"name": name, "price": 1})
+
+    async def names(q: str) -> list[str]:
+        page = await client.get("/items", params={"q": q})
+        assert page.status_code == 200
+        return [row["name"] for row in page.json()["data"]]
+
+    assert await names("école") == ["ÉCOLE de danse"]
+    assert await names("École DE") == ["ÉCOLE de danse"]
+    assert await names("STRASSE") == []  # lower case, not case folding: ß is no "ss"
+    assert await names("STRAßE") == ["Straße"]
+    assert await names("σοφ") == ["ΣΟΦΙΑ"]
+    assert await names("ёлк") == ["Ёлка"]
+    assert await names("ECOLE") == ["ecole"]
+
+
+@pytest.mark.parametrize("q", ["", "a", "ab", "É", "%%"])
+async def test_q_shorter_than_three_characters_is_a_422_that_says_why(
+    client: httpx.AsyncClient, q: str
+) -> None:
+    await client.post("/items", json={"name": "ab", "price": 1})
+    refused = await client.get("/items", params={"q": q})
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == PROBLEM
+    problem = refused.json()
+    assert problem["errors"] == [
+        {
+            "field": "q",
+            "in": "query",
+            "message": "must be at least 3 characters: a name search looks for 3 or more "
+            "(leave q out to list every item)",
+            "type": "string_too_short",
+        }
+    ]
+    assert "q: must be at least 3 characters" in problem["detail"]
+    assert (await client.get("/items", params={"q": "abc"})).status_code == 200
 
 
 async def test_filters_by_price_range_and_paginates_filtered(client: httpx.AsyncClient) -> None:

@@ -8,6 +8,8 @@ Each endpoint is measured back to back with F and the naive implementation, in B
 rounds; each ratio compares figures of one such triple, and the table gives medians.
 
     make bench      # BENCH_SECONDS=5 per figure, BENCH_ROUNDS=3, BENCH_SOAK_SECONDS=60
+
+Then the scale section (``scale.py``; ``BENCH_SCALE=0`` leaves it out).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 SOAK_SECONDS = int(os.environ.get("BENCH_SOAK_SECONDS", "60"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+SCALE = os.environ.get("BENCH_SCALE", "1") != "0"
 API_KEY = "bench-key"
 SEED_ITEMS = 200
 
@@ -331,6 +334,10 @@ def main() -> int:
         rss_soaked = rss_mib(regatta_pid)
         report(b, triples, paced_figures, rss_after, rss_soaked, soak)
     shutil.rmtree(work, ignore_errors=True)
+    if SCALE:
+        # The scale section runs on its own Postgres (scale.py): lists and searches at 10 k
+        # and 1 M rows, the plan trap, the worker's claim with 100 k due.
+        subprocess.run([sys.executable, str(HERE / "scale.py")], check=True)
     return 0
 
 

@@ -460,7 +460,7 @@ async def test_webhook_payloads_postgres_cannot_store_are_refused(
 
 
 def test_invalid_utf8_in_the_url_and_headers_is_harmless(target: Target) -> None:
-    searched = raw_request(target.port, request_head("GET", "/items?q=%FF%FE"))
+    searched = raw_request(target.port, request_head("GET", "/items?q=%FF%FE%FD"))
     assert searched.status == 200
     assert json.loads(searched.body)["data"] == []
     for query in ["/items?q=%00", "/heroes?name=a%00", "/heroes?name_prefix=%00"]:
@@ -643,7 +643,7 @@ async def test_sql_and_like_wildcards_in_filters_match_literally(
         created = await client.post("/items", json={"name": name, "price": 5})
         assert created.status_code == 201
         assert (await client.get(created.headers["location"])).json()["name"] == name
-    for text in [*SQL, "%", "_", "\\", "%_%"]:
+    for text in [*SQL, "0% ", "_wo", " \\ ", "%_%"]:
         found = await client.get("/items", params={"q": text, "limit": 100})
         assert found.status_code == 200
         for item in found.json()["data"]:

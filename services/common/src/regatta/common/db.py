@@ -33,6 +33,15 @@ from regatta.common.settings import ServiceSettings
 logger = logging.getLogger("regatta.db")
 
 
+# Server settings of every connection, for the planner (tests/plans pins what they buy):
+# - asyncpg prepares every statement, and after five runs on one connection Postgres may keep
+#   a generic plan that cannot see the values: for ``name ILIKE $1`` that plan walks the
+#   primary key and filters every row. A custom plan per run costs its planning (measured in
+#   tests/load/README.md), less than preparing each statement anew would.
+# - A request reads one page: starting parallel workers costs more than the page itself.
+PLANNER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "max_parallel_workers_per_gather": "0"}
+
+
 def create_engine(settings: ServiceSettings) -> AsyncEngine:
     """Build the engine: a sized asyncpg pool for Postgres, WAL-mode aiosqlite for SQLite."""
     url = make_url(settings.database_url.get_secret_value())
@@ -46,6 +55,7 @@ def create_engine(settings: ServiceSettings) -> AsyncEngine:
         "server_settings": {
             "statement_timeout": str(settings.db_statement_timeout_ms),
             "application_name": "regatta",
+            **PLANNER_SETTINGS,
         },
         # Connecting (and so reconnecting after an outage) may take no longer than waiting
         # for a pooled connection would.
@@ -184,6 +194,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     # LIKE is case-sensitive on Postgres; make SQLite agree (ILIKE is rendered with lower()).
     cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
+    # SQLite's lower() changes ASCII letters only: searches in any case lower with Python.
+    dbapi_connection.create_function("regatta_lower", 1, _lower, deterministic=True)
+
+
+def _lower(value: str | None) -> str | None:
+    return None if value is None else value.lower()
 
 
 async def fetch_direct(

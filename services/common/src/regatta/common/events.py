@@ -335,11 +335,18 @@ class _Relay:
     async def sample_backlog(self) -> None:
         outbox = self.outbox
         async with self.database.sessions() as session:
+            # The oldest event is the first unpublished one by id: one row of the partial
+            # index, where min(occurred_at) would read every waiting row.
+            first = (
+                select(outbox.c.occurred_at)
+                .where(outbox.c.published_at.is_(None))
+                .order_by(outbox.c.id)
+                .limit(1)
+                .scalar_subquery()
+            )
             count, oldest = (
                 await session.execute(
-                    select(func.count(), func.min(outbox.c.occurred_at)).where(
-                        outbox.c.published_at.is_(None)
-                    )
+                    select(func.count(), first).where(outbox.c.published_at.is_(None))
                 )
             ).one()
         self.metrics.outbox_backlog.labels(self.source).set(count)

@@ -28,7 +28,13 @@ from regatta.common.resources import (
 from regatta.common.routing import STRICT_QUERY, route_head
 from regatta.common.schemas import NO_NUL_PATTERN, PriceParameter
 from regatta.items import service
-from regatta.items.schemas import ItemCreate, ItemPage, ItemRead, ItemUpdate
+from regatta.items.schemas import (
+    SEARCH_MIN_LENGTH,
+    ItemCreate,
+    ItemPage,
+    ItemRead,
+    ItemUpdate,
+)
 
 router = APIRouter(
     prefix="/items",
@@ -71,7 +77,16 @@ async def list_items(
     page: PageDep,
     q: Annotated[
         str | None,
-        Query(max_length=200, pattern=NO_NUL_PATTERN, description="Name contains (any case)."),
+        Query(
+            max_length=200,
+            pattern=NO_NUL_PATTERN,
+            # Checked by the service, which says why in its 422.
+            json_schema_extra={"minLength": SEARCH_MIN_LENGTH},
+            description=(
+                f"Name contains (any case), at least {SEARCH_MIN_LENGTH} characters: "
+                "a shorter text is a 422."
+            ),
+        ),
     ] = None,
     min_price: Annotated[PriceParameter | None, Query()] = None,
     max_price: Annotated[PriceParameter | None, Query()] = None,

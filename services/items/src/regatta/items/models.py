@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import Index, MetaData, String
+from sqlalchemy import Index, MetaData, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from regatta.common.columns import Money
 from regatta.common.events import outbox_table
 from regatta.common.idempotency import idempotency_table
 from regatta.common.versioned import VersionedMixin
+
+# The collation under which searches compare lower case on Postgres: ICU's root locale, which
+# every Postgres built with ICU has, whatever locale the database was created with.
+UNICODE_COLLATION = "und-x-icu"
 
 
 class Base(DeclarativeBase):
@@ -33,12 +37,12 @@ class Item(VersionedMixin, Base):
     __tablename__ = "items"
     __table_args__ = (
         Index("ix_items_price", "price"),
-        # Trigram index: "name contains q" (ILIKE '%q%') without a sequential scan.
+        # Trigram index: "name contains q" in any case (repository.name_contains_any_case)
+        # without a sequential scan.
         Index(
-            "ix_items_name_trgm",
-            "name",
+            "ix_items_name_lower_trgm",
+            text(f'lower((name COLLATE "{UNICODE_COLLATION}")) gin_trgm_ops'),
             postgresql_using="gin",
-            postgresql_ops={"name": "gin_trgm_ops"},
         ),
         {"sqlite_autoincrement": True},  # never reuse the id of a deleted item
     )

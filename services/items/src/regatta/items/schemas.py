@@ -8,6 +8,10 @@ from pydantic import BaseModel, Field
 
 from regatta.common.schemas import CreateSchema, Price, ReadSchema, Storable, Tax, UpdateSchema
 
+# The shortest text ``q`` searches for: the trigram index serves three characters or more;
+# anything shorter would read every row.
+SEARCH_MIN_LENGTH = 3
+
 Name = Annotated[str, Field(min_length=1, max_length=200), Storable]
 Description = Annotated[str, Field(max_length=2000), Storable]
 

@@ -16,7 +16,7 @@ from regatta.common.pagination import PageRequest
 from regatta.common.resources import Resource
 from regatta.items.models import Item, outbox
 from regatta.items.repository import ItemRepository
-from regatta.items.schemas import ItemCreate, ItemRead, ItemUpdate
+from regatta.items.schemas import SEARCH_MIN_LENGTH, ItemCreate, ItemRead, ItemUpdate
 
 SERVICE_NAME = "items"
 
@@ -67,7 +67,17 @@ async def list_items(
     """A page of items matching the filters."""
     if min_price is not None and max_price is not None and min_price > max_price:
         raise invalid_field("min_price", "query", "must not exceed max_price", kind="range")
-    where = ItemRepository.filters(q=q, min_price=min_price, max_price=max_price)
+    if q is not None and len(q) < SEARCH_MIN_LENGTH:
+        raise invalid_field(
+            "q",
+            "query",
+            f"must be at least {SEARCH_MIN_LENGTH} characters: a name search looks for "
+            f"{SEARCH_MIN_LENGTH} or more (leave q out to list every item)",
+            kind="string_too_short",
+        )
+    where = ItemRepository.filters(
+        q=q, min_price=min_price, max_price=max_price, dialect=database.dialect
+    )
     return await items.list(database=database, page=page, where=where)
 
 

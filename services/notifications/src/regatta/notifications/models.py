@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import JSON, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from regatta.common.columns import UTCDateTime
@@ -24,6 +24,11 @@ def uuid7() -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+# The rows the worker may claim (queued, or sending under a lease that may run out), as SQL
+# shared by the claim and its partial index, so that the planner sees the index serves it.
+CLAIMABLE = "status IN ('queued', 'sending')"
+
+
 class Base(DeclarativeBase):
     """Declarative base of the notifications tables."""
 
@@ -35,8 +40,14 @@ class Notification(Base):
 
     __tablename__ = "notifications"
     __table_args__ = (
-        # The worker's claim query: due work, oldest first.
-        Index("ix_notifications_due", "status", "next_attempt_at"),
+        # The worker's claim: the rows it may take, by when they fall due (for a row being
+        # sent, when its lease runs out), read in order and only as far as one batch.
+        Index(
+            "ix_notifications_claimable",
+            "next_attempt_at",
+            postgresql_where=text(CLAIMABLE),
+            sqlite_where=text(CLAIMABLE),
+        ),
         Index("ix_notifications_status_id", "status", "id"),
         # One notification per subscription and event, however often the event is delivered.
         UniqueConstraint("subscription_id", "event_id", name="uq_notifications_subscription_event"),

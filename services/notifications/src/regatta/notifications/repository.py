@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.columns import utcnow
-from regatta.notifications.models import Notification, Subscription, uuid7
+from regatta.notifications.models import CLAIMABLE, Notification, Subscription, uuid7
 
 
 async def insert_notification(session: AsyncSession, values: dict[str, Any]) -> Notification:
@@ -54,16 +54,18 @@ async def page_notifications(
 async def claim_due(
     session: AsyncSession, *, worker: str, batch: int, lease: timedelta
 ) -> Sequence[Notification]:
-    """Claim due work (queued and due, or abandoned by a worker whose lease ran out)."""
+    """Claim due work: queued and due, or abandoned by a worker whose lease ran out.
+
+    A claim moves ``next_attempt_at`` to the end of its lease, so one condition covers both
+    (a row is claimable once ``next_attempt_at`` has passed, whether queued or sending) and
+    one range scan of the partial index ``ix_notifications_claimable``, in order, stops after
+    ``batch`` rows: no sort of every due row, however long the backlog.
+    """
     now = utcnow()
+    until = now + lease
     due = (
         select(Notification.id)
-        .where(
-            or_(
-                and_(Notification.status == "queued", Notification.next_attempt_at <= now),
-                and_(Notification.status == "sending", Notification.claimed_until < now),
-            )
-        )
+        .where(text(CLAIMABLE), Notification.next_attempt_at <= now)
         .order_by(Notification.next_attempt_at)
         .limit(batch)
         # Workers claim side by side without waiting on each other's rows (Postgres).
@@ -75,7 +77,8 @@ async def claim_due(
         .values(
             status="sending",
             claimed_by=worker,
-            claimed_until=now + lease,
+            claimed_until=until,
+            next_attempt_at=until,
             attempts=Notification.attempts + 1,
             updated_at=now,
         )
@@ -105,11 +108,15 @@ async def record_outcome(
 
 
 async def due_backlog(session: AsyncSession) -> tuple[int, datetime | None]:
-    """How many queued notifications are due now, and since when the oldest has been."""
+    """How many notifications a worker could claim now, and since when the oldest could.
+
+    Queued and due, or sending under a lease that ran out: the claim's own condition, so
+    that the claimable index answers it by itself (an index-only scan).
+    """
     count, oldest = (
         await session.execute(
             select(func.count(), func.min(Notification.next_attempt_at)).where(
-                Notification.status == "queued", Notification.next_attempt_at <= utcnow()
+                text(CLAIMABLE), Notification.next_attempt_at <= utcnow()
             )
         )
     ).one()

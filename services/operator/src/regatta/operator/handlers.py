@@ -11,7 +11,7 @@ from lightkube import AsyncClient, KubeConfig
 
 from regatta.operator.builders import MANAGER
 from regatta.operator.kube import Cluster
-from regatta.operator.reconcile import finalize, reconcile, status_changes
+from regatta.operator.reconcile import finalize, reconcile, status_changes, transitions
 from regatta.operator.settings import PlatformSettings, load_settings
 from regatta.operator.spec import GROUP, PLURAL, VERSION
 
@@ -74,8 +74,22 @@ async def reconcile_api_service(
     # The timer runs this every minute: an unchanged status is not written again.
     for key, value in status_changes(status, new_status).items():
         patch.status[key] = value
+    report_transitions(body, status.get("conditions") or [], new_status["conditions"])
     activity: dict[str, str] = memo.activity
     activity["lastReconcile"] = dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds")
+
+
+def report_transitions(
+    body: kopf.Body, previous: list[dict[str, Any]], current: list[dict[str, Any]]
+) -> None:
+    """One Kubernetes event for each condition that changed: a warning when it went wrong."""
+    for condition in transitions(previous, current):
+        kind, status = condition["type"], condition["status"]
+        message = f"{kind} is {status}: {condition['message']}"
+        if kind == "Degraded" and status == "True":
+            kopf.warn(body, reason=condition["reason"], message=message)
+        else:
+            kopf.info(body, reason=condition["reason"], message=message)
 
 
 @kopf.on.delete(*RESOURCE)

@@ -29,7 +29,7 @@ from regatta.operator.builders import (
     service_url,
     stub,
 )
-from regatta.operator.kube import Cluster, HttpError, secret_values
+from regatta.operator.kube import ChildConflictError, Cluster, HttpError, secret_values
 from regatta.operator.settings import PlatformSettings
 from regatta.operator.spec import ApiServiceSpec, InvalidSpecError, parse_spec
 
@@ -114,13 +114,38 @@ def render_conditions(
     return rendered
 
 
+# Reasons a pod's container waits that no amount of waiting repairs.
+_STUCK_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+    }
+)
+
+
 def _rollout(deployment: Manifest | None, want: int) -> tuple[bool, str]:
-    """Whether the Deployment runs the current template on enough available replicas."""
+    """Whether the Deployment runs the current template on enough available replicas.
+
+    Raises _DegradedError when the rollout exceeded its progress deadline.
+    """
     if deployment is None:
         return False, "the Deployment does not exist yet"
     status = deployment.get("status") or {}
     generation = deployment.get("metadata", {}).get("generation", 0)
     replicas = deployment.get("spec", {}).get("replicas", want)
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "Progressing"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "ProgressDeadlineExceeded"
+        ):
+            raise _DegradedError(
+                "ProgressDeadlineExceeded",
+                condition.get("message") or "the rollout exceeded its progress deadline",
+            )
     if status.get("observedGeneration", 0) < generation:
         return False, "the Deployment controller has not seen the latest template yet"
     updated = status.get("updatedReplicas", 0)
@@ -128,6 +153,23 @@ def _rollout(deployment: Manifest | None, want: int) -> tuple[bool, str]:
     if updated < replicas or available < replicas:
         return False, f"{available} of {replicas} replicas available, {updated} updated"
     return True, f"{available} of {replicas} replicas available"
+
+
+def stuck_pods(pods: Sequence[Manifest]) -> tuple[str, str] | None:
+    """(reason, message) when a container of these pods waits in a state it cannot leave."""
+    for pod in pods:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        for container in statuses:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in _STUCK_REASONS:
+                name = pod.get("metadata", {}).get("name", "?")
+                detail = waiting.get("message") or ""
+                restarts = container.get("restartCount", 0)
+                message = f"pod {name}, container {container.get('name')}: {reason}"
+                message += f" ({restarts} restarts)" if restarts else ""
+                return reason, f"{message}{': ' + detail if detail else ''}"
+    return None
 
 
 def _with_fqdn(url: str, namespace: str) -> str:
@@ -215,13 +257,27 @@ async def _converge(
         if manifest["kind"] == "Deployment":
             deployment = applied
     for manifest in [*unwanted, *absent]:
-        await cluster.remove(manifest)
+        await cluster.remove(manifest, owner_uid=str(owner["metadata"]["uid"]))
     return deployment
 
 
 def adopt_all(manifests: Sequence[Manifest], owner: Mapping[str, Any]) -> None:
     """Owner references to the ApiService (Kubernetes deletes the children with it)."""
     kopf.adopt(list(manifests), owner=owner)  # type: ignore[arg-type]
+
+
+async def _observe(
+    deployment: Manifest | None, target: Target, settings: PlatformSettings, cluster: Cluster
+) -> tuple[bool, str]:
+    """Whether the service is ready; a rollout that cannot finish raises _DegradedError."""
+    ready, message = _rollout(deployment, desired_replicas(target, settings))
+    if not ready and deployment is not None:
+        # Not ready yet: a slow rollout, or pods that will never start. Only the pods tell.
+        selector = deployment.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+        stuck = stuck_pods(await cluster.pods(target.namespace, selector))
+        if stuck:
+            raise _DegradedError(*stuck)
+    return ready, message
 
 
 async def reconcile(
@@ -249,18 +305,33 @@ async def reconcile(
     status["url"] = service_url(target, settings)
     try:
         deployment = await _converge(target, settings, cluster, owner=body)
+        ready, message = await _observe(deployment, target, settings, cluster)
     except _DegradedError as exc:
         conditions = failed(exc.reason, exc.message, waiting="retrying on the next resync")
+    except ChildConflictError as exc:
+        conditions = failed("ChildConflict", exc.message, waiting="waiting for the name to be free")
     except HttpError as exc:
         logger.warning("writing the children of %s failed: %s", target.name, exc)
         conditions = failed("ApiError", str(exc), waiting="retrying on the next resync")
     else:
-        ready, message = _rollout(deployment, desired_replicas(target, settings))
         conditions = converged(ready=ready, message=message)
     status["conditions"] = render_conditions(
         conditions, generation=generation, previous=previous, now=now
     )
     return status
+
+
+def transitions(
+    previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The conditions whose status or reason changed (each one becomes an event)."""
+    before = {item.get("type"): item for item in previous}
+    changed = []
+    for condition in current:
+        old = before.get(condition["type"]) or {}
+        if (old.get("status"), old.get("reason")) != (condition["status"], condition["reason"]):
+            changed.append(condition)
+    return changed
 
 
 def status_changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -285,10 +356,11 @@ async def finalize(
         "Service",
         "Deployment",
     ]
+    uid = str(metadata.get("uid", ""))
     for kind in kinds:
-        await cluster.remove(stub(kind, name, namespace))
+        await cluster.remove(stub(kind, name, namespace), owner_uid=uid)
     for suffix in (DATABASE_CONNECTION_SUFFIX, REDIS_CONNECTION_SUFFIX):
-        await cluster.remove(stub("Secret", name + suffix, namespace))
+        await cluster.remove(stub("Secret", name + suffix, namespace), owner_uid=uid)
     if spec.get("database") and spec.get("databaseDeletionPolicy") == "Delete":
         if not settings.database_admin_url:
             raise kopf.TemporaryError("no database admin connection to drop the database", delay=60)

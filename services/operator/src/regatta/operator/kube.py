@@ -23,6 +23,7 @@ from lightkube import AsyncClient
 from lightkube.core.resource_registry import resource_registry
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Pod
+from lightkube.types import PatchType
 
 Manifest = dict[str, Any]
 
@@ -32,6 +33,9 @@ APPLIED_HASH = "regatta.dev/applied-hash"
 # Custom resources the operator writes besides the built-in kinds lightkube knows.
 create_namespaced_resource("monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors")
 create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+ApiServiceResource = create_namespaced_resource(
+    "regatta.dev", "v1alpha1", "ApiService", "apiservices"
+)
 
 
 def _resource(manifest: Manifest) -> Any:
@@ -200,6 +204,16 @@ class Cluster:
             dict(pod.to_dict())
             async for pod in self._client.list(Pod, namespace=namespace, labels=dict(labels))
         ]
+
+    async def patch_status(self, name: str, namespace: str, status: Mapping[str, Any]) -> None:
+        """Merge these keys into an ApiService's status."""
+        await self._client.patch(
+            ApiServiceResource.Status,
+            name,
+            {"status": dict(status)},
+            namespace=namespace,
+            patch_type=PatchType.MERGE,
+        )
 
     async def close(self) -> None:
         """Close the connections."""

@@ -83,6 +83,8 @@ async def test_create_applies_every_child_with_an_owner_reference(
     # Every child is one server-side apply: no create, no 409, no merge patch.
     assert requests(kmock, "POST") == []
     assert applies(kmock) == [
+        # Cluster-wide, the operator's Secret rights in this namespace come first.
+        ("rolebindings", "regatta-operator-secrets"),
         ("secrets", "orders-redis"),
         ("deployments", "orders"),
         ("services", "orders"),
@@ -316,7 +318,11 @@ async def test_delete_removes_the_children_and_tolerates_missing_ones(
         ("services", "orders"),
         ("deployments", "orders"),
     ]
-    assert not [key for key, obj in kmock.objects.items() if not obj.deleted]
+    # Only the operator's RoleBinding for Secrets stays, shared by the namespace's ApiServices.
+    left = [key for key, obj in kmock.objects.items() if not obj.deleted]
+    assert [(resource.plural, name) for resource, _, name in left] == [
+        ("rolebindings", "regatta-operator-secrets")
+    ]
     # A second deletion (the finalizer retried) finds nothing and does not fail.
     await finalize(body=body, settings=platform, cluster=cluster)
 
@@ -356,7 +362,7 @@ async def test_a_database_without_an_admin_connection_is_degraded(
     platform = platform.model_copy(update={"database_admin_url": ""})
     status = await reconcile(body=api_service(database=True), settings=platform, cluster=cluster)
     assert conditions(status)["Degraded"] == ("True", "DatabaseUnavailable")
-    assert applies(kmock) == []
+    assert applies(kmock) == [("rolebindings", "regatta-operator-secrets")]
 
 
 async def test_only_the_status_that_changed_is_patched(

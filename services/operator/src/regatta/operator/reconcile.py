@@ -25,6 +25,7 @@ from regatta.operator.builders import (
     Target,
     build_children,
     build_secret,
+    build_secret_access,
     desired_replicas,
     service_url,
     stub,
@@ -237,6 +238,11 @@ async def _converge(
 ) -> Manifest | None:
     """Write every child, adopted by the owner; returns the Deployment as the server has it."""
     spec = target.spec
+    access = build_secret_access(target.namespace, settings)
+    if access is not None:
+        # Secret rights in this namespace before any Secret is read or written. Shared by
+        # every ApiService of the namespace: no owner, it outlives each of them.
+        await cluster.apply(access)
     connection_secrets: list[Manifest] = []
     unwanted: list[Manifest] = []
     if spec.database:

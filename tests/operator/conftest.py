@@ -13,8 +13,11 @@ from tests.operator.support import platform_settings
 
 @pytest.fixture
 def platform() -> PlatformSettings:
-    """The default chart's settings, with the Prometheus Operator present."""
-    return platform_settings(monitoring=True)
+    """The default chart's settings, with the Prometheus Operator present.
+
+    Redis users need a real Redis (test_tenants.py); elsewhere the shared URL stands in.
+    """
+    return platform_settings(monitoring=True, redis_users=False)
 
 
 @pytest.fixture

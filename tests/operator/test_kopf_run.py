@@ -95,7 +95,9 @@ def environment(
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(kubeconfig), encoding="utf-8")
     monkeypatch.setenv("KUBECONFIG", str(path))
-    monkeypatch.setenv(CONFIG_VARIABLE, chart_environment()[CONFIG_VARIABLE])
+    # Redis users need a real Redis (test_tenants.py); here the shared URL stands in.
+    config = {**json.loads(chart_environment()[CONFIG_VARIABLE]), "redisUsers": False}
+    monkeypatch.setenv(CONFIG_VARIABLE, json.dumps(config))
     monkeypatch.setenv("REDIS_URL", "redis://:pw@regatta-redis:6379/0")
     monkeypatch.delenv("DATABASE_ADMIN_URL", raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)

@@ -140,7 +140,7 @@ async def test_every_request_the_operator_makes_is_granted(
             CONFIG_VARIABLE: env[CONFIG_VARIABLE]["value"],
             "REDIS_URL": "redis://:pw@regatta-redis:6379/0",
         }
-    )
+    ).model_copy(update={"redis_users": False})
     namespace = "shop" if cluster_wide else "regatta"
     body = api_service(
         namespace=namespace, redis=True, autoscaling={"minReplicas": 2, "maxReplicas": 4}

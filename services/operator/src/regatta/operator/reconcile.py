@@ -12,12 +12,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import kopf
+from redis.exceptions import RedisError
 
-from regatta.operator import database
+from regatta.operator import database, redis_users
 from regatta.operator.builders import (
     DATABASE_CONNECTION_SUFFIX,
     REDIS_CONNECTION_SUFFIX,
@@ -27,6 +28,7 @@ from regatta.operator.builders import (
     build_secret,
     build_secret_access,
     desired_replicas,
+    redis_key_prefix,
     service_url,
     stub,
 )
@@ -37,6 +39,8 @@ from regatta.operator.spec import ApiServiceSpec, InvalidSpecError, parse_spec
 logger = logging.getLogger(__name__)
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
+# Set (or change) it on an ApiService: its database and Redis passwords are replaced once.
+ROTATE_ANNOTATION = "regatta.dev/rotate-credentials"
 
 
 @dataclass(frozen=True)
@@ -185,8 +189,24 @@ def _with_fqdn(url: str, namespace: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+async def _credentials(
+    target: Target, cluster: Cluster, suffix: str, rotation: str
+) -> tuple[str, str]:
+    """The password kept in the connection Secret, or a new one (none yet, or rotation asked).
+
+    Returns (password, rotation): the rotation token the Secret records, so that a changed
+    `regatta.dev/rotate-credentials` annotation on the ApiService makes exactly one new password.
+    """
+    existing = await cluster.read(stub("Secret", target.name + suffix, target.namespace))
+    values = secret_values(existing) if existing else {}
+    password = values.get("password", "")
+    if not password or values.get("rotation", "") != rotation:
+        password = database.new_password()
+    return password, rotation
+
+
 async def _database_secret(
-    target: Target, settings: PlatformSettings, cluster: Cluster
+    target: Target, settings: PlatformSettings, cluster: Cluster, rotation: str
 ) -> Manifest:
     """Provision the service's database and return the Secret holding its DATABASE_URL."""
     if not settings.database_admin_url:
@@ -194,10 +214,7 @@ async def _database_secret(
             "DatabaseUnavailable", "the operator has no database admin connection configured"
         )
     name = database.database_name(target.namespace, target.name)
-    placeholder = stub("Secret", target.name + DATABASE_CONNECTION_SUFFIX, target.namespace)
-    existing = await cluster.read(placeholder)
-    password = secret_values(existing).get("password", "") if existing else ""
-    password = password or database.new_password()
+    password, rotation = await _credentials(target, cluster, DATABASE_CONNECTION_SUFFIX, rotation)
     try:
         await database.provision(settings.database_admin_url, database=name, password=password)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
@@ -208,23 +225,53 @@ async def _database_secret(
     url = database.service_database_url(
         settings.database_admin_url, database=name, password=password, namespace=settings.namespace
     )
+    data = {"DATABASE_URL": url, "username": name, "password": password, "database": name}
     return build_secret(
         target,
         settings,
         suffix=DATABASE_CONNECTION_SUFFIX,
-        data={"DATABASE_URL": url, "username": name, "password": password, "database": name},
+        data={**data, "rotation": rotation},
     )
 
 
-def _redis_secret(target: Target, settings: PlatformSettings) -> Manifest:
+def _with_user(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _redis_secret(
+    target: Target, settings: PlatformSettings, cluster: Cluster, rotation: str
+) -> Manifest:
+    """The Secret holding the service's REDIS_URL: its own ACL user, confined to its prefix."""
     if not settings.redis_url:
         raise _DegradedError("RedisUnavailable", "the operator has no Redis connection configured")
-    return build_secret(
-        target,
-        settings,
-        suffix=REDIS_CONNECTION_SUFFIX,
-        data={"REDIS_URL": _with_fqdn(settings.redis_url, settings.namespace)},
-    )
+    platform_url = _with_fqdn(settings.redis_url, settings.namespace)
+    if not settings.redis_users:
+        # The admin chose a shared Redis without users (a managed Redis without ACLs).
+        return build_secret(
+            target, settings, suffix=REDIS_CONNECTION_SUFFIX, data={"REDIS_URL": platform_url}
+        )
+    user = redis_users.user_name(target.namespace, target.name)
+    password, rotation = await _credentials(target, cluster, REDIS_CONNECTION_SUFFIX, rotation)
+    prefix = redis_key_prefix(target, settings)
+    try:
+        await redis_users.provision(settings.redis_url, user=user, password=password, prefix=prefix)
+    except (OSError, TimeoutError, RedisError) as exc:
+        logger.warning("provisioning Redis user %s failed: %s", user, exc)
+        raise _DegradedError(
+            "RedisProvisioningFailed", f"Redis user {user}: {type(exc).__name__}"
+        ) from exc
+    data = {
+        "REDIS_URL": _with_user(platform_url, user, password),
+        "username": user,
+        "password": password,
+        "rotation": rotation,
+    }
+    return build_secret(target, settings, suffix=REDIS_CONNECTION_SUFFIX, data=data)
 
 
 def _check_name(target: Target, settings: PlatformSettings) -> None:
@@ -243,14 +290,16 @@ async def _converge(
         # Secret rights in this namespace before any Secret is read or written. Shared by
         # every ApiService of the namespace: no owner, it outlives each of them.
         await cluster.apply(access)
+    annotations = owner["metadata"].get("annotations") or {}
+    rotation = str(annotations.get(ROTATE_ANNOTATION, ""))
     connection_secrets: list[Manifest] = []
     unwanted: list[Manifest] = []
     if spec.database:
-        connection_secrets.append(await _database_secret(target, settings, cluster))
+        connection_secrets.append(await _database_secret(target, settings, cluster, rotation))
     else:
         unwanted.append(stub("Secret", target.name + DATABASE_CONNECTION_SUFFIX, target.namespace))
     if spec.redis:
-        connection_secrets.append(_redis_secret(target, settings))
+        connection_secrets.append(await _redis_secret(target, settings, cluster, rotation))
     else:
         unwanted.append(stub("Secret", target.name + REDIS_CONNECTION_SUFFIX, target.namespace))
     present, absent = build_children(target, settings)
@@ -367,6 +416,12 @@ async def finalize(
         await cluster.remove(stub(kind, name, namespace), owner_uid=uid)
     for suffix in (DATABASE_CONNECTION_SUFFIX, REDIS_CONNECTION_SUFFIX):
         await cluster.remove(stub("Secret", name + suffix, namespace), owner_uid=uid)
+    if spec.get("redis") and settings.redis_users and settings.redis_url:
+        try:
+            await redis_users.drop(settings.redis_url, user=redis_users.user_name(namespace, name))
+        except (OSError, TimeoutError, RedisError) as exc:
+            # Its password went with the Secret; the deletion must not hang on Redis.
+            logger.warning("deleting the Redis user of %s/%s failed: %s", namespace, name, exc)
     if spec.get("database") and spec.get("databaseDeletionPolicy") == "Delete":
         if not settings.database_admin_url:
             raise kopf.TemporaryError("no database admin connection to drop the database", delay=60)

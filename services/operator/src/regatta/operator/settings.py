@@ -202,6 +202,8 @@ class PlatformSettings(_Camel):
     )
     # Names the chart's own workloads use in the release namespace: an ApiService may not take them.
     reserved_names: list[str] = Field(default_factory=list, alias="reservedNames")
+    # A Redis ACL user per ApiService (off only for a shared Redis without ACL support).
+    redis_users: bool = Field(default=True, alias="redisUsers")
     secret_access: SecretAccess = Field(default_factory=SecretAccess, alias="secretAccess")
     # Admin connection to the platform's Postgres and the platform's Redis (from Secrets).
     database_admin_url: str = ""

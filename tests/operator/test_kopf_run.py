@@ -228,6 +228,16 @@ async def test_drift_is_repaired_and_a_stuck_rollout_reported(
         await eventually(lambda: conditions(live(kmock, API_SERVICES, "orders")))
         assert live(kmock, "v1/services", "orders")
 
+        # The operator's own writes come back as watch events: they must settle, not loop.
+        await asyncio.sleep(1)
+        settled = len(list(kmock))
+        await asyncio.sleep(1)
+        assert [
+            (r.method.value, r.url.path)
+            for r in list(kmock)[settled:]
+            if r.method.value in {"POST", "PUT", "PATCH", "DELETE"}
+        ] == []
+
         # Someone deletes the Service: it is back within seconds, long before the timer.
         deleted = await api.delete("/api/v1/namespaces/shop/services/orders")
         assert deleted.status_code < 300, deleted.text

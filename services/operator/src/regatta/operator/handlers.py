@@ -174,4 +174,6 @@ def report_transitions(
 @kopf.on.delete(*RESOURCE)
 async def delete_api_service(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Remove the children now; the database stays unless the spec asks for its deletion."""
-    await finalize(body=body, settings=memo.platform, cluster=memo.cluster)
+    # Under the lock: a reconciliation a child's event started must not re-create them.
+    async with _lock(memo, _key(body)):
+        await finalize(body=body, settings=memo.platform, cluster=memo.cluster)

@@ -4,7 +4,8 @@ kmock merges every PATCH into the stored object. The Kubernetes API treats an ap
 (`application/apply-patch+yaml`) differently: the applied configuration is everything its field
 manager wants, so fields the manager applied before and left out now are removed. With one
 field manager writing a child (the operator), that is: the object becomes the applied
-configuration, plus what the server itself keeps (`status`, uid, resource version). A Secret's
+configuration, plus what the server itself keeps (`status`, uid, resource version, managed
+fields). A Secret's
 `stringData` is folded into base64 `data`, as the API server does. An apply to an object that
 does not exist creates it.
 """
@@ -21,7 +22,7 @@ from kmock._internal import rendering
 from kmock._internal.k8s import KubernetesScaffold
 
 APPLY_PATCH = "application/apply-patch+yaml"
-_SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation")
+_SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
 _versions = itertools.count(1000)
 
 

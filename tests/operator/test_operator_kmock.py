@@ -58,8 +58,11 @@ def applies(server: kmock.KubernetesEmulator) -> list[tuple[str | None, str | No
     """(plural, name) of every server-side apply, in order, each checked for its manager."""
     seen = []
     for request in server:
-        if request.method.value == "PATCH" and request.resource is not None:
-            assert request.headers["Content-Type"].startswith(APPLY), request.headers
+        if (
+            request.method.value == "PATCH"
+            and request.resource is not None
+            and request.headers["Content-Type"].startswith(APPLY)
+        ):
             assert request.params["fieldManager"] == "regatta-operator"
             assert request.params["force"] == "true"
             seen.append((request.resource.plural, request.name))
@@ -151,6 +154,31 @@ async def test_an_unchanged_api_service_writes_nothing_over_three_resyncs(
     later = [r for r in list(kmock)[after_create:] if r.method.value in WRITES]
     assert later == []
     assert writes(kmock)  # the first reconciliation did write
+
+
+async def test_children_written_before_apply_lose_their_old_field_ownership(
+    kmock: kmock.KubernetesEmulator, cluster: Cluster, platform: PlatformSettings
+) -> None:
+    body = api_service()
+    await reconcile(body=body, settings=platform, cluster=cluster)
+    # As the previous version left it: its merge patches own fields as an `Update` entry.
+    service = stored(kmock, "services", "v1")
+    update = {"manager": "regatta-operator", "operation": "Update", "fieldsType": "FieldsV1"}
+    apply = {"manager": "regatta-operator", "operation": "Apply", "fieldsType": "FieldsV1"}
+    service.patch({"metadata": {"managedFields": [update, apply], "annotations": None}})
+    before = len(list(kmock))
+    await reconcile(body=body, settings=platform, cluster=cluster)
+    merges = [
+        r
+        for r in list(kmock)[before:]
+        if r.method.value == "PATCH" and r.headers["Content-Type"].startswith("application/merge")
+    ]
+    assert [(r.resource.plural, r.name) for r in merges if r.resource] == [("services", "orders")]
+    assert stored(kmock, "services", "v1")["metadata"]["managedFields"] == [apply]
+    # Once is enough.
+    before = len(list(kmock))
+    await reconcile(body=body, settings=platform, cluster=cluster)
+    assert not [r for r in list(kmock)[before:] if r.method.value == "PATCH"]
 
 
 async def test_a_name_taken_by_another_controller_is_reported_not_fought_over(

@@ -137,6 +137,15 @@ def _holder(live: Manifest) -> str:
     return "nothing of the operator's" + (f" (managers: {', '.join(managers)})" if managers else "")
 
 
+def _own_update(entry: Mapping[str, Any]) -> bool:
+    return entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Update"
+
+
+def _written_before_apply(live: Manifest) -> bool:
+    """Whether the operator's earlier versions (create and merge patch) wrote this object."""
+    return any(_own_update(entry) for entry in live["metadata"].get("managedFields") or [])
+
+
 class Cluster:
     """Desired-state writes to one Kubernetes API."""
 
@@ -157,10 +166,33 @@ class Cluster:
             if in_place(live, wanted):
                 return live
         resource = _resource(wanted)
-        applied = await self._client.apply(
-            resource.from_dict(wanted), field_manager=FIELD_MANAGER, force=True
+        applied = dict(
+            (
+                await self._client.apply(
+                    resource.from_dict(wanted), field_manager=FIELD_MANAGER, force=True
+                )
+            ).to_dict()
         )
-        return dict(applied.to_dict())
+        if live is not None and _written_before_apply(live):
+            await self._forget_updates(wanted, applied)
+        return applied
+
+    async def _forget_updates(self, wanted: Manifest, applied: Manifest) -> None:
+        """Drop the field ownership left by the operator's merge patches (before apply).
+
+        Fields a merge patch set stay owned by that `Update` entry: a field the operator stops
+        setting would never be removed. With the `Apply` entry in place, the old one goes.
+        """
+        entries = applied.get("metadata", {}).get("managedFields") or []
+        kept = [entry for entry in entries if not _own_update(entry)]
+        metadata = wanted["metadata"]
+        await self._client.patch(
+            _resource(wanted),
+            metadata["name"],
+            {"metadata": {"managedFields": kept or [{}]}},
+            namespace=metadata["namespace"],
+            patch_type=PatchType.MERGE,
+        )
 
     async def remove(self, manifest: Manifest, *, owner_uid: str | None = None) -> bool:
         """Delete the object named by the manifest if it is there (and, given owner_uid, ours).

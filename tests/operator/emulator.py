@@ -5,9 +5,8 @@ kmock merges every PATCH into the stored object. The Kubernetes API treats an ap
 manager wants, so fields the manager applied before and left out now are removed. With one
 field manager writing a child (the operator), that is: the object becomes the applied
 configuration, plus what the server itself keeps (`status`, uid, resource version, managed
-fields). A Secret's
-`stringData` is folded into base64 `data`, as the API server does. An apply to an object that
-does not exist creates it.
+fields). A Secret's `stringData` is folded into base64 `data`, as the API server does. An apply
+to an object that does not exist creates it.
 """
 
 from __future__ import annotations

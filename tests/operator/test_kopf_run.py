@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -208,6 +210,16 @@ async def _create_update_bad_spec_and_delete(
     assert live(kmock, "v1/secrets", "orders-redis") is None
 
 
+# kopf.run() as `kopf run --standalone -n shop` does it, without scanning namespaces (which
+# kmock cannot list).
+RUN_OPERATOR = """
+import kopf
+import regatta.operator.handlers
+settings = kopf.OperatorSettings()
+settings.scanning.disabled = True
+kopf.run(settings=settings, standalone=True, clusterwide=False, namespaces=["shop"])
+"""
+
 # The issue's bound; the timer (60 s) cannot meet it, only the watch on the children can.
 REPAIR_SECONDS = 5
 
@@ -288,3 +300,46 @@ async def test_drift_is_repaired_and_a_stuck_rollout_reported(
         orders = live(kmock, API_SERVICES, "orders") or {}
         degraded = next(c for c in orders["status"]["conditions"] if c["type"] == "Degraded")
         assert "has timed out progressing" in degraded["message"]
+
+
+@pytest.mark.usefixtures("environment")
+async def test_an_unchanged_api_service_is_not_written_over_three_resyncs(
+    kmock: kmock.KubernetesEmulator,
+) -> None:
+    """The operator in a process of its own, its timer shortened to half a second.
+
+    The resync interval is read when the handlers are imported: this process has them already.
+    """
+    resync = 0.5
+    env = {**os.environ, "REGATTA_OPERATOR_RESYNC_SECONDS": str(resync)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", RUN_OPERATOR,
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(
+            base_url=str(kmock.url).rstrip("/") + "/apis/regatta.dev/v1alpha1"
+        ) as kubectl:
+            body = api_service(replicas=2, redis=True)
+            body["metadata"]["resourceVersion"] = "1"
+            created = await kubectl.post("/namespaces/shop/apiservices", json=body)
+            assert created.status_code < 300, created.text
+            await eventually(lambda: conditions(live(kmock, API_SERVICES, "orders")))
+            await asyncio.sleep(2 * resync)  # the first tick may still write the status
+
+            def reads() -> int:
+                return sum(1 for r in kmock if r.method.value == "GET" and r.name == "orders")
+
+            settled, reads_before = len(list(kmock)), reads()
+            await asyncio.sleep(3 * resync + resync / 2)
+            writes = [
+                (r.method.value, r.url.path)
+                for r in list(kmock)[settled:]
+                if r.method.value in {"POST", "PUT", "PATCH", "DELETE"}
+            ]
+            assert writes == []
+            # The timer did run in between: each tick reads the children again.
+            assert reads() > reads_before
+    finally:
+        process.terminate()
+        await process.wait()

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from regatta.operator.settings import PlatformSettings
+from tests.operator.emulator import ApplyingEmulator
 from tests.operator.support import platform_settings
 
 
 @pytest.fixture
 def platform() -> PlatformSettings:
-    """The default chart's settings, with the Prometheus Operator present."""
-    return platform_settings(monitoring=True)
+    """The default chart's settings, with the Prometheus Operator present.
+
+    Redis users need a real Redis (test_tenants.py); elsewhere the shared URL stands in.
+    """
+    return platform_settings(monitoring=True, redis_users=False)
+
+
+@pytest.fixture
+def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
+    """kmock that understands server-side apply, as the operator writes its children with it."""
+    return {**kmock_options, "cls": ApplyingEmulator}

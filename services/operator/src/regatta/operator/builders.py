@@ -457,6 +457,38 @@ def build_secret(
     }
 
 
+def build_secret_access(namespace: str, settings: PlatformSettings) -> Manifest | None:
+    """The RoleBinding granting the operator Secret rights in one namespace (cluster-wide mode)."""
+    access = settings.secret_access
+    if not access.cluster_role or namespace == settings.namespace:
+        return None
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {
+            "name": access.cluster_role,
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/name": settings.name,
+                "app.kubernetes.io/instance": settings.instance,
+                "app.kubernetes.io/managed-by": MANAGER,
+            },
+        },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": access.cluster_role,
+        },
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": access.service_account,
+                "namespace": settings.namespace,
+            }
+        ],
+    }
+
+
 def service_url(target: Target, settings: PlatformSettings) -> str:
     """Where the service answers: through the ingress or gateway host, else inside the cluster."""
     prefix = target.spec.path_prefix
@@ -505,6 +537,7 @@ API_VERSIONS = {
     "Ingress": "networking.k8s.io/v1",
     "HTTPRoute": "gateway.networking.k8s.io/v1",
     "ServiceMonitor": "monitoring.coreos.com/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
 }
 
 

@@ -12,12 +12,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import kopf
+from redis.exceptions import RedisError
 
-from regatta.operator import database
+from regatta.operator import database, redis_users
 from regatta.operator.builders import (
     DATABASE_CONNECTION_SUFFIX,
     REDIS_CONNECTION_SUFFIX,
@@ -25,17 +26,21 @@ from regatta.operator.builders import (
     Target,
     build_children,
     build_secret,
+    build_secret_access,
     desired_replicas,
+    redis_key_prefix,
     service_url,
     stub,
 )
-from regatta.operator.kube import Cluster, HttpError, secret_values
+from regatta.operator.kube import ChildConflictError, Cluster, HttpError, secret_values
 from regatta.operator.settings import PlatformSettings
 from regatta.operator.spec import ApiServiceSpec, InvalidSpecError, parse_spec
 
 logger = logging.getLogger(__name__)
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
+# Set (or change) it on an ApiService: its database and Redis passwords are replaced once.
+ROTATE_ANNOTATION = "regatta.dev/rotate-credentials"
 
 
 @dataclass(frozen=True)
@@ -114,13 +119,38 @@ def render_conditions(
     return rendered
 
 
+# Reasons a pod's container waits that no amount of waiting repairs.
+_STUCK_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+    }
+)
+
+
 def _rollout(deployment: Manifest | None, want: int) -> tuple[bool, str]:
-    """Whether the Deployment runs the current template on enough available replicas."""
+    """Whether the Deployment runs the current template on enough available replicas.
+
+    Raises _DegradedError when the rollout exceeded its progress deadline.
+    """
     if deployment is None:
         return False, "the Deployment does not exist yet"
     status = deployment.get("status") or {}
     generation = deployment.get("metadata", {}).get("generation", 0)
     replicas = deployment.get("spec", {}).get("replicas", want)
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "Progressing"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "ProgressDeadlineExceeded"
+        ):
+            raise _DegradedError(
+                "ProgressDeadlineExceeded",
+                condition.get("message") or "the rollout exceeded its progress deadline",
+            )
     if status.get("observedGeneration", 0) < generation:
         return False, "the Deployment controller has not seen the latest template yet"
     updated = status.get("updatedReplicas", 0)
@@ -128,6 +158,23 @@ def _rollout(deployment: Manifest | None, want: int) -> tuple[bool, str]:
     if updated < replicas or available < replicas:
         return False, f"{available} of {replicas} replicas available, {updated} updated"
     return True, f"{available} of {replicas} replicas available"
+
+
+def stuck_pods(pods: Sequence[Manifest]) -> tuple[str, str] | None:
+    """(reason, message) when a container of these pods waits in a state it cannot leave."""
+    for pod in pods:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        for container in statuses:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in _STUCK_REASONS:
+                name = pod.get("metadata", {}).get("name", "?")
+                detail = waiting.get("message") or ""
+                restarts = container.get("restartCount", 0)
+                message = f"pod {name}, container {container.get('name')}: {reason}"
+                message += f" ({restarts} restarts)" if restarts else ""
+                return reason, f"{message}{': ' + detail if detail else ''}"
+    return None
 
 
 def _with_fqdn(url: str, namespace: str) -> str:
@@ -142,8 +189,24 @@ def _with_fqdn(url: str, namespace: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+async def _credentials(
+    target: Target, cluster: Cluster, suffix: str, rotation: str
+) -> tuple[str, str]:
+    """The password kept in the connection Secret, or a new one (none yet, or rotation asked).
+
+    Returns (password, rotation): the rotation token the Secret records, so that a changed
+    `regatta.dev/rotate-credentials` annotation on the ApiService makes exactly one new password.
+    """
+    existing = await cluster.read(stub("Secret", target.name + suffix, target.namespace))
+    values = secret_values(existing) if existing else {}
+    password = values.get("password", "")
+    if not password or values.get("rotation", "") != rotation:
+        password = database.new_password()
+    return password, rotation
+
+
 async def _database_secret(
-    target: Target, settings: PlatformSettings, cluster: Cluster
+    target: Target, settings: PlatformSettings, cluster: Cluster, rotation: str
 ) -> Manifest:
     """Provision the service's database and return the Secret holding its DATABASE_URL."""
     if not settings.database_admin_url:
@@ -151,10 +214,7 @@ async def _database_secret(
             "DatabaseUnavailable", "the operator has no database admin connection configured"
         )
     name = database.database_name(target.namespace, target.name)
-    placeholder = stub("Secret", target.name + DATABASE_CONNECTION_SUFFIX, target.namespace)
-    existing = await cluster.read(placeholder)
-    password = secret_values(existing).get("password", "") if existing else ""
-    password = password or database.new_password()
+    password, rotation = await _credentials(target, cluster, DATABASE_CONNECTION_SUFFIX, rotation)
     try:
         await database.provision(settings.database_admin_url, database=name, password=password)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
@@ -165,23 +225,53 @@ async def _database_secret(
     url = database.service_database_url(
         settings.database_admin_url, database=name, password=password, namespace=settings.namespace
     )
+    data = {"DATABASE_URL": url, "username": name, "password": password, "database": name}
     return build_secret(
         target,
         settings,
         suffix=DATABASE_CONNECTION_SUFFIX,
-        data={"DATABASE_URL": url, "username": name, "password": password, "database": name},
+        data={**data, "rotation": rotation},
     )
 
 
-def _redis_secret(target: Target, settings: PlatformSettings) -> Manifest:
+def _with_user(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _redis_secret(
+    target: Target, settings: PlatformSettings, cluster: Cluster, rotation: str
+) -> Manifest:
+    """The Secret holding the service's REDIS_URL: its own ACL user, confined to its prefix."""
     if not settings.redis_url:
         raise _DegradedError("RedisUnavailable", "the operator has no Redis connection configured")
-    return build_secret(
-        target,
-        settings,
-        suffix=REDIS_CONNECTION_SUFFIX,
-        data={"REDIS_URL": _with_fqdn(settings.redis_url, settings.namespace)},
-    )
+    platform_url = _with_fqdn(settings.redis_url, settings.namespace)
+    if not settings.redis_users:
+        # The admin chose a shared Redis without users (a managed Redis without ACLs).
+        return build_secret(
+            target, settings, suffix=REDIS_CONNECTION_SUFFIX, data={"REDIS_URL": platform_url}
+        )
+    user = redis_users.user_name(target.namespace, target.name)
+    password, rotation = await _credentials(target, cluster, REDIS_CONNECTION_SUFFIX, rotation)
+    prefix = redis_key_prefix(target, settings)
+    try:
+        await redis_users.provision(settings.redis_url, user=user, password=password, prefix=prefix)
+    except (OSError, TimeoutError, RedisError) as exc:
+        logger.warning("provisioning Redis user %s failed: %s", user, exc)
+        raise _DegradedError(
+            "RedisProvisioningFailed", f"Redis user {user}: {type(exc).__name__}"
+        ) from exc
+    data = {
+        "REDIS_URL": _with_user(platform_url, user, password),
+        "username": user,
+        "password": password,
+        "rotation": rotation,
+    }
+    return build_secret(target, settings, suffix=REDIS_CONNECTION_SUFFIX, data=data)
 
 
 def _check_name(target: Target, settings: PlatformSettings) -> None:
@@ -195,14 +285,21 @@ async def _converge(
 ) -> Manifest | None:
     """Write every child, adopted by the owner; returns the Deployment as the server has it."""
     spec = target.spec
+    access = build_secret_access(target.namespace, settings)
+    if access is not None:
+        # Secret rights in this namespace before any Secret is read or written. Shared by
+        # every ApiService of the namespace: no owner, it outlives each of them.
+        await cluster.apply(access)
+    annotations = owner["metadata"].get("annotations") or {}
+    rotation = str(annotations.get(ROTATE_ANNOTATION, ""))
     connection_secrets: list[Manifest] = []
     unwanted: list[Manifest] = []
     if spec.database:
-        connection_secrets.append(await _database_secret(target, settings, cluster))
+        connection_secrets.append(await _database_secret(target, settings, cluster, rotation))
     else:
         unwanted.append(stub("Secret", target.name + DATABASE_CONNECTION_SUFFIX, target.namespace))
     if spec.redis:
-        connection_secrets.append(_redis_secret(target, settings))
+        connection_secrets.append(await _redis_secret(target, settings, cluster, rotation))
     else:
         unwanted.append(stub("Secret", target.name + REDIS_CONNECTION_SUFFIX, target.namespace))
     present, absent = build_children(target, settings)
@@ -215,13 +312,27 @@ async def _converge(
         if manifest["kind"] == "Deployment":
             deployment = applied
     for manifest in [*unwanted, *absent]:
-        await cluster.remove(manifest)
+        await cluster.remove(manifest, owner_uid=str(owner["metadata"]["uid"]))
     return deployment
 
 
 def adopt_all(manifests: Sequence[Manifest], owner: Mapping[str, Any]) -> None:
     """Owner references to the ApiService (Kubernetes deletes the children with it)."""
     kopf.adopt(list(manifests), owner=owner)  # type: ignore[arg-type]
+
+
+async def _observe(
+    deployment: Manifest | None, target: Target, settings: PlatformSettings, cluster: Cluster
+) -> tuple[bool, str]:
+    """Whether the service is ready; a rollout that cannot finish raises _DegradedError."""
+    ready, message = _rollout(deployment, desired_replicas(target, settings))
+    if not ready and deployment is not None:
+        # Not ready yet: a slow rollout, or pods that will never start. Only the pods tell.
+        selector = deployment.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+        stuck = stuck_pods(await cluster.pods(target.namespace, selector))
+        if stuck:
+            raise _DegradedError(*stuck)
+    return ready, message
 
 
 async def reconcile(
@@ -249,18 +360,33 @@ async def reconcile(
     status["url"] = service_url(target, settings)
     try:
         deployment = await _converge(target, settings, cluster, owner=body)
+        ready, message = await _observe(deployment, target, settings, cluster)
     except _DegradedError as exc:
         conditions = failed(exc.reason, exc.message, waiting="retrying on the next resync")
+    except ChildConflictError as exc:
+        conditions = failed("ChildConflict", exc.message, waiting="waiting for the name to be free")
     except HttpError as exc:
         logger.warning("writing the children of %s failed: %s", target.name, exc)
         conditions = failed("ApiError", str(exc), waiting="retrying on the next resync")
     else:
-        ready, message = _rollout(deployment, desired_replicas(target, settings))
         conditions = converged(ready=ready, message=message)
     status["conditions"] = render_conditions(
         conditions, generation=generation, previous=previous, now=now
     )
     return status
+
+
+def transitions(
+    previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The conditions whose status or reason changed (each one becomes an event)."""
+    before = {item.get("type"): item for item in previous}
+    changed = []
+    for condition in current:
+        old = before.get(condition["type"]) or {}
+        if (old.get("status"), old.get("reason")) != (condition["status"], condition["reason"]):
+            changed.append(condition)
+    return changed
 
 
 def status_changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -285,10 +411,17 @@ async def finalize(
         "Service",
         "Deployment",
     ]
+    uid = str(metadata.get("uid", ""))
     for kind in kinds:
-        await cluster.remove(stub(kind, name, namespace))
+        await cluster.remove(stub(kind, name, namespace), owner_uid=uid)
     for suffix in (DATABASE_CONNECTION_SUFFIX, REDIS_CONNECTION_SUFFIX):
-        await cluster.remove(stub("Secret", name + suffix, namespace))
+        await cluster.remove(stub("Secret", name + suffix, namespace), owner_uid=uid)
+    if spec.get("redis") and settings.redis_users and settings.redis_url:
+        try:
+            await redis_users.drop(settings.redis_url, user=redis_users.user_name(namespace, name))
+        except (OSError, TimeoutError, RedisError) as exc:
+            # Its password went with the Secret; the deletion must not hang on Redis.
+            logger.warning("deleting the Redis user of %s/%s failed: %s", namespace, name, exc)
     if spec.get("database") and spec.get("databaseDeletionPolicy") == "Delete":
         if not settings.database_admin_url:
             raise kopf.TemporaryError("no database admin connection to drop the database", delay=60)

@@ -168,6 +168,18 @@ class ServiceConfig(_Camel):
     trusted_proxies: list[str] = Field(default_factory=list, alias="trustedProxies")
 
 
+class SecretAccess(_Camel):
+    """Cluster-wide mode: Secret rights only in the namespaces where ApiServices live.
+
+    The operator's ClusterRole holds no Secret rights; it may bind `clusterRole` (which has
+    them) to its own ServiceAccount, and does so with one RoleBinding in each namespace it
+    writes connection Secrets into. Empty in namespaced mode (its Role covers its namespace).
+    """
+
+    cluster_role: str = Field(default="", alias="clusterRole")
+    service_account: str = Field(default="", alias="serviceAccount")
+
+
 class PlatformSettings(_Camel):
     """Everything the builders need besides the ApiService itself."""
 
@@ -190,6 +202,9 @@ class PlatformSettings(_Camel):
     )
     # Names the chart's own workloads use in the release namespace: an ApiService may not take them.
     reserved_names: list[str] = Field(default_factory=list, alias="reservedNames")
+    # A Redis ACL user per ApiService (off only for a shared Redis without ACL support).
+    redis_users: bool = Field(default=True, alias="redisUsers")
+    secret_access: SecretAccess = Field(default_factory=SecretAccess, alias="secretAccess")
     # Admin connection to the platform's Postgres and the platform's Redis (from Secrets).
     database_admin_url: str = ""
     redis_url: str = ""

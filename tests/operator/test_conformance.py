@@ -18,15 +18,22 @@ from regatta.operator.settings import CONFIG_VARIABLE, load_settings
 from regatta.operator.spec import parse_spec
 from tests.chart.manifests import Rendered, env_of, pod_spec, render, value_sets
 
-SETS = ["default", "production", "minimal", "gateway-api", "openshift"]
+SETS = ["default", "production", "minimal", "gateway-api", "openshift", "memory"]
 
 
 def _values(name: str) -> dict[str, Any]:
     if name == "openshift":
         values: dict[str, Any] = {"openshift": True}
+    elif name == "memory":
+        # HPAs scale on memory only when a target is set; the operator's must follow.
+        values = {"defaults": {"autoscaling": {"targetMemoryUtilizationPercentage": 85}}}
     else:
         values = copy.deepcopy(value_sets()[name])
     values.setdefault("operator", {})["enabled"] = True
+    # An ApiService scales on CPU through an HPA; the chart's request-rate scaling (KEDA) has no
+    # counterpart in the operator, so the comparison is with the chart's HPA.
+    items = values.get("services", {}).get("items", {})
+    items.get("autoscaling", {}).pop("requestRate", None)
     return values
 
 

@@ -286,9 +286,15 @@ def build_hpa(target: Target, settings: PlatformSettings) -> Manifest | None:
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target.name},
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
+            # Memory only when asked for, as in the chart: a Python process rarely gives
+            # memory back, so a memory target scales up and never down.
             "metrics": [
                 _utilization("cpu", scaling.target_cpu_utilization_percentage),
-                _utilization("memory", defaults.target_memory_utilization_percentage),
+                *(
+                    [_utilization("memory", defaults.target_memory_utilization_percentage)]
+                    if defaults.target_memory_utilization_percentage
+                    else []
+                ),
             ],
             "behavior": {
                 "scaleDown": {

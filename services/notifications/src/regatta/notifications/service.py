@@ -206,7 +206,7 @@ async def fan_out(database: Database, event: Event) -> int:
     return len(subscriptions)
 
 
-async def _attempt(  # noqa: PLR0917 -- one attempt needs all of these
+async def attempt_delivery(  # noqa: PLR0917 -- one attempt needs all of these
     database: Database,
     deliverer: Deliverer,
     worker: str,
@@ -215,6 +215,7 @@ async def _attempt(  # noqa: PLR0917 -- one attempt needs all of these
     metrics: PlatformMetrics,
     tracer: Tracer,
 ) -> None:
+    """Attempt one claimed notification and record the outcome (if the claim is still ours)."""
     channel = notification.channel
     with continue_trace(
         tracer,
@@ -231,7 +232,15 @@ async def _attempt(  # noqa: PLR0917 -- one attempt needs all of these
             # A worker died holding it after its last attempt: give up, loudly.
             outcome = Outcome(delivered=False, error="delivery abandoned: attempts exhausted")
         else:
-            outcome = await deliverer.deliver(notification)
+            try:
+                outcome = await deliverer.deliver(notification)
+            except Exception as exc:
+                # A failure nobody foresaw is still an attempt's outcome: it is recorded and
+                # retried like any other, never left to loop through lease expiries.
+                logger.exception("unexpected error delivering %s", notification.id)
+                outcome = Outcome(
+                    delivered=False, error=f"unexpected error: {type(exc).__name__}: {exc}"[:1000]
+                )
         duration = time.perf_counter() - started
         values = outcome_values(notification, outcome, settings)
         async with database.sessions() as session, session.begin():
@@ -299,6 +308,19 @@ def outcome_values(
     return {"status": "queued", "last_error": outcome.error, "next_attempt_at": now + delay}
 
 
+async def claim_due(
+    *, database: Database, worker: str, settings: NotificationsSettings, limit: int
+) -> Sequence[Notification]:
+    """Claim up to ``limit`` due notifications for ``worker`` (a lease of the configured length)."""
+    async with database.sessions() as session, session.begin():
+        return await repository.claim_due(
+            session,
+            worker=worker,
+            batch=limit,
+            lease=timedelta(seconds=settings.delivery_lease_seconds),
+        )
+
+
 async def deliver_batch(
     *,
     database: Database,
@@ -311,16 +333,12 @@ async def deliver_batch(
     """Claim due notifications, attempt them concurrently, record each outcome."""
     metrics = metrics or PlatformMetrics(service_name=SERVICE_NAME)
     tracer = tracer or tracer_for(None, __name__)
-    async with database.sessions() as session, session.begin():
-        claimed = await repository.claim_due(
-            session,
-            worker=worker,
-            batch=settings.delivery_batch_size,
-            lease=timedelta(seconds=settings.delivery_lease_seconds),
-        )
+    claimed = await claim_due(
+        database=database, worker=worker, settings=settings, limit=settings.delivery_batch_size
+    )
     await asyncio.gather(
         *(
-            _attempt(database, deliverer, worker, settings, notification, metrics, tracer)
+            attempt_delivery(database, deliverer, worker, settings, notification, metrics, tracer)
             for notification in claimed
         )
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import random
 import time
@@ -17,6 +19,7 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from pydantic import AnyHttpUrl
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from regatta.common.cache import CachedResponse
 from regatta.common.columns import utcnow
 from regatta.common.db import Database
 from regatta.common.errors import ProblemError, invalid_field
@@ -130,12 +133,15 @@ async def create_notification(
     return await store.run(session, keyed, write)
 
 
-async def get_notification(*, session: AsyncSession, notification_id: str) -> NotificationRead:
-    """One notification and its delivery state."""
+async def get_notification(*, session: AsyncSession, notification_id: str) -> CachedResponse:
+    """One notification and its delivery state, rendered, with an ETag of what it says."""
     row = await repository.get_notification(session, parse_id(notification_id, "notification"))
     if row is None:
         raise ProblemError(404, f"No notification has id {notification_id}.", slug="not-found")
-    return NotificationRead.model_validate(row)
+    body = NotificationRead.model_validate(row).model_dump_json().encode()
+    # No version column: the tag is a digest of the representation, which changes with it.
+    tag = base64.urlsafe_b64encode(hashlib.sha256(body).digest()[:18]).decode()
+    return CachedResponse(version=0, etag=f'"{tag}"', body=body)
 
 
 async def list_notifications(
@@ -152,14 +158,48 @@ async def list_notifications(
 
 
 async def create_subscription(
-    *, session: AsyncSession, policy: AddressPolicy, subscription: SubscriptionCreate
-) -> SubscriptionRead:
-    """Subscribe a webhook to one event type."""
+    *,
+    request: Request,
+    session: AsyncSession,
+    store: IdempotencyStore,
+    policy: AddressPolicy,
+    idempotency_key: str | None,
+    principal: str,
+    subscription: SubscriptionCreate,
+) -> StoredResponse:
+    """Subscribe a webhook to one event type: 201 with its Location, once per key."""
     check_url(subscription.url, policy)
-    async with session.begin():
+
+    async def write(write_session: AsyncSession) -> StoredResponse:
         row = await repository.insert_subscription(
-            session, event=subscription.event, url=str(subscription.url)
+            write_session, event=subscription.event, url=str(subscription.url)
         )
+        body = SubscriptionRead.model_validate(row).model_dump_json().encode()
+        return StoredResponse(
+            status_code=201,
+            body=body,
+            headers={"Location": f"/notifications/subscriptions/{row.id}"},
+        )
+
+    keyed = (
+        IdempotentRequest(
+            key=idempotency_key,
+            scope=principal,
+            fingerprint=fingerprint(
+                request.method, request.url.path, subscription.model_dump(mode="json")
+            ),
+        )
+        if idempotency_key is not None
+        else None
+    )
+    return await store.run(session, keyed, write)
+
+
+async def get_subscription(*, session: AsyncSession, subscription_id: str) -> SubscriptionRead:
+    """One subscription."""
+    row = await repository.get_subscription(session, parse_id(subscription_id, "subscription"))
+    if row is None:
+        raise ProblemError(404, f"No subscription has id {subscription_id}.", slug="not-found")
     return SubscriptionRead.model_validate(row)
 
 

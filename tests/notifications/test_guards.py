@@ -62,7 +62,7 @@ async def test_an_unexpected_delivery_error_is_recorded_and_retried(
 
         async def failed() -> bool:
             final.update((await client.get(location)).json())
-            return final["status"] == "failed"
+            return bool(final["status"] == "failed")
 
         await eventually(failed)
     assert final["attempts"] == 2

@@ -99,8 +99,9 @@ class _RedactUrls(logging.Filter):
 logging.getLogger("httpx").addFilter(_RedactUrls())
 
 
-def _redact_span(span: Any, request: Any) -> None:
-    # The httpx instrumentation records the full URL; keep it without query and userinfo.
+async def _redact_span(span: Any, request: Any) -> None:
+    # The httpx instrumentation records the full URL (and an AsyncClient calls only async
+    # hooks): keep it without query and userinfo.
     if span is None or not span.is_recording():
         return
     redacted = redact_url(str(request.url))

@@ -138,3 +138,47 @@ async def test_a_notification_has_an_etag_and_cache_control(client: httpx.AsyncC
     assert again.headers["etag"] == etag
     other = await client.get(location, headers={"If-None-Match": '"something-else"'})
     assert other.status_code == 200
+
+
+@pytest.mark.parametrize("depth", [65, 944, 5000])
+async def test_json_nested_past_the_limit_is_422(client: httpx.AsyncClient, depth: int) -> None:
+    payload = "[" * depth + "]" * depth
+    body = f'{{"channel": "webhook", "url": "https://example.com/h", "payload": {payload}}}'
+    response = await client.post(
+        "/notifications", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text[:300]
+    assert response.headers["content-type"] == PROBLEM
+    assert (await client.get("/notifications")).json()["data"] == []
+
+
+async def test_json_at_the_nesting_limit_is_accepted(client: httpx.AsyncClient) -> None:
+    payload = "[" * 63 + '"]]]{{{"' + "]" * 63  # brackets in a string nest nothing
+    body = f'{{"channel": "webhook", "url": "https://example.com/h", "payload": {payload}}}'
+    response = await client.post(
+        "/notifications", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 202, response.text[:300]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        (
+            "application/json",
+            b'{"channel": "email", "to": "a@example.com", "subject": "\xff"}',
+            422,
+        ),
+        ("application/json", b'{"channel": "email", "subject": "\xc3\x28"}', 422),
+        ("application/json; charset=latin-1", b'{"subject": "caf\xe9"}', 415),
+        ("application/json; charset=utf-16", b'{"subject": "x"}', 415),
+    ],
+)
+async def test_bodies_that_cannot_be_decoded_follow_the_contract(
+    client: httpx.AsyncClient, content_type: str, body: bytes, status: int
+) -> None:
+    response = await client.post(
+        "/notifications", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == status, response.text[:300]
+    assert response.headers["content-type"] == PROBLEM

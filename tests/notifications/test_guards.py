@@ -182,3 +182,19 @@ async def test_bodies_that_cannot_be_decoded_follow_the_contract(
     )
     assert response.status_code == status, response.text[:300]
     assert response.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["[64:ff9b::a9fe:a9fe]", "[::a9fe:a9fe]", "[2002:a9fe:a9fe::]", "[::ffff:0:a9fe:a9fe]"],
+)
+async def test_ipv6_spellings_of_metadata_addresses_are_422(
+    start_app: AppFactory, host: str
+) -> None:
+    async with start_app(webhook_allowed_networks=["::/0"]) as app, client_for(app) as client:
+        body = {"channel": "webhook", "url": f"http://{host}/latest", "payload": {}}
+        response = await client.post("/notifications", json=body)
+        assert response.status_code == 422, response.text
+        subscription = {"event": "item.created", "url": f"http://{host}/latest"}
+        refused = await client.post("/notifications/subscriptions", json=subscription)
+        assert refused.status_code == 422, refused.text

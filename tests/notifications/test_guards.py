@@ -198,3 +198,28 @@ async def test_ipv6_spellings_of_metadata_addresses_are_422(
         subscription = {"event": "item.created", "url": f"http://{host}/latest"}
         refused = await client.post("/notifications/subscriptions", json=subscription)
         assert refused.status_code == 422, refused.text
+
+
+async def test_idempotency_compares_validated_values(client: httpx.AsyncClient) -> None:
+    json_type = {"Content-Type": "application/json"}
+    item = {**json_type, "Idempotency-Key": "price-spelling"}
+    first = await client.post("/items", content=b'{"name": "Lamp", "price": 3}', headers=item)
+    assert first.status_code == 201, first.text
+    for spelling in (b"3.0", b"3e0", b"3.00", b"0.3e1"):
+        body = b'{"price": ' + spelling + b', "name": "Lamp"}'
+        again = await client.post("/items", content=body, headers=item)
+        assert again.status_code == 201, (spelling, again.text)
+        assert again.json()["id"] == first.json()["id"]
+        assert again.headers["idempotent-replayed"] == "true"
+    other = await client.post("/items", content=b'{"name": "Lamp", "price": 4}', headers=item)
+    assert other.status_code == 422
+
+    webhook = {**json_type, "Idempotency-Key": "payload-spelling"}
+    body = '{"channel": "webhook", "url": "https://example.com/h", "payload": {"n": %s}}'
+    sent = await client.post("/notifications", content=body % "3", headers=webhook)
+    assert sent.status_code == 202, sent.text
+    resent = await client.post("/notifications", content=body % "3.0", headers=webhook)
+    assert resent.status_code == 202, resent.text
+    assert resent.json()["id"] == sent.json()["id"]
+    text = await client.post("/notifications", content=body % '"3"', headers=webhook)
+    assert text.status_code == 422  # a string is not the number

@@ -215,11 +215,11 @@ async def test_idempotency_compares_validated_values(client: httpx.AsyncClient) 
     assert other.status_code == 422
 
     webhook = {**json_type, "Idempotency-Key": "payload-spelling"}
-    body = '{"channel": "webhook", "url": "https://example.com/h", "payload": {"n": %s}}'
-    sent = await client.post("/notifications", content=body % "3", headers=webhook)
+    template = '{"channel": "webhook", "url": "https://example.com/h", "payload": {"n": %s}}'
+    sent = await client.post("/notifications", content=template % "3", headers=webhook)
     assert sent.status_code == 202, sent.text
-    resent = await client.post("/notifications", content=body % "3.0", headers=webhook)
+    resent = await client.post("/notifications", content=template % "3.0", headers=webhook)
     assert resent.status_code == 202, resent.text
     assert resent.json()["id"] == sent.json()["id"]
-    text = await client.post("/notifications", content=body % '"3"', headers=webhook)
+    text = await client.post("/notifications", content=template % '"3"', headers=webhook)
     assert text.status_code == 422  # a string is not the number

@@ -28,6 +28,7 @@ class HostileReceiver:
     sent: int = 0  # body bytes written (huge) or bytes dripped
     connections: int = 0
     open_connections: int = 0
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     handlers: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -41,6 +42,7 @@ class HostileReceiver:
         assert task is not None
         self.handlers.add(task)
         self.connections += 1
+        self.connected.set()
         self.open_connections += 1
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -51,8 +53,8 @@ class HostileReceiver:
                     length = int(value.strip())
             await reader.readexactly(length)
             await self._answer(writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the client left, or the receiver is shutting down: either way, done
         finally:
             self.open_connections -= 1
             self.closed.set()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
+from pydantic import ValidationError
 
+from regatta.common.settings import Environment
+from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
 from tests.notifications.conftest import eventually
 from tests.notifications.hostile import run_hostile
@@ -91,3 +95,20 @@ async def test_a_dripping_body_does_not_hold_the_attempt(start_app: AppFactory) 
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.parametrize(
+    "settings_values",
+    [
+        {"webhook_timeout_seconds": 31, "delivery_lease_seconds": 60},
+        {"smtp_timeout_seconds": 31, "delivery_lease_seconds": 60},
+        {"delivery_lease_seconds": 19},  # the default deadlines are 10 s
+    ],
+)
+def test_an_attempt_deadline_must_be_at_most_half_the_lease(
+    settings_values: dict[str, float],
+) -> None:
+    # Otherwise a live worker's claim could expire mid-attempt and a second worker send again.
+    with pytest.raises(ValidationError, match="DELIVERY_LEASE_SECONDS"):
+        NotificationsSettings(environment=Environment.TEST, **settings_values)  # type: ignore[arg-type]
+    NotificationsSettings(environment=Environment.TEST, delivery_lease_seconds=20)

@@ -125,7 +125,7 @@ async def test_item_event_reaches_a_webhook_through_the_worker(stack: Stack) -> 
         delivery = request.headers["x-regatta-delivery"]
 
         async def marked_delivered() -> bool:
-            answer = await client.get(f"/notifications/{delivery}")
+            answer = await client.get(f"/notifications/{delivery}", headers=auth(stack))
             return bool(answer.json()["status"] == "delivered")
 
         await eventually(marked_delivered, within=10)

@@ -168,6 +168,21 @@ async def test_every_resolved_address_must_pass(monkeypatch: pytest.MonkeyPatch)
         ("224.0.0.1", [], True),
         ("0.0.0.0", [], True),  # noqa: S104 -- an address under test, not a bind
         ("2606:4700::1111", [], False),
+        # IPv6 spellings that carry an IPv4 address are judged by that address.
+        ("64:ff9b::a9fe:a9fe", ["::/0"], True),  # NAT64, well-known prefix
+        ("64:ff9b::a00:1", [], True),
+        ("64:ff9b::808:808", [], False),
+        ("64:ff9b:1::a9fe:a9fe", ["::/0"], True),  # NAT64, local-use prefix (/96)
+        ("64:ff9b:1:a9fe:a9:fe00::", ["::/0"], True),  # the same, /48 layout
+        ("64:ff9b:1::808:808", [], False),
+        ("::a9fe:a9fe", ["::/0"], True),  # IPv4-compatible
+        ("::a00:1", [], True),
+        ("::ffff:0:a9fe:a9fe", ["::/0"], True),  # IPv4-translated
+        ("2002:a9fe:a9fe::", ["::/0"], True),  # 6to4
+        ("2002:a00:1::1", [], True),
+        ("2002:808:808::1", [], False),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", [], True),  # Teredo, client 192.0.2.45
+        ("::a00:1", ["10.0.0.0/8"], False),  # an allowed network stays allowed in any spelling
     ],
 )
 def test_address_policy(address: str, allowed: list[str], blocked: bool) -> None:

@@ -39,6 +39,8 @@ def worker_process(settings: NotificationsSettings, port: int) -> Iterator[subpr
         "REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
         "DELIVERY_LEASE_SECONDS": "2",
+        "WEBHOOK_TIMEOUT_SECONDS": "1",
+        "SMTP_TIMEOUT_SECONDS": "1",
         "DELIVERY_BATCH_SIZE": "10",
         "WORKER_POLL_SECONDS": "0.1",
         "WORKER_PORT": str(port),

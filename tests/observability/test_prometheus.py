@@ -299,6 +299,9 @@ async def drive_every_route(
         )
         listed = (await client.get(f"{notifications}/subscriptions")).json()["data"]
         newest = next(s for s in listed if s["event"] == "hero.deleted")
+        one = f"{notifications}/subscriptions/{newest['id']}"
+        assert (await client.get(one)).status_code == 200
+        assert (await client.head(one)).status_code == 200
         deleted = await client.delete(f"{notifications}/subscriptions/{newest['id']}")
         assert deleted.status_code == 204
     return delivery_ids

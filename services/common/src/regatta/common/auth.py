@@ -1,4 +1,4 @@
-"""API keys for writes: stored as SHA-256 digests, compared in constant time, never logged.
+"""API keys for writes and private reads: SHA-256 digests, compared in constant time, never logged.
 
 Keys come from ``API_KEYS`` and/or ``API_KEYS_FILE`` (one key per line, either the key itself or
 ``sha256:<hex digest>``; ``#`` starts a comment). The file is re-read when it changes, so keys
@@ -119,6 +119,15 @@ def _api_keys(request: Request) -> ApiKeys:
 
 async def require_writer(request: Request) -> str:
     """Authorize a write: 401 without a bearer key, 403 for an unknown one (dependency)."""
+    return _require_key(request, "Writes", "write")
+
+
+async def require_reader(request: Request) -> str:
+    """Authorize a read of private data (notifications): as a write (dependency)."""
+    return _require_key(request, "Reads of this resource", "read this resource")
+
+
+def _require_key(request: Request, what: str, action: str) -> str:
     keys = _api_keys(request)
     if not keys.enabled:
         return ANONYMOUS
@@ -126,14 +135,15 @@ async def require_writer(request: Request) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise ProblemError(
             401,
-            "Writes need an API key: send Authorization: Bearer <key>.",
+            f"{what} need an API key: send Authorization: Bearer <key>.",
             slug="unauthenticated",
             headers={"WWW-Authenticate": 'Bearer realm="regatta"'},
         )
     principal = keys.principal(token.strip())
     if principal is None:
-        raise ProblemError(403, "This API key is not allowed to write.", slug="forbidden")
+        raise ProblemError(403, f"This API key is not allowed to {action}.", slug="forbidden")
     return principal
 
 
 WriterDep = Annotated[str, Depends(require_writer)]
+ReaderDep = Annotated[str, Depends(require_reader)]

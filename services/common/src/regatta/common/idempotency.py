@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Header
@@ -113,11 +114,29 @@ class IdempotentRequest:
 
 
 def fingerprint(method: str, path: str, payload: Any) -> str:
-    """A digest of the request's meaning: key order and whitespace in the body do not count."""
-    canonical = json.dumps(
-        [method, path, payload], sort_keys=True, separators=(",", ":"), default=str
-    )
+    """A digest of the request's meaning, over its validated values.
+
+    Key order and whitespace do not count, nor how a number is spelled: ``3``, ``3.0``, ``3e0``
+    (and the Decimal ``3.00``) are one value, so a client that re-serializes a retry replays.
+    """
+    canonical = json.dumps([method, path, _canonical(payload)], separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    # Each value tagged with its kind, so that the number 3 and the string "3" stay apart.
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float | Decimal):
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        if number.is_finite() and number == number.to_integral_value():
+            return ["n", str(int(number))]
+        return ["n", format(number.normalize(), "f")]
+    if isinstance(value, Mapping):
+        return ["o", sorted((str(key), _canonical(item)) for key, item in value.items())]
+    if isinstance(value, list | tuple):
+        return ["a", [_canonical(item) for item in value]]
+    return ["s", str(value)]  # datetimes, UUIDs, URLs: their canonical text
 
 
 class IdempotencyStore:

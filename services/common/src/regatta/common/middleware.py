@@ -195,25 +195,138 @@ def _is_json(content_type: str) -> bool:
     )
 
 
+# Deepest nesting of arrays and objects a JSON body may have. Real documents stay far below it;
+# far deeper ones exhaust the parser's or the database driver's recursion (a 500 otherwise).
+MAX_JSON_DEPTH = 64
+_OPENERS = b"[{"
+# A JSON string, escapes included: brackets inside one do not nest anything.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+
+
+def json_depth(body: bytes) -> int:
+    """How deeply arrays and objects nest in ``body`` (an upper bound for invalid JSON)."""
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in brackets:
+        depth += 1 if byte in _OPENERS else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _charset(content_type: str) -> str | None:
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
+class _RefusedBodyError(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
 class JsonContentTypeMiddleware:
-    """Answer 415 when a write carries a body that does not say it is JSON."""
+    """Answer 415 when a write's body is not JSON in UTF-8, 422 when it cannot be decoded.
+
+    The body is judged as it arrives, before any route parses it: not UTF-8 (RFC 8259 allows
+    no other encoding in an exchange) → 422; nested deeper than ``MAX_JSON_DEPTH`` → 422.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
-        if scope["type"] == "http" and scope["method"] in _BODY_METHODS:
-            headers = Headers(scope=scope)
-            has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
-            content_type = headers.get("content-type")
-            if (content_type is not None or has_body) and not _is_json(content_type or ""):
-                response = problem_response(
-                    415,
-                    "Request bodies must be JSON, sent with Content-Type: application/json.",
-                    slug="unsupported-media-type",
-                    headers={"Accept-Post": "application/json"},
-                )
-                await response(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        content_type = headers.get("content-type")
+        if content_type is None and not has_body:
+            await self.app(scope, receive, send)
+            return
+        if not _is_json(content_type or "") or _charset(content_type or "") not in _UTF_8:
+            response = problem_response(
+                415,
+                "Request bodies must be JSON in UTF-8, sent with Content-Type: application/json.",
+                slug="unsupported-media-type",
+                headers={"Accept-Post": "application/json"},
+            )
+            await response(scope, receive, send)
+            return
+        await self._checked(scope, receive, send)
+
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks: list[bytes] = []
+        openers = 0
+        refused: Response | None = None
+        started = False
+
+        async def checking_receive() -> Message:
+            nonlocal openers, refused
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            chunk: bytes = message.get("body", b"")
+            chunks.append(chunk)
+            # Counting brackets costs next to nothing and bounds the depth: only a body with
+            # more of them than the limit is scanned.
+            openers += chunk.count(b"[") + chunk.count(b"{")
+            if not message.get("more_body", False):
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                refused = _judge(body, scan=openers > MAX_JSON_DEPTH)
+                if refused is not None:
+                    raise _RefusedBodyError(refused)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused is not None:
+                # The app turned our exception into its own error (FastAPI answers 400 for any
+                # failure while reading a body): send ours instead, once.
+                if not started:
+                    started = True
+                    await refused(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, checking_receive, guarded_send)
+        except _RefusedBodyError as exc:
+            if started:
+                raise
+            started = True
+            await exc.response(scope, receive, send)
+
+
+_UTF_8 = {None, "utf-8", "utf8"}
+
+
+def _judge(body: bytes, *, scan: bool) -> Response | None:
+    # The refusal of a body that is not UTF-8 or nests too deeply, or None.
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _undecodable(f"The request body is not valid UTF-8 (byte {exc.start}).")
+    if scan and json_depth(body) > MAX_JSON_DEPTH:
+        return _undecodable(
+            f"The request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels."
+        )
+    return None
+
+
+def _undecodable(detail: str) -> Response:
+    return problem_response(
+        422,
+        detail,
+        slug="undecodable-body",
+        title="Invalid request",
+        extra={
+            "errors": [{"field": "body", "in": "body", "message": detail, "type": "json_invalid"}]
+        },
+    )

@@ -309,9 +309,16 @@ class Resource(Generic[M, R]):
         return precondition_failed(current_version)
 
 
-def entry_response(entry: CachedResponse, *, if_none_match: str | None = None) -> Response:
-    """200 with the cached bytes, or 304 when the client already has this version."""
-    headers = {"ETag": entry.etag, "Cache-Control": CACHE_CONTROL}
+def entry_response(
+    entry: CachedResponse, *, if_none_match: str | None = None, private: bool = False
+) -> Response:
+    """200 with the cached bytes, or 304 when the client already has this version.
+
+    ``private``: a response that needs a key to read is for the client only, never a shared
+    cache (``Cache-Control: private``).
+    """
+    cache_control = f"private, {CACHE_CONTROL}" if private else CACHE_CONTROL
+    headers = {"ETag": entry.etag, "Cache-Control": cache_control}
     if none_match(if_none_match, entry.etag):
         return Response(status_code=304, headers=headers)
     return Response(entry.body, headers=headers, media_type=JSON_MEDIA_TYPE)

@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from regatta.common.auth import WriterDep
+from regatta.common.auth import ReaderDep, WriterDep
+from regatta.common.conditional import NOT_MODIFIED, IfNoneMatchHeader
 from regatta.common.db import SessionDep
 from regatta.common.errors import problem_responses
 from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
 from regatta.common.pagination import UuidPageDep
-from regatta.common.resources import idempotency_store, stored_response
+from regatta.common.resources import entry_response, idempotency_store, stored_response
 from regatta.common.routing import STRICT_QUERY, route_head
 from regatta.common.runtime import Runtime
 from regatta.notifications import service
@@ -72,13 +73,17 @@ async def create_notification(
     return stored_response(stored)
 
 
-@router.get("", response_model=NotificationPage)
+READ_ERRORS = problem_responses(401, 403)
+
+
+@router.get("", response_model=NotificationPage, responses=READ_ERRORS)
 async def list_notifications(
     session: SessionDep,
     page: UuidPageDep,
+    _principal: ReaderDep,
     status: Annotated[Status | None, Query(description="Only this delivery status.")] = None,
 ) -> NotificationPage:
-    """List notifications, oldest first."""
+    """List notifications, oldest first (a key is needed when keys are configured)."""
     return await service.list_notifications(session=session, page=page, status=status)
 
 
@@ -86,21 +91,48 @@ async def list_notifications(
     "/subscriptions",
     status_code=201,
     response_model=SubscriptionRead,
-    responses=problem_responses(401, 403),
+    responses=WRITE_ERRORS,
 )
 async def create_subscription(
-    subscription: SubscriptionCreate, session: SessionDep, policy: PolicyDep, _principal: WriterDep
-) -> SubscriptionRead:
-    """Send every event of one type to a webhook."""
-    return await service.create_subscription(
-        session=session, policy=policy, subscription=subscription
+    subscription: SubscriptionCreate,
+    request: Request,
+    session: SessionDep,
+    store: StoreDep,
+    policy: PolicyDep,
+    principal: WriterDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Send every event of one type to a webhook: 201 with its Location."""
+    stored = await service.create_subscription(
+        request=request,
+        session=session,
+        store=store,
+        policy=policy,
+        idempotency_key=idempotency_key,
+        principal=principal,
+        subscription=subscription,
     )
+    return stored_response(stored)
 
 
-@router.get("/subscriptions", response_model=SubscriptionPage)
-async def list_subscriptions(session: SessionDep, page: UuidPageDep) -> SubscriptionPage:
-    """List subscriptions, oldest first."""
+@router.get("/subscriptions", response_model=SubscriptionPage, responses=READ_ERRORS)
+async def list_subscriptions(
+    session: SessionDep, page: UuidPageDep, _principal: ReaderDep
+) -> SubscriptionPage:
+    """List subscriptions, oldest first (a key is needed when keys are configured)."""
     return await service.list_subscriptions(session=session, page=page)
+
+
+@router.get(
+    "/subscriptions/{subscription_id}",
+    response_model=SubscriptionRead,
+    responses=problem_responses(401, 403, 404),
+)
+async def get_subscription(
+    subscription_id: str, session: SessionDep, _principal: ReaderDep
+) -> SubscriptionRead:
+    """One subscription."""
+    return await service.get_subscription(session=session, subscription_id=subscription_id)
 
 
 @router.delete(
@@ -116,10 +148,20 @@ async def delete_subscription(
     return Response(status_code=204)
 
 
-@router.get("/{notification_id}", response_model=NotificationRead, responses=problem_responses(404))
-async def get_notification(notification_id: str, session: SessionDep) -> NotificationRead:
-    """One notification: status, attempts, last error."""
-    return await service.get_notification(session=session, notification_id=notification_id)
+@router.get(
+    "/{notification_id}",
+    response_model=NotificationRead,
+    responses={**problem_responses(401, 403, 404), **NOT_MODIFIED},
+)
+async def get_notification(
+    notification_id: str,
+    session: SessionDep,
+    _principal: ReaderDep,
+    if_none_match: IfNoneMatchHeader = None,
+) -> Response:
+    """One notification: status, attempts, last error; ETag, 304 when unchanged."""
+    entry = await service.get_notification(session=session, notification_id=notification_id)
+    return entry_response(entry, if_none_match=if_none_match, private=True)
 
 
 route_head(router)

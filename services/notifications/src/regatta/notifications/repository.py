@@ -147,6 +147,13 @@ async def insert_subscription(session: AsyncSession, *, event: str, url: str) ->
     return subscription
 
 
+async def get_subscription(
+    session: AsyncSession, subscription_id: uuid.UUID
+) -> Subscription | None:
+    """One subscription, or None."""
+    return await session.get(Subscription, subscription_id)
+
+
 async def page_subscriptions(
     session: AsyncSession, *, after: uuid.UUID | None, limit: int
 ) -> Sequence[Subscription]:

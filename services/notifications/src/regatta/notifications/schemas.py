@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -14,9 +15,12 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     UrlConstraints,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from regatta.common.schemas import CreateSchema, Storable, storable_text
 
@@ -40,12 +44,48 @@ WebhookUrl = Annotated[
 ]
 
 
+# C0 and C1 controls (CR, LF, NEL among them) and the Unicode line and paragraph separators:
+# in a mail header any of them can end the line, and what follows becomes a header of its own.
+_NOT_IN_HEADERS = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+_HEADER_UNSAFE = re.compile(f"[{_NOT_IN_HEADERS}]")
+
+
+def header_text(value: str) -> str:
+    """``value`` unchanged, or an error when it cannot go into a mail header as one line."""
+    storable_text(value)
+    if _HEADER_UNSAFE.search(value):
+        raise PydanticCustomError(
+            "header_unsafe", "must not contain control characters or line separators"
+        )
+    return value
+
+
+class _HeaderText:
+    """Validate with ``header_text`` and say in the JSON schema what is refused."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(header_text, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["pattern"] = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
+        return json_schema
+
+
+# A field that becomes (part of) a mail header: the subject, the addresses.
+HeaderText = _HeaderText()
+
+
 class EmailCreate(CreateSchema):
     """An e-mail to send."""
 
     channel: Literal["email"]
-    to: EmailStr
-    subject: Annotated[str, Field(min_length=1, max_length=200), Storable]
+    to: Annotated[EmailStr, HeaderText]
+    subject: Annotated[str, Field(min_length=1, max_length=200), HeaderText]
     body: Annotated[str, Field(max_length=100_000), Storable]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
 import random
 import time
@@ -17,6 +19,7 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from pydantic import AnyHttpUrl
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from regatta.common.cache import CachedResponse
 from regatta.common.columns import utcnow
 from regatta.common.db import Database
 from regatta.common.errors import ProblemError, invalid_field
@@ -130,12 +133,15 @@ async def create_notification(
     return await store.run(session, keyed, write)
 
 
-async def get_notification(*, session: AsyncSession, notification_id: str) -> NotificationRead:
-    """One notification and its delivery state."""
+async def get_notification(*, session: AsyncSession, notification_id: str) -> CachedResponse:
+    """One notification and its delivery state, rendered, with an ETag of what it says."""
     row = await repository.get_notification(session, parse_id(notification_id, "notification"))
     if row is None:
         raise ProblemError(404, f"No notification has id {notification_id}.", slug="not-found")
-    return NotificationRead.model_validate(row)
+    body = NotificationRead.model_validate(row).model_dump_json().encode()
+    # No version column: the tag is a digest of the representation, which changes with it.
+    tag = base64.urlsafe_b64encode(hashlib.sha256(body).digest()[:18]).decode()
+    return CachedResponse(version=0, etag=f'"{tag}"', body=body)
 
 
 async def list_notifications(
@@ -152,14 +158,48 @@ async def list_notifications(
 
 
 async def create_subscription(
-    *, session: AsyncSession, policy: AddressPolicy, subscription: SubscriptionCreate
-) -> SubscriptionRead:
-    """Subscribe a webhook to one event type."""
+    *,
+    request: Request,
+    session: AsyncSession,
+    store: IdempotencyStore,
+    policy: AddressPolicy,
+    idempotency_key: str | None,
+    principal: str,
+    subscription: SubscriptionCreate,
+) -> StoredResponse:
+    """Subscribe a webhook to one event type: 201 with its Location, once per key."""
     check_url(subscription.url, policy)
-    async with session.begin():
+
+    async def write(write_session: AsyncSession) -> StoredResponse:
         row = await repository.insert_subscription(
-            session, event=subscription.event, url=str(subscription.url)
+            write_session, event=subscription.event, url=str(subscription.url)
         )
+        body = SubscriptionRead.model_validate(row).model_dump_json().encode()
+        return StoredResponse(
+            status_code=201,
+            body=body,
+            headers={"Location": f"/notifications/subscriptions/{row.id}"},
+        )
+
+    keyed = (
+        IdempotentRequest(
+            key=idempotency_key,
+            scope=principal,
+            fingerprint=fingerprint(
+                request.method, request.url.path, subscription.model_dump(mode="json")
+            ),
+        )
+        if idempotency_key is not None
+        else None
+    )
+    return await store.run(session, keyed, write)
+
+
+async def get_subscription(*, session: AsyncSession, subscription_id: str) -> SubscriptionRead:
+    """One subscription."""
+    row = await repository.get_subscription(session, parse_id(subscription_id, "subscription"))
+    if row is None:
+        raise ProblemError(404, f"No subscription has id {subscription_id}.", slug="not-found")
     return SubscriptionRead.model_validate(row)
 
 
@@ -206,7 +246,7 @@ async def fan_out(database: Database, event: Event) -> int:
     return len(subscriptions)
 
 
-async def _attempt(  # noqa: PLR0917 -- one attempt needs all of these
+async def attempt_delivery(  # noqa: PLR0917 -- one attempt needs all of these
     database: Database,
     deliverer: Deliverer,
     worker: str,
@@ -215,6 +255,7 @@ async def _attempt(  # noqa: PLR0917 -- one attempt needs all of these
     metrics: PlatformMetrics,
     tracer: Tracer,
 ) -> None:
+    """Attempt one claimed notification and record the outcome (if the claim is still ours)."""
     channel = notification.channel
     with continue_trace(
         tracer,
@@ -231,7 +272,15 @@ async def _attempt(  # noqa: PLR0917 -- one attempt needs all of these
             # A worker died holding it after its last attempt: give up, loudly.
             outcome = Outcome(delivered=False, error="delivery abandoned: attempts exhausted")
         else:
-            outcome = await deliverer.deliver(notification)
+            try:
+                outcome = await deliverer.deliver(notification)
+            except Exception as exc:
+                # A failure nobody foresaw is still an attempt's outcome: it is recorded and
+                # retried like any other, never left to loop through lease expiries.
+                logger.exception("unexpected error delivering %s", notification.id)
+                outcome = Outcome(
+                    delivered=False, error=f"unexpected error: {type(exc).__name__}: {exc}"[:1000]
+                )
         duration = time.perf_counter() - started
         values = outcome_values(notification, outcome, settings)
         async with database.sessions() as session, session.begin():
@@ -299,6 +348,19 @@ def outcome_values(
     return {"status": "queued", "last_error": outcome.error, "next_attempt_at": now + delay}
 
 
+async def claim_due(
+    *, database: Database, worker: str, settings: NotificationsSettings, limit: int
+) -> Sequence[Notification]:
+    """Claim up to ``limit`` due notifications for ``worker`` (a lease of the configured length)."""
+    async with database.sessions() as session, session.begin():
+        return await repository.claim_due(
+            session,
+            worker=worker,
+            batch=limit,
+            lease=timedelta(seconds=settings.delivery_lease_seconds),
+        )
+
+
 async def deliver_batch(
     *,
     database: Database,
@@ -311,16 +373,12 @@ async def deliver_batch(
     """Claim due notifications, attempt them concurrently, record each outcome."""
     metrics = metrics or PlatformMetrics(service_name=SERVICE_NAME)
     tracer = tracer or tracer_for(None, __name__)
-    async with database.sessions() as session, session.begin():
-        claimed = await repository.claim_due(
-            session,
-            worker=worker,
-            batch=settings.delivery_batch_size,
-            lease=timedelta(seconds=settings.delivery_lease_seconds),
-        )
+    claimed = await claim_due(
+        database=database, worker=worker, settings=settings, limit=settings.delivery_batch_size
+    )
     await asyncio.gather(
         *(
-            _attempt(database, deliverer, worker, settings, notification, metrics, tracer)
+            attempt_delivery(database, deliverer, worker, settings, notification, metrics, tracer)
             for notification in claimed
         )
     )

@@ -23,7 +23,8 @@ class NotificationsSettings(ServiceSettings):
     smtp_password: SecretStr | None = None
     smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
     smtp_from: str = "Regatta <notifications@regatta.localhost>"
-    smtp_timeout_seconds: float = Field(default=10, gt=0)
+    # Each bounds one whole attempt (connect, send, reply); at most half the lease.
+    smtp_timeout_seconds: float = Field(default=10, gt=0, le=120)
     webhook_signing_secret: SecretStr = SecretStr(DEVELOPMENT_SIGNING_SECRET)
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=120)
     # Networks a webhook may reach although they are private; None: loopback in development
@@ -47,6 +48,16 @@ class NotificationsSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _check_delivery(self) -> Self:
+        longest = max(self.webhook_timeout_seconds, self.smtp_timeout_seconds)
+        if longest * 2 > self.delivery_lease_seconds:
+            # An attempt must end (and its outcome be stored) while its claim still holds, or a
+            # second worker takes it over and sends it again.
+            msg = (
+                f"DELIVERY_LEASE_SECONDS ({self.delivery_lease_seconds:g}) must be at least twice "
+                f"the longest attempt deadline ({longest:g}: WEBHOOK_TIMEOUT_SECONDS, "
+                "SMTP_TIMEOUT_SECONDS)"
+            )
+            raise ValueError(msg)
         for network in self.allowed_networks:
             if network.is_link_local or network.overlaps(ipaddress.ip_network("169.254.0.0/16")):
                 msg = f"link-local networks can never be allowed for webhooks: {network}"

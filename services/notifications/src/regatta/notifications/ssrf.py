@@ -34,9 +34,17 @@ class AddressPolicy:
         self.allowed = list(allowed)
 
     def check(self, address: Address) -> None:
-        """Raise BlockedAddressError unless ``address`` is public or explicitly allowed."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        """Raise BlockedAddressError unless ``address`` is public or explicitly allowed.
+
+        An IPv6 address that carries an IPv4 address (mapped, translated, compatible, NAT64,
+        6to4, Teredo) is judged by the IPv4 address it reaches.
+        """
+        if isinstance(address, ipaddress.IPv6Address):
+            embedded = embedded_ipv4(address)
+            if embedded:
+                for inner in embedded:
+                    self.check(inner)
+                return
         if any(address in network for network in _NEVER) or address.is_link_local:
             raise BlockedAddressError(f"{address} is link-local and never reachable")
         if address.is_global and not address.is_multicast:
@@ -56,6 +64,46 @@ class AddressPolicy:
                 self.check(ipaddress.ip_address("127.0.0.1"))
             return
         self.check(address)
+
+
+_IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765 (SIIT)
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated, still routed by some stacks
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052
+_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215
+# Where RFC 6052 puts the IPv4 address for each prefix length (bits 64-71 are skipped).
+_RFC6052_PREFIX_LENGTHS = (48, 56, 64, 96)
+
+
+def _rfc6052(value: int, prefix_length: int) -> ipaddress.IPv4Address | None:
+    # The IPv4 address a NAT64 prefix of this length embeds, if the address is well formed for
+    # it: bits 64-71 (the "u" octet) and every bit after the IPv4 address are zero.
+    bits = f"{value:0128b}"
+    if "1" in bits[64:72]:
+        return None
+    payload = bits[prefix_length:64] + bits[max(72, prefix_length) :]
+    if "1" in payload[32:]:
+        return None
+    return ipaddress.IPv4Address(int(payload[:32], 2))
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address ``address`` may lead to, or [] for a plain IPv6 address."""
+    value = int(address)
+    low = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    if address in _IPV4_MAPPED or address in _IPV4_TRANSLATED or address in _NAT64_WELL_KNOWN:
+        return [low]
+    if address in _IPV4_COMPATIBLE and value > 1:  # not :: nor ::1, which are IPv6's own
+        return [low]
+    if address in _NAT64_LOCAL_USE:
+        # The operator picks the prefix length: judge every well-formed reading.
+        readings = (_rfc6052(value, length) for length in _RFC6052_PREFIX_LENGTHS)
+        return [reading for reading in readings if reading is not None]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    return []
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):

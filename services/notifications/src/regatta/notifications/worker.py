@@ -1,15 +1,20 @@
 """The delivery worker: ``python -m regatta.notifications.worker``.
 
 It claims due notifications (a lease, so a worker that dies mid-delivery loses nothing: its
-claim expires and another worker delivers), and consumes platform events from the stream with
+claim expires and another worker delivers) and attempts each in a task of its own, claiming
+more as soon as there is room: a slow receiver holds up only its own notifications. Every
+attempt ends within its deadline, which the settings keep at most half the lease, so a live
+worker's claim never expires under it. It also consumes platform events from the stream with
 a consumer group, taking over the pending entries of dead consumers with XAUTOCLAIM. It serves
 ``/livez``, ``/readyz`` and ``/metrics`` on ``WORKER_PORT``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from fastapi import FastAPI
 from opentelemetry.trace import SpanKind
@@ -23,7 +28,14 @@ from regatta.common.runtime import Runtime
 from regatta.common.serve import serve
 from regatta.notifications import repository
 from regatta.notifications.delivery import Deliverer
-from regatta.notifications.service import WAKEUP, deliver_batch, fan_out, notifications_settings
+from regatta.notifications.models import Notification
+from regatta.notifications.service import (
+    WAKEUP,
+    attempt_delivery,
+    claim_due,
+    fan_out,
+    notifications_settings,
+)
 from regatta.notifications.settings import NotificationsSettings
 
 logger = logging.getLogger("regatta.notifications.worker")
@@ -52,40 +64,72 @@ async def _sample_stream(stream: RedisEventStream, runtime: Runtime) -> None:
     runtime.metrics.stream_pending.labels(CONSUMER_GROUP).set(pending)
 
 
+async def _claim(
+    runtime: Runtime, worker: str, settings: NotificationsSettings, room: int
+) -> Sequence[Notification]:
+    if room <= 0:
+        return []
+    return await claim_due(database=runtime.database, worker=worker, settings=settings, limit=room)
+
+
 async def deliver_forever(runtime: Runtime) -> None:
     """Deliver due notifications until shutdown, then hand back anything still claimed."""
     settings = notifications_settings(runtime.settings)
     deliverer = Deliverer(settings, tracer_provider=runtime.tracer_provider)
     tracer = runtime.tracer("regatta.notifications")
     worker = consumer_name()
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def attempt(notification: Notification) -> None:
+        try:
+            await attempt_delivery(
+                runtime.database,
+                deliverer,
+                worker,
+                settings,
+                notification,
+                runtime.metrics,
+                tracer,
+            )
+        except Exception:
+            # Its outcome could not be stored: the lease runs out and it is attempted again.
+            logger.exception("recording the outcome of %s failed", notification.id)
+
     next_sample = time.monotonic()
     try:
         while not runtime.stopping.is_set():
+            claimed: Sequence[Notification] = []
             try:
                 if time.monotonic() >= next_sample:
                     await _sample_backlog(runtime)
                     next_sample = time.monotonic() + SAMPLE_SECONDS
-                claimed = await deliver_batch(
-                    database=runtime.database,
-                    deliverer=deliverer,
-                    worker=worker,
-                    settings=settings,
-                    metrics=runtime.metrics,
-                    tracer=tracer,
-                )
+                # At most DELIVERY_BATCH_SIZE attempts in flight; claim as many as there is room.
+                room = settings.delivery_batch_size - len(in_flight)
+                claimed = await _claim(runtime, worker, settings, room)
             except Exception:
-                logger.exception("delivery batch failed; retrying")
-                claimed = []
+                logger.exception("claiming deliveries failed; retrying")
                 if await runtime.pause(ERROR_PAUSE_SECONDS):
                     break
+            for notification in claimed:
+                task = asyncio.create_task(attempt(notification))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
             if not claimed and await runtime.pause(settings.worker_poll_seconds, wake_on=WAKEUP):
                 break
     finally:
-        await deliverer.close()
-        async with runtime.database.sessions() as session, session.begin():
-            released = await repository.release_claims(session, worker=worker)
-        if released:
-            logger.info("released %d claimed notifications for another worker", released)
+        await _finish(runtime, deliverer, worker, in_flight)
+
+
+async def _finish(
+    runtime: Runtime, deliverer: Deliverer, worker: str, in_flight: set[asyncio.Task[None]]
+) -> None:
+    # Attempts in flight end within their deadline: let them record what they achieved.
+    await asyncio.gather(*in_flight, return_exceptions=True)
+    await deliverer.close()
+    async with runtime.database.sessions() as session, session.begin():
+        released = await repository.release_claims(session, worker=worker)
+    if released:
+        logger.info("released %d claimed notifications for another worker", released)
 
 
 async def consume_events(runtime: Runtime) -> None:

@@ -24,12 +24,7 @@ from regatta.common.columns import utcnow
 from regatta.common.db import Database
 from regatta.common.errors import ProblemError, invalid_field
 from regatta.common.events import Event
-from regatta.common.idempotency import (
-    IdempotencyStore,
-    IdempotentRequest,
-    StoredResponse,
-    fingerprint,
-)
+from regatta.common.idempotency import IdempotencyStore, StoredResponse, keyed_request
 from regatta.common.observability import (
     PlatformMetrics,
     continue_trace,
@@ -119,16 +114,8 @@ async def create_notification(
             status_code=202, body=body, headers={"Location": f"/notifications/{row.id}"}
         )
 
-    keyed = (
-        IdempotentRequest(
-            key=idempotency_key,
-            scope=principal,
-            fingerprint=fingerprint(
-                request.method, request.url.path, notification.model_dump(mode="json")
-            ),
-        )
-        if idempotency_key is not None
-        else None
+    keyed = keyed_request(
+        request, key=idempotency_key, scope=principal, payload=notification.model_dump(mode="json")
     )
     return await store.run(session, keyed, write)
 
@@ -181,16 +168,8 @@ async def create_subscription(
             headers={"Location": f"/notifications/subscriptions/{row.id}"},
         )
 
-    keyed = (
-        IdempotentRequest(
-            key=idempotency_key,
-            scope=principal,
-            fingerprint=fingerprint(
-                request.method, request.url.path, subscription.model_dump(mode="json")
-            ),
-        )
-        if idempotency_key is not None
-        else None
+    keyed = keyed_request(
+        request, key=idempotency_key, scope=principal, payload=subscription.model_dump(mode="json")
     )
     return await store.run(session, keyed, write)
 

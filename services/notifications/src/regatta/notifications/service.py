@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -31,7 +30,6 @@ from regatta.common.observability import (
     current_trace_context,
     trace_exemplar,
 )
-from regatta.common.observability import tracer as tracer_for
 from regatta.common.pagination import UuidPageRequest, next_cursor
 from regatta.common.settings import ServiceSettings
 from regatta.notifications import repository
@@ -338,27 +336,3 @@ async def claim_due(
             batch=limit,
             lease=timedelta(seconds=settings.delivery_lease_seconds),
         )
-
-
-async def deliver_batch(
-    *,
-    database: Database,
-    deliverer: Deliverer,
-    worker: str,
-    settings: NotificationsSettings,
-    metrics: PlatformMetrics | None = None,
-    tracer: Tracer | None = None,
-) -> Sequence[Notification]:
-    """Claim due notifications, attempt them concurrently, record each outcome."""
-    metrics = metrics or PlatformMetrics(service_name=SERVICE_NAME)
-    tracer = tracer or tracer_for(None, __name__)
-    claimed = await claim_due(
-        database=database, worker=worker, settings=settings, limit=settings.delivery_batch_size
-    )
-    await asyncio.gather(
-        *(
-            attempt_delivery(database, deliverer, worker, settings, notification, metrics, tracer)
-            for notification in claimed
-        )
-    )
-    return claimed

@@ -61,3 +61,33 @@ async def test_a_lease_keeps_others_off_until_it_runs_out(database: Database) ->
         assert not await repository.record_outcome(session, queued.id, worker="a", values=late)
         assert await repository.record_outcome(session, queued.id, worker="b", values=late)
     assert await claim(database, "c", 60) == []
+
+
+async def test_a_claim_of_the_previous_release_holds_until_its_lease_ends(
+    database: Database,
+) -> None:
+    # A worker of the release before the upgrade claims as it always did: status, claimed_by
+    # and claimed_until, with next_attempt_at left at the (past) time the row fell due.
+    async with database.sessions() as session, session.begin():
+        queued = await repository.insert_notification(
+            session, {"channel": "email", "recipient": "a@example.com", "subject": "s", "body": "b"}
+        )
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == queued.id)
+            .values(
+                status="sending",
+                claimed_by="old",
+                claimed_until=utcnow() + timedelta(seconds=60),
+                next_attempt_at=utcnow() - timedelta(seconds=1),
+                attempts=1,
+            )
+        )
+    assert await claim(database, "new", 60) == []  # the old worker is still sending it
+    async with database.sessions() as session, session.begin():
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == queued.id)
+            .values(claimed_until=utcnow() - timedelta(seconds=1))
+        )
+    assert await claim(database, "new", 60) == [f"{queued.id} 2"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -159,6 +161,26 @@ async def test_json_at_the_nesting_limit_is_accepted(client: httpx.AsyncClient) 
         "/notifications", content=body, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 202, response.text[:300]
+
+
+def test_the_nesting_check_reads_a_body_of_escaped_quotes_in_linear_time() -> None:
+    # An unterminated string of escaped quotes made the check search again from every quote:
+    # quadratic, about an hour of a blocked event loop for one 1 MiB body. Linear, it takes a
+    # fraction of a second, far inside the bound (in a process of its own, so that the old
+    # behaviour fails the test instead of hanging it).
+    code = (
+        "from regatta.common.middleware import json_depth\n"
+        "body = b'[' * 65 + b'\"' + b'\\\\\"' * 500_000\n"
+        "assert len(body) > 1_000_000\n"
+        "print(json_depth(body))\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("counting the nesting of a 1 MiB body took over a minute")
+    assert done.stdout.strip() == "65"  # the open string nests nothing: 65 levels, refused
 
 
 @pytest.mark.parametrize(

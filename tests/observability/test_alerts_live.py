@@ -10,6 +10,8 @@ alert must fire for what was stopped.
 from __future__ import annotations
 
 import signal
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,16 @@ async def firing(client: httpx.AsyncClient, prometheus: str, alert: str) -> list
     return [s["metric"] for s in series]
 
 
+async def evaluated_since(client: httpx.AsyncClient, prometheus: str, moment: float) -> bool:
+    """Every rule group has been evaluated since ``moment`` (a Unix time)."""
+    response = await client.get(f"{prometheus}/api/v1/rules")
+    response.raise_for_status()
+    groups = response.json()["data"]["groups"]
+    return bool(groups) and all(
+        datetime.fromisoformat(group["lastEvaluation"]).timestamp() > moment for group in groups
+    )
+
+
 async def test_dead_man_queue_stuck_and_fail_open_alerts_fire_when_their_target_stops(
     postgres_url: str, redis_server: RedisServer, redis_url: str, tmp_path: Path
 ) -> None:
@@ -75,6 +87,16 @@ async def test_dead_man_queue_stuck_and_fail_open_alerts_fire_when_their_target_
                     return len(up) == len(PROCESSES)
 
                 await wait_until(all_up, what="every process up", within=READY_SECONDS, children=[])
+                # An evaluation from before the last process was first scraped (the API up, its
+                # worker not yet) may have left an alert firing: judge only evaluations that
+                # saw every process (one interval of margin past the moment they all were up).
+                seen_up = time.time() + 1.0
+                await wait_until(
+                    lambda: evaluated_since(client, prometheus, seen_up),
+                    what="the rules evaluated with every process up",
+                    within=ALERT_SECONDS,
+                    children=[],
+                )
 
                 async def fires(alert: str, **labels: str) -> None:
                     async def check() -> bool:

@@ -159,12 +159,7 @@ async def test_the_claim_reads_one_batch_from_its_index_in_order(database: Datab
         assert len(claimed) == batch
         [(sql, parameters)] = statements
         await session.rollback()
-    async with database.engine.connect() as connection, connection.begin() as transaction:
-        rows = await connection.exec_driver_sql(
-            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql, tuple(parameters)
-        )
-        plan = "\n".join(row[0] for row in rows)
-        await transaction.rollback()
+    plan = await explain_analyze(database, sql, parameters)
     # The due rows come out of the claimable index in next_attempt_at order, and the scan
     # stops after the batch: no Sort over the ten thousand due rows, nothing read past them.
     assert "Sort" not in plan, plan

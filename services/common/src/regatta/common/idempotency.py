@@ -26,7 +26,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import Header
+from fastapi import Header, Request
 from sqlalchemy import (
     CTE,
     JSON,
@@ -111,6 +111,17 @@ class IdempotentRequest:
     key: str
     scope: str
     fingerprint: str
+
+
+def keyed_request(
+    request: Request, *, key: str | None, scope: str, payload: Any
+) -> IdempotentRequest | None:
+    """What a creating request with ``payload`` asks for under its key, or None without one."""
+    if key is None:
+        return None
+    return IdempotentRequest(
+        key=key, scope=scope, fingerprint=fingerprint(request.method, request.url.path, payload)
+    )
 
 
 def fingerprint(method: str, path: str, payload: Any) -> str:

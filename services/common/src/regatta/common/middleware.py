@@ -199,13 +199,15 @@ def _is_json(content_type: str) -> bool:
 # far deeper ones exhaust the parser's or the database driver's recursion (a 500 otherwise).
 MAX_JSON_DEPTH = 64
 _OPENERS = b"[{"
-# A JSON string, escapes included: brackets inside one do not nest anything.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A JSON string, escapes included: brackets inside one do not nest anything. One left open runs
+# to the end of the body (the parser stops there too): were it not matched, the search would
+# start again at each later quote and a body of escaped quotes would cost quadratic time.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
 
 def json_depth(body: bytes) -> int:
-    """How deeply arrays and objects nest in ``body`` (an upper bound for invalid JSON)."""
+    """How deeply arrays and objects nest in ``body`` (invalid JSON: as far as a parser reads)."""
     brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
     depth = deepest = 0
     for byte in brackets:

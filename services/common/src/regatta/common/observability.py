@@ -481,14 +481,8 @@ class PlatformMetrics:
         timeouts = self.pool_timeouts.labels(self.service_name)
 
         def timed_get() -> Any:
-            started = time.perf_counter()
-            try:
+            with _timed_wait(waited, timeouts):
                 return get()
-            except sa_exc.TimeoutError:
-                timeouts.inc()
-                raise
-            finally:
-                waited.observe(time.perf_counter() - started)
 
         pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
 
@@ -500,14 +494,8 @@ class PlatformMetrics:
         timeouts = self.pool_timeouts.labels(self.service_name)
 
         async def timed_acquire() -> Lent:
-            started = time.perf_counter()
-            try:
+            with _timed_wait(waited, timeouts):
                 return await acquire()
-            except sa_exc.TimeoutError:
-                timeouts.inc()
-                raise
-            finally:
-                waited.observe(time.perf_counter() - started)
 
         lender.acquire = timed_acquire  # type: ignore[method-assign]
 
@@ -525,6 +513,19 @@ class PlatformMetrics:
             idle = database.lender.idle if database.lender is not None else 0
             self.pool_size.labels(self.service_name).set(size())
             self.pool_checked_out.labels(self.service_name).set(checked_out() - idle)
+
+
+@contextlib.contextmanager
+def _timed_wait(waited: Histogram, timeouts: Counter) -> Iterator[None]:
+    # One wait for a database connection: its duration, and a timeout counted as such.
+    started = time.perf_counter()
+    try:
+        yield
+    except sa_exc.TimeoutError:
+        timeouts.inc()
+        raise
+    finally:
+        waited.observe(time.perf_counter() - started)
 
 
 API_KEY_ID_STATE: Final = "api_key_id"

@@ -33,7 +33,7 @@ from regatta.common.idempotency import (
     IdempotencyStore,
     IdempotentRequest,
     StoredResponse,
-    fingerprint,
+    keyed_request,
 )
 from regatta.common.observability import current_trace_context
 from regatta.common.pagination import PageRequest, next_cursor
@@ -164,15 +164,7 @@ class Resource(Generic[M, R]):
                 headers={"Location": self.location(row.id), "ETag": entry.etag},
             )
 
-        keyed = (
-            IdempotentRequest(
-                key=idempotency_key,
-                scope=principal,
-                fingerprint=fingerprint(request.method, request.url.path, values),
-            )
-            if idempotency_key is not None
-            else None
-        )
+        keyed = keyed_request(request, key=idempotency_key, scope=principal, payload=values)
         if database.dialect == "postgresql":
             response = await self._create_in_one_statement(database, store, keyed, values, created)
         else:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,13 +59,19 @@ async def claim_due(
     A claim moves ``next_attempt_at`` to the end of its lease, so one condition covers both
     (a row is claimable once ``next_attempt_at`` has passed, whether queued or sending) and
     one range scan of the partial index ``ix_notifications_claimable``, in order, stops after
-    ``batch`` rows: no sort of every due row, however long the backlog.
+    ``batch`` rows: no sort of every due row, however long the backlog. A claim that set
+    ``claimed_until`` alone (a worker of the release before, during an upgrade) still holds
+    until then: a filter on the rows read, not another scan.
     """
     now = utcnow()
     until = now + lease
     due = (
         select(Notification.id)
-        .where(text(CLAIMABLE), Notification.next_attempt_at <= now)
+        .where(
+            text(CLAIMABLE),
+            Notification.next_attempt_at <= now,
+            or_(Notification.claimed_until.is_(None), Notification.claimed_until <= now),
+        )
         .order_by(Notification.next_attempt_at)
         .limit(batch)
         # Workers claim side by side without waiting on each other's rows (Postgres).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -24,19 +23,13 @@ from regatta.common.columns import utcnow
 from regatta.common.db import Database
 from regatta.common.errors import ProblemError, invalid_field
 from regatta.common.events import Event
-from regatta.common.idempotency import (
-    IdempotencyStore,
-    IdempotentRequest,
-    StoredResponse,
-    fingerprint,
-)
+from regatta.common.idempotency import IdempotencyStore, StoredResponse, keyed_request
 from regatta.common.observability import (
     PlatformMetrics,
     continue_trace,
     current_trace_context,
     trace_exemplar,
 )
-from regatta.common.observability import tracer as tracer_for
 from regatta.common.pagination import UuidPageRequest, next_cursor
 from regatta.common.settings import ServiceSettings
 from regatta.notifications import repository
@@ -119,16 +112,8 @@ async def create_notification(
             status_code=202, body=body, headers={"Location": f"/notifications/{row.id}"}
         )
 
-    keyed = (
-        IdempotentRequest(
-            key=idempotency_key,
-            scope=principal,
-            fingerprint=fingerprint(
-                request.method, request.url.path, notification.model_dump(mode="json")
-            ),
-        )
-        if idempotency_key is not None
-        else None
+    keyed = keyed_request(
+        request, key=idempotency_key, scope=principal, payload=notification.model_dump(mode="json")
     )
     return await store.run(session, keyed, write)
 
@@ -181,16 +166,8 @@ async def create_subscription(
             headers={"Location": f"/notifications/subscriptions/{row.id}"},
         )
 
-    keyed = (
-        IdempotentRequest(
-            key=idempotency_key,
-            scope=principal,
-            fingerprint=fingerprint(
-                request.method, request.url.path, subscription.model_dump(mode="json")
-            ),
-        )
-        if idempotency_key is not None
-        else None
+    keyed = keyed_request(
+        request, key=idempotency_key, scope=principal, payload=subscription.model_dump(mode="json")
     )
     return await store.run(session, keyed, write)
 
@@ -359,27 +336,3 @@ async def claim_due(
             batch=limit,
             lease=timedelta(seconds=settings.delivery_lease_seconds),
         )
-
-
-async def deliver_batch(
-    *,
-    database: Database,
-    deliverer: Deliverer,
-    worker: str,
-    settings: NotificationsSettings,
-    metrics: PlatformMetrics | None = None,
-    tracer: Tracer | None = None,
-) -> Sequence[Notification]:
-    """Claim due notifications, attempt them concurrently, record each outcome."""
-    metrics = metrics or PlatformMetrics(service_name=SERVICE_NAME)
-    tracer = tracer or tracer_for(None, __name__)
-    claimed = await claim_due(
-        database=database, worker=worker, settings=settings, limit=settings.delivery_batch_size
-    )
-    await asyncio.gather(
-        *(
-            attempt_delivery(database, deliverer, worker, settings, notification, metrics, tracer)
-            for notification in claimed
-        )
-    )
-    return claimed

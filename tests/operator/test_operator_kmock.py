@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import kmock
 import kopf
 import pytest
-from lightkube import AsyncClient, KubeConfig
-from lightkube.config.models import Cluster as ClusterConfig
-from lightkube.config.models import User
 
 from regatta.operator import handlers
 from regatta.operator.kube import Cluster, secret_values
@@ -21,16 +17,6 @@ from tests.operator.support import api_service
 
 NOW = "2026-01-01T00:00:00Z"
 DEPLOYMENTS = kmock.resource("apps/v1/deployments")
-
-
-@pytest.fixture
-async def cluster(kmock: kmock.KubernetesEmulator) -> AsyncIterator[Cluster]:
-    config = KubeConfig.from_one(
-        cluster=ClusterConfig(server=str(kmock.url)), user=User(token="test")
-    )
-    cluster = Cluster(AsyncClient(config=config, field_manager="regatta-operator"))
-    yield cluster
-    await cluster.close()
 
 
 def requests(server: kmock.KubernetesEmulator, method: str) -> list[tuple[str | None, str]]:

@@ -29,11 +29,12 @@ _SKAFFOLD_SETS = {
 }
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Helm's merge of two value files: maps key by key, anything else replaced."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -54,7 +55,7 @@ def value_sets() -> dict[str, dict[str, Any]]:
     for name, files in _SKAFFOLD_SETS.items():
         values: dict[str, Any] = {}
         for file in files:
-            values = _deep_merge(values, load_yaml(REPO / "k8s" / "skaffold" / file))
+            values = merge(values, load_yaml(REPO / "k8s" / "skaffold" / file))
         sets[name] = values
     return sets
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from helm_python.errors import HelmError
 
 from tests.chart.lifecycle import Release, Walk, argo_step, argo_sync, install, upgrade
-from tests.chart.manifests import REPO, Manifest, load_yaml, render, value_sets
+from tests.chart.manifests import (
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    Manifest,
+    copy_chart,
+    load_yaml,
+    render,
+    value_sets,
+)
 
 SETS = list(value_sets())
 
@@ -162,6 +173,66 @@ def test_the_api_service_crd_comes_with_the_operator_only_and_is_kept() -> None:
     # Turning the operator off in an upgrade keeps the CRD, and with it every ApiService.
     walk = upgrade(value_sets()["production"], {**value_sets()["production"], "operator": {}})
     assert ("CustomResourceDefinition", "apiservices.regatta.dev") in walk.existing
+
+
+# The CRD as lookup could find it: from the previous chart's crds/ (no ownership), or a release's.
+_OWNED = {
+    "labels": {"app.kubernetes.io/managed-by": "Helm"},
+    "annotations": {
+        "meta.helm.sh/release-name": RELEASE,
+        "meta.helm.sh/release-namespace": NAMESPACE,
+    },
+}
+_LIVE_CRDS: dict[str, tuple[dict[str, Any], bool]] = {
+    "none": ({}, False),
+    "from-crds-dir": ({"metadata": {"name": "apiservices.regatta.dev"}}, True),
+    "this-release": ({"metadata": {"name": "apiservices.regatta.dev", **_OWNED}}, False),
+    "other-release": (
+        {
+            "metadata": {
+                "name": "apiservices.regatta.dev",
+                **_OWNED,
+                "annotations": {**_OWNED["annotations"], "meta.helm.sh/release-name": "other"},
+            }
+        },
+        True,
+    ),
+    "no-managed-by-label": (
+        {"metadata": {"name": "apiservices.regatta.dev", "annotations": _OWNED["annotations"]}},
+        True,
+    ),
+}
+
+
+def test_a_crd_this_release_does_not_own_is_left_alone(tmp_path: Path) -> None:
+    """Upgrading from the chart that installed it from crds/ must not fail on ownership.
+
+    Offline, lookup finds nothing; a probe template feeds the decision what it could find.
+    """
+    chart = copy_chart(tmp_path)
+    probe = "".join(
+        f'{name}: {{{{ include "regatta.crdHeldElsewhere" '
+        f'(dict "root" $ "live" ({json.dumps(json.dumps(live))} | fromJson)) '
+        f'| default "false" | quote }}}}\n'
+        for name, (live, _) in _LIVE_CRDS.items()
+    )
+    (chart / "templates" / "probe.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n"
+        + "".join(f"  {line}\n" for line in probe.splitlines()),
+        encoding="utf-8",
+    )
+    (configmap,) = [
+        c for c in render({}, chart_dir=chart).kind("ConfigMap") if c["metadata"]["name"] == "probe"
+    ]
+    assert configmap["data"] == {
+        name: "true" if held else "false" for name, (_, held) in _LIVE_CRDS.items()
+    }
+    template = (REPO / "charts/regatta/templates/crd.yaml").read_text(encoding="utf-8")
+    assert 'lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition"' in template
+    assert '{{- if not (include "regatta.crdHeldElsewhere"' in template
+    # Looked up only when the chart installs the CRD: a user who may not read CRDs turns it off.
+    gate = "{{- if and .Values.operator.enabled .Values.operator.crd.install }}"
+    assert template.index(gate) < template.index("$live := lookup")
 
 
 def test_the_core_profile_skips_crds() -> None:

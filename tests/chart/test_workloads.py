@@ -299,6 +299,43 @@ def test_network_policies_fence_the_data_and_the_apis(value_set: str) -> None:
         assert [p["port"] for p in rule["ports"]] == ["http"]
 
 
+def _admits(policy: Manifest, peers: list[dict[str, Any]], port: str) -> bool:
+    return any(
+        rule.get("from") == peers and port in [p["port"] for p in rule.get("ports", [])]
+        for rule in policy["spec"].get("ingress", [])
+    )
+
+
+@pytest.mark.parametrize("value_set", SETS)
+def test_network_policies_let_prometheus_scrape_every_pod_monitor(value_set: str) -> None:
+    """A PodMonitor's port is open to networkPolicy.metricsFrom in every policy fencing the
+    pods it scrapes: the exporters, the worker, CloudNativePG's instances."""
+    rendered = render_set(value_set)
+    peers = value_sets()[value_set].get("networkPolicy", {}).get("metricsFrom") or [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    pods = [pod_labels(workload) for workload in rendered.workloads()]
+    # CloudNativePG makes the instances' pods; they carry their Cluster's name.
+    pods += [{"cnpg.io/cluster": c["metadata"]["name"]} for c in rendered.kind("Cluster")]
+    policies = rendered.kind("NetworkPolicy")
+    scraped = 0
+    for monitor in rendered.kind("PodMonitor"):
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        for labels in pods:
+            if not selector.items() <= labels.items():
+                continue
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                for policy in policies:
+                    if _selects(policy, labels):
+                        scraped += 1
+                        assert _admits(policy, peers, endpoint["port"]), (
+                            monitor["metadata"]["name"],
+                            policy["metadata"]["name"],
+                        )
+    if rendered.kind("PodMonitor") and policies:
+        assert scraped
+
+
 @pytest.mark.parametrize("value_set", SETS)
 def test_monitoring_objects_dashboards_and_rules(value_set: str) -> None:
     rendered = render_set(value_set)

@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from tests.chart.manifests import REPO, load_yaml
+from tests.chart.manifests import REPO, load_yaml, merge
 
 SCRIPT = REPO / "k8s" / "kind-up.sh"
 
@@ -59,14 +59,3 @@ def helm_values(command: list[str]) -> dict[str, Any]:
                 node = node.setdefault(part, {})
             node[leaf] = value
     return values
-
-
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Helm's merge of two value files: maps key by key, anything else replaced."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.manifests import REPO, env_of, load_yaml, pod_spec, render, tier
-from tests.cluster.kind_run import merge
+from tests.chart.manifests import REPO, env_of, load_yaml, merge, pod_spec, render, tier
 
 ADDONS = REPO / "k8s" / "addons"
 PROVISIONED = REPO / "observability" / "grafana" / "provisioning" / "datasources" / "regatta.yaml"

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import asyncpg
 import kmock
 import pytest
-from lightkube import AsyncClient, KubeConfig
-from lightkube.config.models import Cluster as ClusterConfig
-from lightkube.config.models import User
 
 from regatta.operator import database
 from regatta.operator.kube import Cluster, secret_values
@@ -117,16 +112,6 @@ async def test_identifiers_and_passwords_are_quoted_by_postgres(admin_url: str) 
     finally:
         await database.drop(admin_url, database=hostile)
     assert await _exists(admin_url, hostile) == (False, False)
-
-
-@pytest.fixture
-async def cluster(kmock: kmock.KubernetesEmulator) -> AsyncIterator[Cluster]:
-    config = KubeConfig.from_one(
-        cluster=ClusterConfig(server=str(kmock.url)), user=User(token="test")
-    )
-    cluster = Cluster(AsyncClient(config=config))
-    yield cluster
-    await cluster.close()
 
 
 @pytest.mark.postgres

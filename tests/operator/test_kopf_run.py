@@ -42,6 +42,35 @@ async def eventually(check: Callable[[], Any], *, seconds: float = PATIENCE_SECO
             await asyncio.sleep(0.05)
 
 
+WRITES = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def writes(requests: list[Any]) -> list[tuple[str, str]]:
+    """The requests that change something, as (method, path)."""
+    return [(r.method.value, r.url.path) for r in requests if r.method.value in WRITES]
+
+
+async def quiet(server: kmock.KubernetesEmulator, *, seconds: float) -> int:
+    """Wait until the server has had no write for `seconds`; the request count at that point.
+
+    The operator's last writes after an event (its status, kopf's annotations, the
+    reconciliations the children's events started) land when the machine lets them: a fixed
+    sleep would cut the window short on a loaded one. An operator that never stops writing
+    never gets here (the patience runs out).
+    """
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(PATIENCE_SECONDS + seconds):
+        seen, since = -1, loop.time()
+        while True:
+            requests = list(server)
+            count = len(writes(requests))
+            if count != seen:
+                seen, since = count, loop.time()
+            elif loop.time() - since >= seconds:
+                return len(requests)
+            await asyncio.sleep(0.05)
+
+
 def live(server: kmock.KubernetesEmulator, resource: str, name: str) -> dict[str, Any] | None:
     key = (kmock.resource(resource), "shop", name)
     if key not in server.objects or server.objects[key].deleted:
@@ -248,14 +277,9 @@ async def test_drift_is_repaired_and_a_stuck_rollout_reported(
         assert live(kmock, "v1/services", "orders")
 
         # The operator's own writes come back as watch events: they must settle, not loop.
+        settled = await quiet(kmock, seconds=1)
         await asyncio.sleep(1)
-        settled = len(list(kmock))
-        await asyncio.sleep(1)
-        assert [
-            (r.method.value, r.url.path)
-            for r in list(kmock)[settled:]
-            if r.method.value in {"POST", "PUT", "PATCH", "DELETE"}
-        ] == []
+        assert writes(list(kmock)[settled:]) == []
 
         # Someone deletes the Service: it is back within seconds, long before the timer.
         deleted = await api.delete("/api/v1/namespaces/shop/services/orders")
@@ -332,19 +356,15 @@ async def test_an_unchanged_api_service_is_not_written_over_three_resyncs(
             created = await kubectl.post("/namespaces/shop/apiservices", json=body)
             assert created.status_code < 300, created.text
             await eventually(lambda: handled(kmock, "orders"))
-            await asyncio.sleep(2 * resync)  # the first tick may still write the status
 
             def reads() -> int:
                 return sum(1 for r in kmock if r.method.value == "GET" and r.name == "orders")
 
-            settled, reads_before = len(list(kmock)), reads()
+            # The first tick may still write the status: wait for two write-free periods.
+            settled = await quiet(kmock, seconds=2 * resync)
+            reads_before = reads()
             await asyncio.sleep(3 * resync + resync / 2)
-            writes = [
-                (r.method.value, r.url.path)
-                for r in list(kmock)[settled:]
-                if r.method.value in {"POST", "PUT", "PATCH", "DELETE"}
-            ]
-            assert writes == []
+            assert writes(list(kmock)[settled:]) == []
             # The timer did run in between: each tick reads the children again.
             assert reads() > reads_before
     finally:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import kmock
+import kopf
 import pytest
-from lightkube import AsyncClient, KubeConfig
-from lightkube.config.models import Cluster as ClusterConfig
-from lightkube.config.models import User
 
+from regatta.operator import handlers
 from regatta.operator.kube import Cluster, secret_values
 from regatta.operator.reconcile import finalize, reconcile, status_changes, transitions
 from regatta.operator.settings import PlatformSettings
@@ -18,16 +17,6 @@ from tests.operator.support import api_service
 
 NOW = "2026-01-01T00:00:00Z"
 DEPLOYMENTS = kmock.resource("apps/v1/deployments")
-
-
-@pytest.fixture
-async def cluster(kmock: kmock.KubernetesEmulator) -> AsyncIterator[Cluster]:
-    config = KubeConfig.from_one(
-        cluster=ClusterConfig(server=str(kmock.url)), user=User(token="test")
-    )
-    cluster = Cluster(AsyncClient(config=config, field_manager="regatta-operator"))
-    yield cluster
-    await cluster.close()
 
 
 def requests(server: kmock.KubernetesEmulator, method: str) -> list[tuple[str | None, str]]:
@@ -410,3 +399,38 @@ async def test_only_the_status_that_changed_is_patched(
     newer["status"] = first
     third = await reconcile(body=newer, settings=platform, cluster=cluster)
     assert set(status_changes(first, third)) == {"observedGeneration", "conditions"}
+
+
+async def test_a_childs_event_compares_with_the_live_status_not_the_index(
+    kmock: kmock.KubernetesEmulator,
+    cluster: Cluster,
+    platform: PlatformSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf writes the status after its handler returns, so the index can hold none yet."""
+    events: list[dict[str, Any]] = []
+    for level in ("info", "warn"):
+        monkeypatch.setattr(kopf, level, lambda *_, **event: events.append(event))
+    body = api_service(replicas=2)
+    body["status"] = await reconcile(body=body, settings=platform, cluster=cluster)
+    async with httpx.AsyncClient(base_url=str(kmock.url).rstrip("/")) as api:
+        created = await api.post(
+            "/apis/regatta.dev/v1alpha1/namespaces/shop/apiservices", json=body
+        )
+        assert created.status_code < 300, created.text
+    stale = {key: value for key, value in body.items() if key != "status"}
+    memo = kopf.Memo(
+        platform=platform,
+        cluster=cluster,
+        locks={},
+        activity={},
+        shared={"bodies": {("shop", "orders"): [stale]}},
+    )
+    settled = len(list(kmock))
+    await handlers._reconcile_from_child(("shop", "orders"), memo)
+    # Nothing changed since the status was written: nothing is written again.
+    assert [
+        (r.method.value, r.url.path) for r in list(kmock)[settled:] if r.method.value in WRITES
+    ] == []
+    assert events == []  # and no transition is reported again
+    assert memo.activity["lastReconcile"] != "never"

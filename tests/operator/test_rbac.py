@@ -6,14 +6,11 @@ deletion) are each checked against the rules the chart renders, in both modes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import kmock
 import pytest
-from lightkube import AsyncClient, KubeConfig
-from lightkube.config.models import Cluster as ClusterConfig
-from lightkube.config.models import User
 
 from regatta.operator.kube import Cluster
 from regatta.operator.reconcile import finalize, reconcile
@@ -116,21 +113,9 @@ def _verb(request: Any) -> str:
     return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[str(method)]
 
 
-@pytest.fixture
-async def operator_cluster(
-    kmock: kmock.KubernetesEmulator,
-) -> AsyncIterator[Cluster]:
-    config = KubeConfig.from_one(
-        cluster=ClusterConfig(server=str(kmock.url)), user=User(token="test")
-    )
-    cluster = Cluster(AsyncClient(config=config, field_manager="regatta-operator"))
-    yield cluster
-    await cluster.close()
-
-
 @pytest.mark.parametrize("cluster_wide", [True, False])
 async def test_every_request_the_operator_makes_is_granted(
-    kmock: kmock.KubernetesEmulator, operator_cluster: Cluster, *, cluster_wide: bool
+    kmock: kmock.KubernetesEmulator, cluster: Cluster, *, cluster_wide: bool
 ) -> None:
     rendered = _rendered(cluster_wide=cluster_wide)
     operator = rendered.get("Deployment", "regatta-operator")
@@ -145,11 +130,9 @@ async def test_every_request_the_operator_makes_is_granted(
     body = api_service(
         namespace=namespace, redis=True, autoscaling={"minReplicas": 2, "maxReplicas": 4}
     )
-    await reconcile(body=body, settings=settings, cluster=operator_cluster)
-    await reconcile(
-        body=api_service(namespace=namespace), settings=settings, cluster=operator_cluster
-    )
-    await finalize(body=body, settings=settings, cluster=operator_cluster)
+    await reconcile(body=body, settings=settings, cluster=cluster)
+    await reconcile(body=api_service(namespace=namespace), settings=settings, cluster=cluster)
+    await finalize(body=body, settings=settings, cluster=cluster)
 
     everywhere = cluster_wide_rules(rendered)
     in_namespace = namespace_rules(rendered)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,6 @@ import kmock
 import pytest
 import redis.asyncio as redis
 from daemons import DaemonUnavailableError, find_redis, free_port, spawn_child, stop_child
-from lightkube import AsyncClient, KubeConfig
-from lightkube.config.models import Cluster as ClusterConfig
-from lightkube.config.models import User
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from regatta.operator import database
@@ -93,16 +90,6 @@ def chart_redis(tmp_path: Path) -> Iterator[ChartRedis]:
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-async def cluster(kmock: kmock.KubernetesEmulator) -> AsyncIterator[Cluster]:
-    config = KubeConfig.from_one(
-        cluster=ClusterConfig(server=str(kmock.url)), user=User(token="test")
-    )
-    cluster = Cluster(AsyncClient(config=config))
-    yield cluster
-    await cluster.close()
 
 
 def _secret(server: kmock.KubernetesEmulator, name: str) -> dict[str, str]:

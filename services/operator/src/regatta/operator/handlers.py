@@ -17,7 +17,7 @@ from regatta.operator.builders import MANAGER
 from regatta.operator.kube import Cluster
 from regatta.operator.reconcile import finalize, reconcile, status_changes, transitions
 from regatta.operator.settings import PlatformSettings, load_settings
-from regatta.operator.spec import GROUP, PLURAL, VERSION
+from regatta.operator.spec import GROUP, KIND, PLURAL, VERSION
 from regatta.operator.watch import Coalescer, Key, owner_of
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -143,14 +143,22 @@ for _group, _version, _plural in CHILD_RESOURCES:
 
 async def _reconcile_from_child(key: Key, memo: kopf.Memo) -> None:
     bodies: Mapping[Key, Any] = memo.shared.get("bodies") or {}
-    found = list(bodies.get(key, []))
-    if not found:
+    if not bodies.get(key):
         return  # not an ApiService this operator serves (or not seen yet)
-    body: dict[str, Any] = found[0]
-    if body.get("metadata", {}).get("deletionTimestamp"):
-        return  # being deleted: the children go with it
     cluster: Cluster = memo.cluster
     async with _lock(memo, key):
+        # The index trails the status the last reconciliation wrote (kopf patches it after the
+        # handler returns): compared with it, an unchanged status would be written again, with
+        # new transition times and events. The ApiService as the server has it is the truth.
+        body = await cluster.read(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "metadata": {"name": key[1], "namespace": key[0]},
+            }
+        )
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return  # gone, or being deleted: the children go with it
         current = body.get("status") or {}
         new_status = await reconcile(body=body, settings=memo.platform, cluster=cluster)
         changes = status_changes(current, new_status)

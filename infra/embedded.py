@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from regatta.common.app import create_app
-from regatta.common.serve import serve
+from regatta.common.http.app import create_app
+from regatta.common.http.serve import serve
 from regatta.heroes.main import SERVICE as HEROES
 from regatta.items.main import SERVICE as ITEMS
 from regatta.notifications.main import SERVICE as NOTIFICATIONS

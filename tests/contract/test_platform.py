@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from embedded import create_embedded_app
-from regatta.common.db import Database
+from regatta.common.data.db import Database
 from regatta.common.settings import Environment
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for

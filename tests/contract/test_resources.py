@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, table
 
-from regatta.common.idempotency import IdempotentRequest
+from regatta.common.data.idempotency import IdempotentRequest
 from regatta.common.settings import ServiceSettings
 from tests.conftest import AppFactory, client_for
 from tests.contract.resources import ITEMS, RESOURCES, ResourceCase

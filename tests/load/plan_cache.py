@@ -26,8 +26,8 @@ from daemons import PostgresServer, find_postgres_bindir, postgres_os_user
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from regatta.common.db import PLANNER_SETTINGS, Database
-from regatta.common.pagination import PageRequest
+from regatta.common.data.db import PLANNER_SETTINGS, Database
+from regatta.common.http.pagination import PageRequest
 from regatta.items.repository import ItemRepository
 from regatta.items.service import items
 

@@ -110,7 +110,7 @@ TRAPS = (
 
 
 def _cursor(after: int) -> str:
-    from regatta.common.pagination import encode_cursor  # noqa: PLC0415
+    from regatta.common.http.pagination import encode_cursor  # noqa: PLC0415
 
     return encode_cursor(after)
 
@@ -148,7 +148,7 @@ def seed(postgres: PostgresServer, database: str, rows: int) -> float:
 
 async def claim_p50_ms(url: str) -> float:
     """The worker's claim of one batch, with DUE due, each in a transaction rolled back."""
-    from regatta.common.db import Database, create_engine  # noqa: PLC0415
+    from regatta.common.data.db import Database, create_engine  # noqa: PLC0415
     from regatta.notifications import repository  # noqa: PLC0415
     from regatta.notifications.settings import NotificationsSettings  # noqa: PLC0415
 

@@ -23,8 +23,8 @@ from daemons import PostgresServer, find_postgres_bindir, postgres_os_user
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from regatta.common.db import Database, create_engine
-from regatta.common.idempotency import IdempotencyStore, IdempotentRequest
+from regatta.common.data.db import Database, create_engine
+from regatta.common.data.idempotency import IdempotencyStore, IdempotentRequest
 from regatta.common.settings import ServiceSettings
 from regatta.items.models import Item, idempotency_keys
 from regatta.items.service import items

@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from regatta.common.columns import utcnow
-from regatta.common.db import Database, create_engine
-from regatta.common.migrations import upgrade
+from regatta.common.data.columns import utcnow
+from regatta.common.data.db import Database, create_engine
+from regatta.common.data.migrations import upgrade
 from regatta.notifications import repository
 from regatta.notifications.main import SERVICE
 from regatta.notifications.models import Notification

@@ -10,11 +10,11 @@ import pytest
 from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
-from regatta.common.columns import utcnow
-from regatta.common.db import Database
-from regatta.common.events import Event, RedisEventStream
-from regatta.common.observability import PlatformMetrics
-from regatta.common.observability import tracer as tracer_for
+from regatta.common.data.columns import utcnow
+from regatta.common.data.db import Database
+from regatta.common.redis.events import Event, RedisEventStream
+from regatta.common.telemetry.observability import PlatformMetrics
+from regatta.common.telemetry.observability import tracer as tracer_for
 from regatta.notifications import repository, worker
 from regatta.notifications.delivery import Deliverer
 from regatta.notifications.main import create_app as create_notifications_app

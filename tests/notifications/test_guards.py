@@ -10,7 +10,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from regatta.common.db import Database
+from regatta.common.data.db import Database
 from regatta.notifications import repository
 from tests.conftest import AppFactory, client_for
 from tests.notifications.conftest import eventually
@@ -169,7 +169,7 @@ def test_the_nesting_check_reads_a_body_of_escaped_quotes_in_linear_time() -> No
     # fraction of a second, far inside the bound (in a process of its own, so that the old
     # behaviour fails the test instead of hanging it).
     code = (
-        "from regatta.common.middleware import json_depth\n"
+        "from regatta.common.http.middleware import json_depth\n"
         "body = b'[' * 65 + b'\"' + b'\\\\\"' * 500_000\n"
         "assert len(body) > 1_000_000\n"
         "print(json_depth(body))\n"

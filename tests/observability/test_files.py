@@ -11,8 +11,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import dashboards
-from regatta.common.logs import JsonFormatter
-from regatta.common.observability import PlatformMetrics
+from regatta.common.telemetry.logs import JsonFormatter
+from regatta.common.telemetry.observability import PlatformMetrics
 from tests.observability.conftest import OBSERVABILITY, ROOT
 
 GRAFANA = OBSERVABILITY / "grafana"
@@ -105,7 +105,7 @@ def test_datasources_link_metrics_logs_and_traces() -> None:
     assert set(sources) == {"prometheus", "loki", "tempo"}
     tempo = sources["tempo"]["uid"]
     (exemplar,) = sources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
-    # The label our exemplars carry (regatta.common.observability.trace_exemplar).
+    # The label our exemplars carry (regatta.common.telemetry.observability.trace_exemplar).
     assert exemplar == {**exemplar, "name": "trace_id", "datasourceUid": tempo}
     (derived,) = sources["loki"]["jsonData"]["derivedFields"]
     assert derived["datasourceUid"] == tempo

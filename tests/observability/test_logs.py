@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from regatta.common.db import create_engine
+from regatta.common.data.db import create_engine
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import client_for
 from tests.notifications.conftest import eventually

@@ -29,10 +29,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.sql import Select
 
 from embedded import create_embedded_app
-from regatta.common import observability
-from regatta.common.cache import MeteredCache, RedisCache
-from regatta.common.db import Database, create_engine
+from regatta.common.data.db import Database, create_engine
+from regatta.common.redis.cache import MeteredCache, RedisCache
 from regatta.common.settings import Environment, ServiceSettings
+from regatta.common.telemetry import observability
 from regatta.heroes.main import create_app as create_heroes
 from regatta.heroes.settings import HeroesSettings
 from regatta.items.main import create_app as create_items

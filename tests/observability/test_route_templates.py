@@ -15,7 +15,7 @@ from prometheus_fastapi_instrumentator import routing
 from starlette.requests import Request
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from regatta.common.route_templates import RouteTemplates, TemplatedMetricsMiddleware
+from regatta.common.http.route_templates import RouteTemplates, TemplatedMetricsMiddleware
 from tests.conftest import client_for
 from tests.observability.test_metrics import FACTORIES, value
 

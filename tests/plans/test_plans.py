@@ -18,12 +18,12 @@ from opentelemetry.trace import NoOpTracer
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from regatta.common.db import Database, create_engine
-from regatta.common.events import RELAY_BATCH, Event, InProcessEventStream, _Relay
-from regatta.common.migrations import upgrade
-from regatta.common.observability import PlatformMetrics
-from regatta.common.pagination import PageRequest
+from regatta.common.data.db import Database, create_engine
+from regatta.common.data.migrations import upgrade
+from regatta.common.http.pagination import PageRequest
+from regatta.common.redis.events import RELAY_BATCH, Event, InProcessEventStream, _Relay
 from regatta.common.settings import Environment
+from regatta.common.telemetry.observability import PlatformMetrics
 from regatta.items import service as items
 from regatta.items.main import SERVICE as ITEMS
 from regatta.items.models import outbox

@@ -23,8 +23,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from regatta.common.cache import CachedResponse, CacheGeneration, RedisCache
-from regatta.common.pipelined import Endpoint, PipelinedRedis
+from regatta.common.redis.cache import CachedResponse, CacheGeneration, RedisCache
+from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 from tests.reliability.conftest import FaultyStack, eventually
 from tests.reliability.faultproxy import FaultProxy
 from tests.servers import RedisServer

@@ -17,8 +17,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 
-from regatta.common.app import create_app
-from regatta.common.auth import ANONYMOUS, ApiKeys, WriterDep
+from regatta.common.http.app import create_app
+from regatta.common.http.auth import ANONYMOUS, ApiKeys, WriterDep
 from regatta.common.settings import Environment, ServiceSettings
 
 KEY = "rg_test_8d1f0b7c2e"

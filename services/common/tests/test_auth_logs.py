@@ -13,10 +13,10 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import Request
 
-from regatta.common.app import create_app
-from regatta.common.auth import WriterDep
-from regatta.common.logs import configure_logging
+from regatta.common.http.app import create_app
+from regatta.common.http.auth import WriterDep
 from regatta.common.settings import Environment, ServiceSettings
+from regatta.common.telemetry.logs import configure_logging
 
 ENV_KEY = "rg_env_5b0e2a9d41f3c7"
 FILE_KEY = "rg_file_0c7d3e19ab64f2"

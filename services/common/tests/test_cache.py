@@ -7,8 +7,14 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from regatta.common.cache import DELETED, CachedResponse, MemoryCache, RedisCache, ResponseCache
-from regatta.common.pipelined import Endpoint, PipelinedRedis
+from regatta.common.redis.cache import (
+    DELETED,
+    CachedResponse,
+    MemoryCache,
+    RedisCache,
+    ResponseCache,
+)
+from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 
 
 def entry(version: int) -> CachedResponse:

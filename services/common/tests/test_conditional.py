@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from regatta.common.conditional import make_etag, none_match, parse_if_match
+from regatta.common.http.conditional import make_etag, none_match, parse_if_match
 
 
 @pytest.mark.parametrize(

@@ -26,8 +26,8 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from regatta.common import db
-from regatta.common.columns import Money, UTCDateTime
+from regatta.common.data import db
+from regatta.common.data.columns import Money, UTCDateTime
 from regatta.common.settings import Environment, ServiceSettings
 from tests.servers import Terminate
 

@@ -13,10 +13,10 @@ from pydantic import SecretStr
 from sqlalchemy import event, func, select, text
 from sqlalchemy import exc as sa_exc
 
-from regatta.common import db, lending
-from regatta.common.errors import ProblemError
-from regatta.common.observability import PlatformMetrics
+from regatta.common.data import db, lending
+from regatta.common.http.problems import ProblemError
 from regatta.common.settings import Environment, ServiceSettings
+from regatta.common.telemetry.observability import PlatformMetrics
 from tests.servers import Terminate
 
 pytestmark = pytest.mark.postgres

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from regatta.common.errors import ProblemError
-from regatta.common.pagination import decode_cursor, encode_cursor, next_cursor
+from regatta.common.http.pagination import decode_cursor, encode_cursor, next_cursor
+from regatta.common.http.problems import ProblemError
 
 
 @pytest.mark.parametrize("after", [0, 1, 42, 2**63 - 1])

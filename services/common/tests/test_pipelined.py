@@ -10,8 +10,8 @@ import pytest
 from daemons import RedisServer
 from redis.asyncio import Redis
 
-from regatta.common.cache import CachedResponse, RedisCache
-from regatta.common.pipelined import Endpoint, PipelinedRedis, RedisUnavailableError
+from regatta.common.redis.cache import CachedResponse, RedisCache
+from regatta.common.redis.pipelined import Endpoint, PipelinedRedis, RedisUnavailableError
 
 
 @pytest.mark.parametrize(

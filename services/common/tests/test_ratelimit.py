@@ -19,9 +19,9 @@ from daemons import RedisServer
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from regatta.common.app import create_app
-from regatta.common.auth import WriterDep
-from regatta.common.ratelimit import (
+from regatta.common.http.app import create_app
+from regatta.common.http.auth import WriterDep
+from regatta.common.http.ratelimit import (
     Decision,
     MemoryStore,
     Policy,

@@ -8,8 +8,8 @@ import httpx
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import Response
 
-from regatta.common.errors import install_problem_handlers
-from regatta.common.routing import STRICT_QUERY, route_head
+from regatta.common.http.problems import install_problem_handlers
+from regatta.common.http.routing import STRICT_QUERY, route_head
 
 
 def _app() -> FastAPI:

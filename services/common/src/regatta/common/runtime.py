@@ -12,8 +12,8 @@ from functools import partial
 from opentelemetry.trace import Tracer, TracerProvider
 from redis.asyncio import Redis
 
-from regatta.common import observability
-from regatta.common.cache import (
+from regatta.common.data.db import Database, create_engine
+from regatta.common.redis.cache import (
     CacheGeneration,
     MemoryCache,
     MeteredCache,
@@ -21,10 +21,10 @@ from regatta.common.cache import (
     RedisCache,
     ResponseCache,
 )
-from regatta.common.db import Database, create_engine
-from regatta.common.events import EventStream, InProcessEventStream, RedisEventStream
-from regatta.common.pipelined import Endpoint, PipelinedRedis
+from regatta.common.redis.events import EventStream, InProcessEventStream, RedisEventStream
+from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 from regatta.common.settings import ServiceSettings
+from regatta.common.telemetry import observability
 
 logger = logging.getLogger("regatta.runtime")
 

@@ -7,26 +7,26 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from regatta.common.auth import WriterDep
-from regatta.common.conditional import (
+from regatta.common.data.db import DatabaseDep
+from regatta.common.data.idempotency import IdempotencyKeyHeader, IdempotencyStore
+from regatta.common.http.auth import WriterDep
+from regatta.common.http.conditional import (
     NOT_MODIFIED,
     IfMatchHeader,
     IfNoneMatchHeader,
     parse_if_match,
 )
-from regatta.common.db import DatabaseDep, SessionDep
-from regatta.common.errors import problem_responses
-from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
-from regatta.common.pagination import PageDep
-from regatta.common.resources import (
+from regatta.common.http.pagination import PageDep
+from regatta.common.http.problems import problem_responses
+from regatta.common.http.resources import (
     CacheDep,
     entry_response,
     idempotency_store,
     json_response,
     stored_response,
 )
-from regatta.common.routing import STRICT_QUERY, route_head
-from regatta.common.schemas import NO_NUL_PATTERN
+from regatta.common.http.routing import STRICT_QUERY, route_head
+from regatta.common.http.schemas import NO_NUL_PATTERN
 from regatta.heroes import service
 from regatta.heroes.schemas import AgeParameter, HeroCreate, HeroPage, HeroRead, HeroUpdate
 
@@ -115,14 +115,14 @@ async def get_hero(
 async def update_hero(
     hero_id: HeroId,
     changes: HeroUpdate,
-    session: SessionDep,
+    database: DatabaseDep,
     cache: CacheDep,
     _principal: WriterDep,
     if_match: IfMatchHeader = None,
 ) -> Response:
     """Change some fields of a hero (``If-Match`` → 412 when it changed meanwhile)."""
     entry = await service.update_hero(
-        session=session,
+        database=database,
         cache=cache,
         hero_id=hero_id,
         changes=changes,
@@ -134,14 +134,14 @@ async def update_hero(
 @router.delete("/{hero_id}", status_code=204, responses=WRITE_ERRORS)
 async def delete_hero(
     hero_id: HeroId,
-    session: SessionDep,
+    database: DatabaseDep,
     cache: CacheDep,
     _principal: WriterDep,
     if_match: IfMatchHeader = None,
 ) -> Response:
     """Delete a hero (``If-Match`` → 412 when it changed meanwhile)."""
     await service.delete_hero(
-        session=session, cache=cache, hero_id=hero_id, precondition=parse_if_match(if_match)
+        database=database, cache=cache, hero_id=hero_id, precondition=parse_if_match(if_match)
     )
     return Response(status_code=204)
 

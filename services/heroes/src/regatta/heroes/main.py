@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from regatta.common.app import ServiceSpec
-from regatta.common.app import create_app as create_service_app
-from regatta.common.hotpath import HotCreate
-from regatta.common.migrations import MigrationSpec
+from regatta.common.data.migrations import MigrationSpec
+from regatta.common.http.app import ServiceSpec
+from regatta.common.http.app import create_app as create_service_app
+from regatta.common.http.hotpath import HotCreate
 from regatta.heroes.api import router
 from regatta.heroes.models import idempotency_keys, outbox
 from regatta.heroes.schemas import HeroCreate

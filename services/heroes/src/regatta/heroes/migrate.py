@@ -1,6 +1,6 @@
 """``python -m regatta.heroes.migrate``: upgrade the heroes schema to head, then exit."""
 
-from regatta.common.migrations import main
+from regatta.common.data.migrations import main
 from regatta.heroes.main import SERVICE
 from regatta.heroes.settings import HeroesSettings
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from regatta.common.events import outbox_table
-from regatta.common.idempotency import idempotency_table
-from regatta.common.versioned import VersionedMixin
+from regatta.common.data.idempotency import idempotency_table
+from regatta.common.data.repository import VersionedMixin
+from regatta.common.redis.events import outbox_table
 
 
 class Base(DeclarativeBase):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import ColumnElement
 
-from regatta.common.versioned import VersionedRepository
+from regatta.common.data.repository import VersionedRepository
 from regatta.heroes.models import Hero
 
 

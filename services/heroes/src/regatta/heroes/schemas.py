@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, Field
 
-from regatta.common.schemas import CreateSchema, JsonNumber, ReadSchema, Storable, UpdateSchema
+from regatta.common.http.schemas import CreateSchema, JsonNumber, ReadSchema, Storable, UpdateSchema
 
 Name = Annotated[str, Field(min_length=1, max_length=100), Storable]
 SecretName = Annotated[str, Field(min_length=1, max_length=100), Storable]

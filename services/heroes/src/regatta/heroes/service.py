@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from regatta.common.cache import CachedResponse, ResponseCache
-from regatta.common.conditional import Precondition
-from regatta.common.db import Database
-from regatta.common.errors import invalid_field
-from regatta.common.idempotency import IdempotencyStore, StoredResponse
-from regatta.common.pagination import PageRequest
-from regatta.common.resources import Resource
+from regatta.common.data.db import Database
+from regatta.common.data.idempotency import IdempotencyStore, StoredResponse
+from regatta.common.http.conditional import Precondition
+from regatta.common.http.pagination import PageRequest
+from regatta.common.http.problems import invalid_field
+from regatta.common.http.resources import Resource
+from regatta.common.redis.cache import CachedResponse, ResponseCache
 from regatta.heroes.models import Hero, outbox
 from regatta.heroes.repository import HeroRepository
 from regatta.heroes.schemas import HeroCreate, HeroRead, HeroUpdate
@@ -74,7 +73,7 @@ async def list_heroes(
 
 async def update_hero(
     *,
-    session: AsyncSession,
+    database: Database,
     cache: ResponseCache,
     hero_id: int,
     changes: HeroUpdate,
@@ -82,7 +81,7 @@ async def update_hero(
 ) -> CachedResponse:
     """Change some fields of a hero."""
     return await heroes.update(
-        session=session,
+        database=database,
         cache=cache,
         row_id=hero_id,
         values=changes.changes(),
@@ -91,7 +90,7 @@ async def update_hero(
 
 
 async def delete_hero(
-    *, session: AsyncSession, cache: ResponseCache, hero_id: int, precondition: Precondition | None
+    *, database: Database, cache: ResponseCache, hero_id: int, precondition: Precondition | None
 ) -> None:
     """Delete a hero."""
-    await heroes.delete(session=session, cache=cache, row_id=hero_id, precondition=precondition)
+    await heroes.delete(database=database, cache=cache, row_id=hero_id, precondition=precondition)

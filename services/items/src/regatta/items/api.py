@@ -7,26 +7,26 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
-from regatta.common.auth import WriterDep
-from regatta.common.conditional import (
+from regatta.common.data.db import DatabaseDep
+from regatta.common.data.idempotency import IdempotencyKeyHeader, IdempotencyStore
+from regatta.common.http.auth import WriterDep
+from regatta.common.http.conditional import (
     NOT_MODIFIED,
     IfMatchHeader,
     IfNoneMatchHeader,
     parse_if_match,
 )
-from regatta.common.db import DatabaseDep, SessionDep
-from regatta.common.errors import problem_responses
-from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
-from regatta.common.pagination import PageDep
-from regatta.common.resources import (
+from regatta.common.http.pagination import PageDep
+from regatta.common.http.problems import problem_responses
+from regatta.common.http.resources import (
     CacheDep,
     entry_response,
     idempotency_store,
     json_response,
     stored_response,
 )
-from regatta.common.routing import STRICT_QUERY, route_head
-from regatta.common.schemas import NO_NUL_PATTERN, PriceParameter
+from regatta.common.http.routing import STRICT_QUERY, route_head
+from regatta.common.http.schemas import NO_NUL_PATTERN, PriceParameter
 from regatta.items import service
 from regatta.items.schemas import (
     SEARCH_MIN_LENGTH,
@@ -118,14 +118,14 @@ async def get_item(
 async def update_item(
     item_id: ItemId,
     changes: ItemUpdate,
-    session: SessionDep,
+    database: DatabaseDep,
     cache: CacheDep,
     _principal: WriterDep,
     if_match: IfMatchHeader = None,
 ) -> Response:
     """Change some fields of an item (``If-Match`` → 412 when it changed meanwhile)."""
     entry = await service.update_item(
-        session=session,
+        database=database,
         cache=cache,
         item_id=item_id,
         changes=changes,
@@ -137,14 +137,14 @@ async def update_item(
 @router.delete("/{item_id}", status_code=204, responses=WRITE_ERRORS)
 async def delete_item(
     item_id: ItemId,
-    session: SessionDep,
+    database: DatabaseDep,
     cache: CacheDep,
     _principal: WriterDep,
     if_match: IfMatchHeader = None,
 ) -> Response:
     """Delete an item (``If-Match`` → 412 when it changed meanwhile)."""
     await service.delete_item(
-        session=session, cache=cache, item_id=item_id, precondition=parse_if_match(if_match)
+        database=database, cache=cache, item_id=item_id, precondition=parse_if_match(if_match)
     )
     return Response(status_code=204)
 

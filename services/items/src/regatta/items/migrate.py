@@ -1,6 +1,6 @@
 """``python -m regatta.items.migrate``: upgrade the items schema to head, then exit."""
 
-from regatta.common.migrations import main
+from regatta.common.data.migrations import main
 from regatta.items.main import SERVICE
 from regatta.items.settings import ItemsSettings
 

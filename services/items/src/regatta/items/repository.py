@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from sqlalchemy import ColumnElement, String, func, literal
 
-from regatta.common.versioned import VersionedRepository
+from regatta.common.data.repository import VersionedRepository
 from regatta.items.models import UNICODE_COLLATION, Item
 
 

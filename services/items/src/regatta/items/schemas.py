@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, Field
 
-from regatta.common.schemas import CreateSchema, Price, ReadSchema, Storable, Tax, UpdateSchema
+from regatta.common.http.schemas import CreateSchema, Price, ReadSchema, Storable, Tax, UpdateSchema
 
 # The shortest text ``q`` searches for: the trigram index serves three characters or more;
 # anything shorter would read every row.

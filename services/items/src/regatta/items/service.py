@@ -5,15 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 
 from fastapi import Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from regatta.common.cache import CachedResponse, ResponseCache
-from regatta.common.conditional import Precondition
-from regatta.common.db import Database
-from regatta.common.errors import invalid_field
-from regatta.common.idempotency import IdempotencyStore, StoredResponse
-from regatta.common.pagination import PageRequest
-from regatta.common.resources import Resource
+from regatta.common.data.db import Database
+from regatta.common.data.idempotency import IdempotencyStore, StoredResponse
+from regatta.common.http.conditional import Precondition
+from regatta.common.http.pagination import PageRequest
+from regatta.common.http.problems import invalid_field
+from regatta.common.http.resources import Resource
+from regatta.common.redis.cache import CachedResponse, ResponseCache
 from regatta.items.models import Item, outbox
 from regatta.items.repository import ItemRepository
 from regatta.items.schemas import SEARCH_MIN_LENGTH, ItemCreate, ItemRead, ItemUpdate
@@ -83,7 +82,7 @@ async def list_items(
 
 async def update_item(
     *,
-    session: AsyncSession,
+    database: Database,
     cache: ResponseCache,
     item_id: int,
     changes: ItemUpdate,
@@ -91,7 +90,7 @@ async def update_item(
 ) -> CachedResponse:
     """Change some fields of an item."""
     return await items.update(
-        session=session,
+        database=database,
         cache=cache,
         row_id=item_id,
         values=changes.changes(),
@@ -100,7 +99,7 @@ async def update_item(
 
 
 async def delete_item(
-    *, session: AsyncSession, cache: ResponseCache, item_id: int, precondition: Precondition | None
+    *, database: Database, cache: ResponseCache, item_id: int, precondition: Precondition | None
 ) -> None:
     """Delete an item."""
-    await items.delete(session=session, cache=cache, row_id=item_id, precondition=precondition)
+    await items.delete(database=database, cache=cache, row_id=item_id, precondition=precondition)

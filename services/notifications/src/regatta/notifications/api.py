@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from regatta.common.auth import ReaderDep, WriterDep
-from regatta.common.conditional import NOT_MODIFIED, IfNoneMatchHeader
-from regatta.common.db import SessionDep
-from regatta.common.errors import problem_responses
-from regatta.common.idempotency import IdempotencyKeyHeader, IdempotencyStore
-from regatta.common.pagination import UuidPageDep
-from regatta.common.resources import entry_response, idempotency_store, stored_response
-from regatta.common.routing import STRICT_QUERY, route_head
+from regatta.common.data.db import SessionDep
+from regatta.common.data.idempotency import IdempotencyKeyHeader, IdempotencyStore
+from regatta.common.http.auth import ReaderDep, WriterDep
+from regatta.common.http.conditional import NOT_MODIFIED, IfNoneMatchHeader
+from regatta.common.http.pagination import UuidPageDep
+from regatta.common.http.problems import problem_responses
+from regatta.common.http.resources import entry_response, idempotency_store, stored_response
+from regatta.common.http.routing import STRICT_QUERY, route_head
 from regatta.common.runtime import Runtime
 from regatta.notifications import service
 from regatta.notifications.schemas import (

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from regatta.common.app import ServiceSpec
-from regatta.common.app import create_app as create_service_app
-from regatta.common.migrations import MigrationSpec
+from regatta.common.data.migrations import MigrationSpec
+from regatta.common.http.app import ServiceSpec
+from regatta.common.http.app import create_app as create_service_app
 from regatta.notifications.api import router
 from regatta.notifications.models import idempotency_keys
 from regatta.notifications.service import SERVICE_NAME

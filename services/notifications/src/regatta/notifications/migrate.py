@@ -1,6 +1,6 @@
 """``python -m regatta.notifications.migrate``: upgrade the schema to head, then exit."""
 
-from regatta.common.migrations import main
+from regatta.common.data.migrations import main
 from regatta.notifications.main import SERVICE
 from regatta.notifications.settings import NotificationsSettings
 

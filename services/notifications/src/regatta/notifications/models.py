@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import JSON, Index, Integer, MetaData, String, Text, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from regatta.common.columns import UTCDateTime
-from regatta.common.idempotency import idempotency_table
+from regatta.common.data.columns import UTCDateTime
+from regatta.common.data.idempotency import idempotency_table
 
 
 def uuid7() -> uuid.UUID:

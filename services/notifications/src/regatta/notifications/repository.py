@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from regatta.common.columns import utcnow
+from regatta.common.data.columns import utcnow
 from regatta.notifications.models import CLAIMABLE, Notification, Subscription, uuid7
 
 

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
-from regatta.common.schemas import CreateSchema, Storable, storable_text
+from regatta.common.http.schemas import CreateSchema, Storable, storable_text
 
 EVENT_TYPES = (
     "item.created",

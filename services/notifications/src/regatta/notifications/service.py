@@ -18,20 +18,20 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from pydantic import AnyHttpUrl
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from regatta.common.cache import CachedResponse
-from regatta.common.columns import utcnow
-from regatta.common.db import Database
-from regatta.common.errors import ProblemError, invalid_field
-from regatta.common.events import Event
-from regatta.common.idempotency import IdempotencyStore, StoredResponse, keyed_request
-from regatta.common.observability import (
+from regatta.common.data.columns import utcnow
+from regatta.common.data.db import Database
+from regatta.common.data.idempotency import IdempotencyStore, StoredResponse, keyed_request
+from regatta.common.http.pagination import UuidPageRequest, next_cursor
+from regatta.common.http.problems import ProblemError, invalid_field
+from regatta.common.redis.cache import CachedResponse
+from regatta.common.redis.events import Event
+from regatta.common.settings import ServiceSettings
+from regatta.common.telemetry.observability import (
     PlatformMetrics,
     continue_trace,
     current_trace_context,
     trace_exemplar,
 )
-from regatta.common.pagination import UuidPageRequest, next_cursor
-from regatta.common.settings import ServiceSettings
 from regatta.notifications import repository
 from regatta.notifications.delivery import Deliverer, Outcome
 from regatta.notifications.models import Notification

@@ -20,12 +20,12 @@ from fastapi import FastAPI
 from opentelemetry.trace import SpanKind
 from redis.exceptions import ResponseError
 
-from regatta.common.app import create_app
-from regatta.common.columns import utcnow
-from regatta.common.events import Event, InProcessEventStream, RedisEventStream, consumer_name
-from regatta.common.observability import continue_trace
+from regatta.common.data.columns import utcnow
+from regatta.common.http.app import create_app
+from regatta.common.http.serve import serve
+from regatta.common.redis.events import Event, InProcessEventStream, RedisEventStream, consumer_name
 from regatta.common.runtime import Runtime
-from regatta.common.serve import serve
+from regatta.common.telemetry.observability import continue_trace
 from regatta.notifications import repository
 from regatta.notifications.delivery import Deliverer
 from regatta.notifications.models import Notification

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from regatta.common.columns import BigIntPK, UTCDateTime
+from regatta.common.data.columns import BigIntPK, UTCDateTime
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -26,8 +26,8 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePoo
 from sqlalchemy.sql import Select
 from sqlalchemy.types import TypeDecorator
 
-from regatta.common.errors import ProblemError
-from regatta.common.lending import ConnectionLender, Lent
+from regatta.common.http.problems import ProblemError
+from regatta.common.data.lending import ConnectionLender, Lent
 from regatta.common.settings import ServiceSettings
 
 logger = logging.getLogger("regatta.db")

@@ -12,7 +12,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, MetaData
 from sqlalchemy import exc as sa_exc
 
-from regatta.common.db import create_engine
+from regatta.common.data.db import create_engine
 from regatta.common.settings import ServiceSettings
 
 logger = logging.getLogger("regatta.migrations")

@@ -51,9 +51,9 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from regatta.common.columns import UTCDateTime, utcnow
-from regatta.common.db import fetch_rows
-from regatta.common.errors import ProblemError
+from regatta.common.data.columns import UTCDateTime, utcnow
+from regatta.common.data.db import fetch_rows
+from regatta.common.http.problems import ProblemError
 
 logger = logging.getLogger("regatta.idempotency")
 

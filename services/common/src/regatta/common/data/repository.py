@@ -27,9 +27,9 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from regatta.common.columns import BigIntPK, UTCDateTime, utcnow
-from regatta.common.conditional import Precondition
-from regatta.common.db import Database, fetch_rows
+from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
+from regatta.common.http.conditional import Precondition
+from regatta.common.data.db import Database, fetch_rows
 
 # Ids are BIGINT; anything outside this range cannot exist (404, never a database error).
 MAX_ID = 2**63 - 1

@@ -17,7 +17,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from regatta.common.errors import ProblemError
+from regatta.common.http.problems import ProblemError
 from regatta.common.settings import ServiceSettings
 
 logger = logging.getLogger("regatta.auth")

@@ -17,22 +17,24 @@ from sqlalchemy import Table
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from regatta.common import health, migrations, observability
-from regatta.common.auth import ApiKeys
-from regatta.common.errors import UnhandledErrorMiddleware, install_problem_handlers
-from regatta.common.events import relay_outbox
-from regatta.common.health import Lifecycle
-from regatta.common.hotpath import HotCreate, HotPathMiddleware
-from regatta.common.idempotency import IdempotencyStore
-from regatta.common.middleware import (
+from regatta.common.data import migrations
+from regatta.common.data.idempotency import IdempotencyStore
+from regatta.common.http import health
+from regatta.common.http.auth import ApiKeys
+from regatta.common.http.health import Lifecycle
+from regatta.common.http.hotpath import HotCreate, HotPathMiddleware
+from regatta.common.http.middleware import (
     BodySizeLimitMiddleware,
     JsonContentTypeMiddleware,
     RequestIdMiddleware,
 )
-from regatta.common.ratelimit import install_rate_limit
-from regatta.common.resources import Resource
+from regatta.common.http.problems import UnhandledErrorMiddleware, install_problem_handlers
+from regatta.common.http.ratelimit import install_rate_limit
+from regatta.common.http.resources import Resource
+from regatta.common.redis.events import relay_outbox
 from regatta.common.runtime import Runtime, open_runtime
 from regatta.common.settings import ServiceSettings
+from regatta.common.telemetry import observability
 
 logger = logging.getLogger("regatta.app")
 

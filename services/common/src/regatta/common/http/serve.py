@@ -20,9 +20,9 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 
-from regatta.common.health import Lifecycle
-from regatta.common.logs import configure_logging
+from regatta.common.http.health import Lifecycle
 from regatta.common.settings import ServiceSettings
+from regatta.common.telemetry.logs import configure_logging
 
 logger = logging.getLogger("regatta.serve")
 

@@ -26,9 +26,9 @@ from redis.exceptions import ResponseError
 from sqlalchemy import Column, Index, MetaData, String, Table, Text, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from regatta.common.columns import BigIntPK, UTCDateTime, utcnow
-from regatta.common.db import Database
-from regatta.common.observability import (
+from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
+from regatta.common.data.db import Database
+from regatta.common.telemetry.observability import (
     PlatformMetrics,
     carrier_of,
     current_trace_context,

@@ -36,11 +36,15 @@ from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from regatta.common.auth import ApiKeys
-from regatta.common.errors import problem_response
-from regatta.common.observability import API_KEY_ID_STATE, UNOBSERVED_PATHS, PlatformMetrics
-from regatta.common.pipelined import PipelinedRedis, Script
+from regatta.common.http.auth import ApiKeys
+from regatta.common.http.problems import problem_response
+from regatta.common.redis.pipelined import PipelinedRedis, Script
 from regatta.common.settings import ServiceSettings
+from regatta.common.telemetry.observability import (
+    API_KEY_ID_STATE,
+    UNOBSERVED_PATHS,
+    PlatformMetrics,
+)
 
 logger = logging.getLogger("regatta.ratelimit")
 

@@ -61,9 +61,9 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from starlette.middleware import Middleware
 
-from regatta.common import db
-from regatta.common.logs import log_request, request_logged
-from regatta.common.route_templates import TemplatedMetricsMiddleware
+from regatta.common.data import db
+from regatta.common.http.route_templates import TemplatedMetricsMiddleware
+from regatta.common.telemetry.logs import log_request, request_logged
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -75,8 +75,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import Pool
 
-    from regatta.common.db import Database
-    from regatta.common.lending import ConnectionLender, Lent
+    from regatta.common.data.db import Database
+    from regatta.common.data.lending import ConnectionLender, Lent
 
 logger = logging.getLogger("regatta.observability")
 

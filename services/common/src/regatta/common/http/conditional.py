@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Header
 
-from regatta.common.errors import ProblemError
+from regatta.common.http.problems import ProblemError
 
 # Clients must revalidate every time (a write is visible to the next read), which the ETag
 # makes cheap: a 304 carries no body.

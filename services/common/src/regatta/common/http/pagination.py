@@ -12,7 +12,7 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Depends, Query
 from pydantic import BaseModel
 
-from regatta.common.errors import invalid_field
+from regatta.common.http.problems import invalid_field
 
 T = TypeVar("T")
 K = TypeVar("K")

@@ -23,7 +23,7 @@ from typing import Any, Final, Literal
 
 from opentelemetry import trace
 
-from regatta.common.middleware import request_id_var
+from regatta.common.http.middleware import request_id_var
 
 access_logger = logging.getLogger("regatta.access")
 

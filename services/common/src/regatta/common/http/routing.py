@@ -19,7 +19,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from regatta.common.errors import invalid_fields
+from regatta.common.http.problems import invalid_fields
 
 
 class _HeadRoute(APIRoute):

@@ -30,7 +30,7 @@ from cachetools import TTLCache
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
-from regatta.common.pipelined import PipelinedRedis, Script
+from regatta.common.redis.pipelined import PipelinedRedis, Script
 
 logger = logging.getLogger("regatta.cache")
 

@@ -16,28 +16,28 @@ from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import CTE, ColumnElement, Row, Select, Table, bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from regatta.common.cache import DELETED, CachedResponse, ResponseCache
-from regatta.common.columns import utcnow
-from regatta.common.conditional import (
-    CACHE_CONTROL,
-    Precondition,
-    make_etag,
-    none_match,
-    precondition_failed,
-)
-from regatta.common.db import Database, fetch_rows
-from regatta.common.errors import ProblemError
-from regatta.common.events import record_event
-from regatta.common.idempotency import (
+from regatta.common.data.columns import utcnow
+from regatta.common.data.db import Database, fetch_rows
+from regatta.common.data.idempotency import (
     REPLAYED_HEADER,
     IdempotencyStore,
     IdempotentRequest,
     StoredResponse,
     keyed_request,
 )
-from regatta.common.observability import current_trace_context
-from regatta.common.pagination import PageRequest, next_cursor
-from regatta.common.versioned import MAX_ID, M, VersionedRepository
+from regatta.common.data.repository import MAX_ID, M, VersionedRepository
+from regatta.common.http.conditional import (
+    CACHE_CONTROL,
+    Precondition,
+    make_etag,
+    none_match,
+    precondition_failed,
+)
+from regatta.common.http.pagination import PageRequest, next_cursor
+from regatta.common.http.problems import ProblemError
+from regatta.common.redis.cache import DELETED, CachedResponse, ResponseCache
+from regatta.common.redis.events import record_event
+from regatta.common.telemetry.observability import current_trace_context
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -254,7 +254,7 @@ class Resource(Generic[M, R]):
     async def update(
         self,
         *,
-        session: AsyncSession,
+        database: Database,
         cache: ResponseCache,
         row_id: int,
         values: Mapping[str, Any],
@@ -262,7 +262,7 @@ class Resource(Generic[M, R]):
     ) -> CachedResponse:
         """Apply a partial update under the precondition; the cache holds the new version after."""
         self._check_id(row_id)
-        async with session.begin():
+        async with database.sessions() as session, session.begin():
             outcome = await self.repository.update(session, row_id, values, precondition)
             entry = self.render(outcome.row) if outcome.row is not None else None
             if entry is not None:
@@ -276,14 +276,14 @@ class Resource(Generic[M, R]):
     async def delete(
         self,
         *,
-        session: AsyncSession,
+        database: Database,
         cache: ResponseCache,
         row_id: int,
         precondition: Precondition | None,
     ) -> None:
         """Delete under the precondition; the cache forgets the row before this returns."""
         self._check_id(row_id)
-        async with session.begin():
+        async with database.sessions() as session, session.begin():
             outcome = await self.repository.delete(session, row_id, precondition)
             if outcome.row is not None:
                 await self._record(session, "deleted", self.render(outcome.row))

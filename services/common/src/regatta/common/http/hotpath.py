@@ -38,19 +38,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from regatta.common.auth import require_writer
-from regatta.common.cache import CachedResponse
-from regatta.common.conditional import CACHE_CONTROL, none_match
-from regatta.common.db import Database
-from regatta.common.errors import ProblemError, render_problem
-from regatta.common.idempotency import (
+from regatta.common.data.db import Database
+from regatta.common.data.idempotency import (
     IDEMPOTENCY_KEY_MAX_LENGTH,
     IDEMPOTENCY_KEY_PATTERN,
     StoredResponse,
 )
-from regatta.common.pagination import DEFAULT_LIMIT, MAX_LIMIT, PageRequest, decode_cursor
-from regatta.common.resources import JSON_MEDIA_TYPE, Resource, stored_response
-from regatta.common.versioned import MAX_ID
+from regatta.common.data.repository import MAX_ID
+from regatta.common.http.auth import require_writer
+from regatta.common.http.conditional import CACHE_CONTROL, none_match
+from regatta.common.http.pagination import DEFAULT_LIMIT, MAX_LIMIT, PageRequest, decode_cursor
+from regatta.common.http.problems import ProblemError, render_problem
+from regatta.common.http.resources import JSON_MEDIA_TYPE, Resource, stored_response
+from regatta.common.redis.cache import CachedResponse
 
 # Canonical decimal ids only (no sign, no leading zero, at most MAX_ID): anything else goes to
 # the route, which validates it and answers 404/422 as the contract says.

@@ -1,0 +1,1 @@
+"""The data layer: engine, failure classification, repositories, idempotency, migrations."""

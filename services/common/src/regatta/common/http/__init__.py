@@ -1,0 +1,1 @@
+"""The HTTP edge: app factory, middleware, problems, auth, rate limit, health, routing."""

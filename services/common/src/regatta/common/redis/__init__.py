@@ -1,0 +1,1 @@
+"""What lives in Redis: the response cache and the event stream."""

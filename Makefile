@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PORT ?= 8000
 export UV_LINK_MODE ?= copy
 
-.PHONY: help up test lint typecheck audit pytest sync deps clean stack stack-down bench kind
+.PHONY: help up check test lint typecheck audit pytest sync deps clean stack stack-down bench kind
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,6 +18,12 @@ sync:
 
 up: sync ## Run every service in one process on http://127.0.0.1:$(PORT) (SQLite unless DATABASE_URL)
 	@PORT=$(PORT) uv run --frozen python infra/embedded.py
+
+check: sync ## The fast loop: lint, types and every test that needs no server or image build (< 3 min)
+	uv run --frozen ruff check .
+	uv run --frozen ruff format --check .
+	uv run --frozen mypy services tests infra
+	REGATTA_NO_SERVERS=1 uv run --frozen pytest -q -n auto -m "not postgres and not images"
 
 lint: sync ## ruff check and ruff format --check
 	uv run --frozen ruff check .

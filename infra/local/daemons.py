@@ -293,6 +293,9 @@ def _sweep_stale(parent: Path, prefix: str) -> None:
             continue  # locked by a live session, or not ours to inspect
 
 
+NO_SERVERS_VARIABLE = "REGATTA_NO_SERVERS"
+
+
 class _Server:
     """Lifecycle shared by the servers: temp dir, child process, atexit backstop."""
 
@@ -335,6 +338,14 @@ class _Server:
 
     def start(self) -> None:
         """Start the server (on its previous port if it ran before) unless running."""
+        if os.environ.get(NO_SERVERS_VARIABLE):
+            # `make check` promises a loop without servers: a test that starts one while
+            # unmarked fails here, naming the marker it lacks.
+            msg = (
+                f"{NO_SERVERS_VARIABLE} is set (make check), but a test started {self._what}: "
+                "mark it @pytest.mark.postgres"
+            )
+            raise RuntimeError(msg)
         if self._closed:
             msg = f"{self._what} server was closed"
             raise RuntimeError(msg)

@@ -20,7 +20,8 @@ import pytest
 
 from tests.images.conftest import BUILDAH, REPO, ImageReport, buildah
 
-pytestmark = pytest.mark.images
+# Building the images (buildah, debootstrap) takes minutes on a cold cache.
+pytestmark = [pytest.mark.images, pytest.mark.timeout(1800)]
 
 APIS = ("items", "heroes", "notifications")
 STARTUP_TIMEOUT = 60.0

@@ -14,7 +14,8 @@ import pytest
 
 from tests.images.test_images import APIS, _complete, _container, _require
 
-pytestmark = pytest.mark.images
+# Building the images (buildah, debootstrap) takes minutes on a cold cache.
+pytestmark = [pytest.mark.images, pytest.mark.timeout(1800)]
 
 # Anything that compiles, fetches or installs code: none may be reachable in a running image.
 BUILD_AND_INSTALL_TOOLS = (

@@ -14,9 +14,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.reliability.conftest import FaultyStack, eventually
+
+# The whole stack: Postgres, Redis, nginx and replicas (tests/reliability/conftest.py).
+pytestmark = pytest.mark.postgres
 
 READS, WRITES = 5, 3
 # An hour: nothing is earned back while a test runs, so the counts are exact.

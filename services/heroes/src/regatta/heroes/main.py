@@ -7,11 +7,9 @@ from fastapi import FastAPI
 from regatta.common.data.migrations import MigrationSpec
 from regatta.common.http.app import ServiceSpec
 from regatta.common.http.app import create_app as create_service_app
-from regatta.common.http.hotpath import HotCreate
 from regatta.heroes.api import router
 from regatta.heroes.models import idempotency_keys, outbox
-from regatta.heroes.schemas import HeroCreate
-from regatta.heroes.service import SERVICE_NAME, create_hero, heroes
+from regatta.heroes.service import SERVICE_NAME, heroes
 from regatta.heroes.settings import HeroesSettings
 
 SERVICE = ServiceSpec(
@@ -23,8 +21,6 @@ SERVICE = ServiceSpec(
     idempotency_table=idempotency_keys,
     outbox_table=outbox,
     cached_reads=(heroes,),
-    # What POST /heroes validates and calls (api.py's create_hero), run before routing.
-    hot_creates=(HotCreate(SERVICE_NAME, HeroCreate, create_hero, body_argument="hero"),),
 )
 
 

@@ -7,11 +7,9 @@ from fastapi import FastAPI
 from regatta.common.data.migrations import MigrationSpec
 from regatta.common.http.app import ServiceSpec
 from regatta.common.http.app import create_app as create_service_app
-from regatta.common.http.hotpath import HotCreate
 from regatta.items.api import router
 from regatta.items.models import idempotency_keys, outbox
-from regatta.items.schemas import ItemCreate
-from regatta.items.service import SERVICE_NAME, create_item, items
+from regatta.items.service import SERVICE_NAME, items
 from regatta.items.settings import ItemsSettings
 
 SERVICE = ServiceSpec(
@@ -23,8 +21,6 @@ SERVICE = ServiceSpec(
     idempotency_table=idempotency_keys,
     outbox_table=outbox,
     cached_reads=(items,),
-    # What POST /items validates and calls (api.py's create_item), run before routing.
-    hot_creates=(HotCreate(SERVICE_NAME, ItemCreate, create_item, body_argument="item"),),
 )
 
 

@@ -59,7 +59,7 @@ logger = logging.getLogger("regatta.idempotency")
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
-# Printable ASCII without spaces, 1-255 characters (hotpath.py checks keys the same way).
+# Printable ASCII without spaces, 1-255 characters (the header parameter checks keys with it).
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 IdempotencyKeyHeader = Annotated[

@@ -22,7 +22,6 @@ from regatta.common.data.idempotency import IdempotencyStore
 from regatta.common.http import health
 from regatta.common.http.auth import ApiKeys
 from regatta.common.http.health import Lifecycle
-from regatta.common.http.hotpath import HotCreate, HotPathMiddleware
 from regatta.common.http.middleware import (
     BodySizeLimitMiddleware,
     JsonContentTypeMiddleware,
@@ -30,6 +29,7 @@ from regatta.common.http.middleware import (
 )
 from regatta.common.http.problems import UnhandledErrorMiddleware, install_problem_handlers
 from regatta.common.http.ratelimit import install_rate_limit
+from regatta.common.http.readcache import CachedReads
 from regatta.common.http.resources import Resource
 from regatta.common.redis.events import relay_outbox
 from regatta.common.runtime import Runtime, open_runtime
@@ -58,10 +58,9 @@ class ServiceSpec:
     # Work that runs in its own process in production (``python -m regatta.<name>.worker``)
     # and inside the app when ``run_workers`` is set (the embedded default).
     workers: Sequence[tuple[str, Worker]] = ()
-    # Resources whose ``GET /{name}/{id}`` and list pages are answered before routing, and
-    # creates that are run before routing when the route would accept them (hotpath.py).
+    # Resources read through the response cache: a hit of ``GET /{name}/{id}`` is answered
+    # from the cached bytes in front of the routes (readcache.py), a miss by the route.
     cached_reads: Sequence[Resource[Any, Any]] = ()
-    hot_creates: Sequence[HotCreate] = ()
 
 
 async def _purge_idempotency(runtime: Runtime, stores: Sequence[IdempotencyStore]) -> None:
@@ -213,9 +212,8 @@ def create_app(
 
     # Added innermost first: the last one added sees the request first.
     cached_reads = [resource for service in services for resource in service.cached_reads]
-    hot_creates = [create for service in services for create in service.hot_creates]
-    if cached_reads or hot_creates:
-        app.add_middleware(HotPathMiddleware, resources=cached_reads, creates=hot_creates)
+    if cached_reads:
+        app.add_middleware(CachedReads, resources=cached_reads)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -1,0 +1,84 @@
+"""The response cache in front of the routes: ``GET /{resource}/{id}`` answered from final bytes.
+
+A service declares which of its resources are read through the cache (``ServiceSpec.
+cached_reads``). For those, this layer looks the id up in the cache of rendered responses
+(``redis/cache.py``) and, when the entry is there, answers 200 with its bytes and ETag — or
+304 when ``If-None-Match`` already names that version — exactly as the route would
+(``tests/contract/test_read_cache.py`` compares the two). On a miss, and for every other
+request, it does nothing but pass the request on: the route reads the database, renders the
+response and stores it in the cache for the next reader.
+
+It sits inside the request id, metrics, tracing, CORS, rate-limit and body-size layers and the
+error guard, so a hit is counted, logged, traced and limited like any other request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from regatta.common.http.conditional import CACHE_CONTROL, none_match
+from regatta.common.http.resources import Resource
+from regatta.common.redis.cache import CachedResponse
+
+# Canonical decimal ids (no sign, no leading zero, at most 19 digits); anything else is the
+# route's to validate and answer.
+_ID = re.compile(r"[1-9][0-9]{0,18}")
+_CACHE_CONTROL = CACHE_CONTROL.encode()
+
+
+class CachedReads:
+    """Answer cache hits of ``GET /{resource}/{id}`` for the declared resources."""
+
+    def __init__(self, app: ASGIApp, *, resources: Iterable[Resource[Any, Any]]) -> None:
+        self.app = app
+        self._resources = {resource.name: resource for resource in resources}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the cached response, or pass the request on."""
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
+            key = self._cache_key(scope["path"])
+            cache = getattr(scope["app"].state, "cache", None) if key is not None else None
+            entry = await cache.get(key) if cache is not None and key is not None else None
+            if entry is not None:
+                await _send(entry, scope, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _cache_key(self, path: str) -> str | None:
+        # "/items/42" → the entry's cache key, when items is declared and 42 a canonical id.
+        _, _, rest = path.partition("/")
+        name, slash, row_id = rest.partition("/")
+        resource = self._resources.get(name)
+        if resource is None or not slash or _ID.fullmatch(row_id) is None:
+            return None
+        return resource.cache_key(int(row_id))
+
+
+def _if_none_match(scope: Scope) -> str | None:
+    # The first If-None-Match header, as the route's Header() parameter reads it.
+    for name, value in scope["headers"]:
+        if name == b"if-none-match":
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _send(entry: CachedResponse, scope: Scope, send: Send) -> None:
+    # The status, headers and body resources.entry_response() gives through Starlette.
+    etag = entry.etag.encode()
+    if none_match(_if_none_match(scope), entry.etag):
+        headers = [(b"etag", etag), (b"cache-control", _CACHE_CONTROL)]
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers = [
+        (b"etag", etag),
+        (b"cache-control", _CACHE_CONTROL),
+        (b"content-length", str(len(entry.body)).encode()),
+        (b"content-type", b"application/json"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": entry.body})

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from stack import Stack
 
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 from tests.notifications.receiver import run_receiver
 
 pytestmark = pytest.mark.postgres

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -30,14 +28,3 @@ def settings(settings: NotificationsSettings) -> NotificationsSettings:
 async def receiver() -> AsyncIterator[Receiver]:
     async with run_receiver() as running:
         yield running
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, within: float = 20, interval: float = 0.05
-) -> None:
-    """Poll ``check`` until it holds, or fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within}s")
-        await asyncio.sleep(interval)

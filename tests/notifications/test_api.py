@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import AppFactory, client_for
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 from tests.notifications.receiver import Receiver
 
 PROBLEM = "application/problem+json"

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from regatta.common.settings import Environment
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 from tests.notifications.hostile import run_hostile
 from tests.notifications.test_delivery import send_webhook
 

@@ -12,7 +12,7 @@ from regatta.notifications import ssrf
 from regatta.notifications.service import backoff_seconds
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 from tests.notifications.receiver import Receiver, run_receiver, run_smtp
 
 

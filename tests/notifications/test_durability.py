@@ -18,7 +18,7 @@ from asgi_lifespan import LifespanManager
 from regatta.notifications.main import create_app as create_notifications_app
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 from tests.notifications.receiver import free_port, run_receiver
 from tests.servers import RedisServer
 

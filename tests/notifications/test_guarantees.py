@@ -22,7 +22,7 @@ from regatta.notifications.models import Notification
 from regatta.notifications.service import attempt_delivery
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 
 
 async def _row(database: Database, notification_id: uuid.UUID) -> Notification:

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from regatta.common.data.db import Database
 from regatta.notifications import repository
 from tests.conftest import AppFactory, client_for
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 
 PROBLEM = "application/problem+json"
 EMAIL = {"channel": "email", "to": "ada@example.com", "subject": "Hello", "body": "Hi Ada"}

@@ -12,7 +12,7 @@ import standardwebhooks.webhooks
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 from tests.notifications.receiver import Received, Receiver
 
 # The key is the secret's UTF-8 bytes; the libraries take it base64-encoded after "whsec_".

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from regatta.common.data.db import create_engine
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import client_for
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 from tests.observability.conftest import OBSERVABILITY, LogLines, Spans, TracedAppFactory
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +25,12 @@ from daemons import free_port
 
 import regatta.operator.handlers  # noqa: F401 - registers the handlers with kopf
 from regatta.operator.settings import CONFIG_VARIABLE
+from tests.eventually import eventually
 from tests.operator.support import api_service, chart_environment
 
 API_SERVICES = "regatta.dev/v1alpha1/apiservices"
 # An upper bound only, never an expectation: each wait returns as soon as its condition holds.
 PATIENCE_SECONDS = 30
-
-
-async def eventually(check: Callable[[], Any], *, seconds: float = PATIENCE_SECONDS) -> Any:
-    """Wait until check() returns something true (the operator works asynchronously)."""
-    # The state lives in kmock, which offers no event to wait on: poll it.
-    async with asyncio.timeout(seconds):
-        while True:
-            if result := check():
-                return result
-            await asyncio.sleep(0.05)
 
 
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
@@ -285,7 +276,7 @@ async def test_drift_is_repaired_and_a_stuck_rollout_reported(
         deleted = await api.delete("/api/v1/namespaces/shop/services/orders")
         assert deleted.status_code < 300, deleted.text
         assert live(kmock, "v1/services", "orders") is None
-        await eventually(lambda: live(kmock, "v1/services", "orders"), seconds=REPAIR_SECONDS)
+        await eventually(lambda: live(kmock, "v1/services", "orders"), within=REPAIR_SECONDS)
 
         # Someone scales the Deployment by hand: the ApiService's count is restored.
         merge = {"Content-Type": "application/merge-patch+json"}
@@ -299,7 +290,7 @@ async def test_drift_is_repaired_and_a_stuck_rollout_reported(
         def replicas() -> int:
             return int((live(kmock, "apps/v1/deployments", "orders") or {})["spec"]["replicas"])
 
-        await eventually(lambda: replicas() == 2, seconds=REPAIR_SECONDS)
+        await eventually(lambda: replicas() == 2, within=REPAIR_SECONDS)
 
         # The Deployment controller gives up on the rollout: the ApiService says so, with why.
         stuck = {
@@ -325,7 +316,7 @@ async def test_drift_is_repaired_and_a_stuck_rollout_reported(
                 conditions(live(kmock, API_SERVICES, "orders")).get("Degraded")
                 == ("True", "ProgressDeadlineExceeded")
             ),
-            seconds=REPAIR_SECONDS,
+            within=REPAIR_SECONDS,
         )
         assert reported
         orders = live(kmock, API_SERVICES, "orders") or {}

@@ -9,8 +9,7 @@ ready again before the next test runs (``healthy``).
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from daemons import DaemonUnavailableError
 from stack import Stack
 
+from tests.eventually import eventually
 from tests.reliability.faultproxy import FaultProxy
 from tests.servers import unavailable
 
@@ -121,18 +121,3 @@ async def wait_until_ready(faulty: FaultyStack) -> None:
             return not not_ready
 
         await eventually(all_ready, within=READY_WITHIN_SECONDS, what=lambda: f"{not_ready}")
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]],
-    *,
-    within: float,
-    interval: float = 0.05,
-    what: Callable[[], str] = str,
-) -> None:
-    """Poll ``check`` until it holds, or fail after ``within`` seconds (saying ``what()``)."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within}s {what()}")
-        await asyncio.sleep(interval)

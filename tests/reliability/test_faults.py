@@ -25,7 +25,8 @@ from redis.asyncio import Redis
 
 from regatta.common.redis.cache import CachedResponse, CacheGeneration, RedisCache
 from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
-from tests.reliability.conftest import FaultyStack, eventually
+from tests.eventually import eventually
+from tests.reliability.conftest import FaultyStack
 from tests.reliability.faultproxy import FaultProxy
 from tests.servers import RedisServer
 

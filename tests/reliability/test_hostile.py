@@ -36,7 +36,7 @@ import pytest
 from daemons import DaemonUnavailableError, free_port, log_tail, spawn_child, stop_child
 from stack import nginx_config
 
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 from tests.servers import PostgresServer, RedisServer, unavailable
 
 pytestmark = pytest.mark.postgres

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.reliability.conftest import FaultyStack, eventually
+from tests.eventually import eventually
+from tests.reliability.conftest import FaultyStack
 
 # The whole stack: Postgres, Redis, nginx and replicas (tests/reliability/conftest.py).
 pytestmark = pytest.mark.postgres

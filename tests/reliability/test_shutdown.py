@@ -24,8 +24,9 @@ import pytest
 import yaml
 
 from regatta.common.settings import ServiceSettings
+from tests.eventually import eventually
 from tests.notifications.receiver import run_receiver
-from tests.reliability.conftest import FaultyStack, eventually
+from tests.reliability.conftest import FaultyStack
 
 pytestmark = pytest.mark.postgres
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
-from sqlalchemy import event
+from pydantic import SecretStr
+from sqlalchemy import Select, event, literal_column, select
 
+from regatta.common.data.db import Database, create_engine
+from regatta.common.settings import Environment, ServiceSettings
+from regatta.common.telemetry import observability
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import client_for
-from tests.notifications.conftest import eventually
+from tests.eventually import eventually
 from tests.notifications.receiver import Receiver, run_receiver
 from tests.observability.conftest import Spans, TracedAppFactory
 
@@ -130,3 +135,30 @@ async def test_without_a_provider_nothing_is_instrumented(settings: Notification
     app = create_embedded_app(settings)
     assert app.state.tracer_provider is None
     assert not getattr(app, "_is_instrumented_by_opentelemetry", False)
+
+
+@pytest.mark.postgres
+async def test_statements_run_the_same_way_traced_or_not(postgres_url: str, spans: Spans) -> None:
+    """Tracing adds spans to the resources' statements; it does not change how they run."""
+    settings = ServiceSettings(environment=Environment.TEST, database_url=SecretStr(postgres_url))
+    statement: Select[Any] = select(literal_column("1").label("one"))
+    for traced in (False, True):
+        database = Database(create_engine(settings))
+        if traced:
+            observability.instrument_engine(database.engine, spans.provider)
+        ran: list[str] = []
+        event.listen(database.engine.sync_engine, "before_cursor_execute", ran.append)
+        try:
+            assert database.direct  # asyncpg runs them itself, with tracing on or off
+            # Inside a request's span: a client span with no parent is not recorded.
+            with spans.provider.get_tracer("test").start_as_current_span("request"):
+                assert await database.read_direct(statement, {}) == [{"one": 1}]
+        finally:
+            await database.close()
+        assert ran == []  # not through SQLAlchemy's execution, either way
+        selects = [span for span in spans.finished() if span.name == "SELECT"]
+        assert len(selects) == (1 if traced else 0)
+    (span,) = selects
+    assert span.kind is SpanKind.CLIENT
+    assert span.attributes is not None
+    assert span.attributes["db.system"] == "postgresql"

@@ -167,7 +167,6 @@ async def open_runtime(
         reader.on_connect = partial(generation.advance, redis)
     if tracer_provider is not None:
         observability.instrument_engine(database.engine, tracer_provider)
-        database.direct = False
         if redis is not None:
             observability.instrument_redis(redis, tracer_provider)
     cache: ResponseCache

@@ -77,6 +77,9 @@ async def measure(database_url: str) -> None:
         await rate("point read, Core select built per call", built_per_call, 4000)
         await rate("point read, prebuilt Core select", prebuilt, 4000)
         await rate("point read, asyncpg on the pooled connection", direct, 4000)
+        database.direct = False
+        await rate("keyed create through SQLAlchemy", create, 2000)
+        database.direct = True
         await rate("keyed create, asyncpg on the pooled connection", create, 2000)
     finally:
         await database.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -362,9 +361,11 @@ async def test_cache_failures_and_redis_round_trips_are_counted(tmp_path: Path) 
 
 
 @pytest.mark.postgres
-async def test_pool_waits_and_direct_statements_are_measured(postgres_url: str) -> None:
-    # Statements asyncpg runs itself (db.fetch_direct) and waits for a pooled connection are
-    # what a slow database shows first.
+async def test_hot_reads_waiting_for_a_lent_connection_and_direct_statements_are_measured(
+    postgres_url: str,
+) -> None:
+    # Hot reads run on connections the lender keeps (lending.py) and by asyncpg itself: their
+    # waits and statements are what a slow database shows first.
     settings = ServiceSettings(
         environment=Environment.TEST,
         database_url=SecretStr(postgres_url),
@@ -374,17 +375,14 @@ async def test_pool_waits_and_direct_statements_are_measured(postgres_url: str) 
     database = Database(create_engine(settings))
     metrics = observability.PlatformMetrics(service_name="items")
     metrics.sample_pool(database)
+    assert database.lender is not None
     statement: Select[Any] = select(literal_column("1").label("one"))
     try:
         assert await database.read_direct(statement, {}) == [{"one": 1}]
-        async with contextlib.AsyncExitStack() as held:
-
-            async def hold_every_connection() -> None:
-                for _ in range(100):  # the pool and its overflow, then one too many
-                    await held.enter_async_context(database.reader.connect())
-
+        async with database.lend():
             with pytest.raises(sa_exc.TimeoutError):
-                await hold_every_connection()
+                async with database.lend():
+                    pass
     finally:
         await database.close()
     text_ = generate_latest(metrics.registry).decode()

@@ -189,7 +189,7 @@ class Resource(Generic[M, R]):
         # no transaction to hold. The rendering equals what the row reads back as: values are
         # validated to what the columns store exactly, and the contract suites compare the two.
         claim = store.claim() if keyed is not None else None
-        async with database.reader.connect() as connection:
+        async with database.lend() as connection:
 
             async def prepare(row_id: int) -> tuple[StoredResponse, Select[Any], dict[str, Any]]:
                 now = utcnow()

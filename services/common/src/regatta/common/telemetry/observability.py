@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from sqlalchemy.pool import Pool
 
     from regatta.common.data.db import Database
+    from regatta.common.data.lending import ConnectionLender, Lent
 
 logger = logging.getLogger("regatta.observability")
 
@@ -467,6 +468,8 @@ class PlatformMetrics:
         event.listen(sync_engine, "handle_error", failed)
         db.observe_direct_statements(database.engine, observe)
         self._time_pool_waits(sync_engine.pool)
+        if database.lender is not None:
+            self._time_lender_waits(database.lender)
 
     def _time_pool_waits(self, pool: Pool) -> None:
         # SQLAlchemy has no event before a checkout: its pool's one method that waits (or
@@ -483,18 +486,33 @@ class PlatformMetrics:
 
         pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
 
+    def _time_lender_waits(self, lender: ConnectionLender) -> None:
+        # Hot reads wait for a lent connection (lending.py), not for the pool: timed alike. A
+        # connection the lender opens is timed by the pool too.
+        acquire = lender.acquire
+        waited = self.pool_wait.labels(self.service_name)
+        timeouts = self.pool_timeouts.labels(self.service_name)
+
+        async def timed_acquire() -> Lent:
+            with _timed_wait(waited, timeouts):
+                return await acquire()
+
+        lender.acquire = timed_acquire  # type: ignore[method-assign]
+
     def sample_pool(self, database: Database) -> None:
         """Record the pool's size and connections in use (read from the pool, no I/O).
 
-        The first sample also instruments the database.
+        Connections the lender keeps idle between hot statements are out of the pool but
+        not in use: they do not count. The first sample also instruments the database.
         """
         self.instrument_database(database)
         pool = database.engine.pool
         size = getattr(pool, "size", None)
         checked_out = getattr(pool, "checkedout", None)
         if callable(size) and callable(checked_out):
+            idle = database.lender.idle if database.lender is not None else 0
             self.pool_size.labels(self.service_name).set(size())
-            self.pool_checked_out.labels(self.service_name).set(checked_out())
+            self.pool_checked_out.labels(self.service_name).set(checked_out() - idle)
 
 
 @contextlib.contextmanager

@@ -417,11 +417,21 @@ class PostgresServer(_Server):
     _stop_signal = signal.SIGINT
     _death_signal = signal.SIGQUIT
 
-    def __init__(self, bindir: Path, os_user: pwd.struct_passwd | None) -> None:
-        """Prepare a cluster from the binaries in bindir, run as os_user when given."""
+    def __init__(
+        self,
+        bindir: Path,
+        os_user: pwd.struct_passwd | None,
+        *,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        """Prepare a cluster from the binaries in bindir, run as os_user when given.
+
+        ``settings``: more server settings (``-c name=value``), e.g. a preloaded library.
+        """
         parent = _postgres_scratch_dir(os_user)
         super().__init__("regatta-pg-", parent)
         self.superuser = "postgres"
+        self._settings = dict(settings or {})
         self._bindir = bindir
         self._os_user = os_user
         self._data_dir = self._base / "data"
@@ -500,6 +510,7 @@ class PostgresServer(_Server):
             "synchronous_commit": "off",
             "full_page_writes": "off",
             "max_connections": "300",
+            **self._settings,
         }
         return [
             str(self._bindir / "postgres"),

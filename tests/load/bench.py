@@ -14,6 +14,7 @@ Then the scale section (``scale.py``; ``BENCH_SCALE=0`` leaves it out).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -215,6 +216,7 @@ class Triple:
     f: Figure
     ours: Figure
     naive: Figure
+    cost: Cost
 
 
 def endpoints(url: dict[str, str]) -> list[Endpoint]:
@@ -242,16 +244,81 @@ def endpoints(url: dict[str, str]) -> list[Endpoint]:
 _ORDERS = (("f", "ours", "naive"), ("ours", "naive", "f"), ("naive", "f", "ours"))
 
 
-def measure(endpoint: Endpoint, f_url: str, round_: int) -> Triple:
+@dataclass(frozen=True)
+class Counters:
+    """What the platform has spent so far: server CPU, Postgres statements, Redis commands."""
+
+    cpu_seconds: float
+    statements: int
+    commands: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Reads :class:`Counters` of one server process and the run's Postgres and Redis."""
+
+    pid: int
+    postgres: PostgresServer
+    database: str
+    redis: RedisServer
+
+    def read(self) -> Counters:
+        """The counters now (each read costs one statement and one command: subtracted)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])  # utime + stime (fields 14 and 15)
+        statements = int(
+            self.postgres.psql(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements", database=self.database
+            ).strip()
+        )
+        info = self.redis.command("INFO", "stats").decode()
+        commands = int(re.search(r"total_commands_processed:(\d+)", info).group(1))  # type: ignore[union-attr]
+        return Counters(ticks / os.sysconf("SC_CLK_TCK"), statements, commands)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Per request of one run: server CPU (µs), Postgres statements, Redis commands."""
+
+    cpu_us: float
+    statements: float
+    commands: float
+
+
+def costed(probe: Probe, run: Callable[[], Figure], seconds: int = SECONDS) -> tuple[Figure, Cost]:
+    """``run``, with what each of its requests cost the server, Postgres and Redis.
+
+    The counters include what runs beside the requests (the outbox relay's polls, a pool
+    sample): a per-request share of it, as a replica pays it.
+    """
+    before = probe.read()
+    figure = run()
+    after = probe.read()
+    requests = max(figure.rps * seconds, 1.0)
+    return figure, Cost(
+        cpu_us=(after.cpu_seconds - before.cpu_seconds) / requests * 1e6,
+        statements=max(after.statements - before.statements - 1, 0) / requests,
+        commands=max(after.commands - before.commands - 1, 0) / requests,
+    )
+
+
+def measure(endpoint: Endpoint, f_url: str, round_: int, probe: Probe) -> Triple:
     """F, ours and naive on ``endpoint``, back to back (seconds apart, not minutes)."""
     get = GET_SCRIPT.format(items=SEED_ITEMS, etag="nil")
-    runs = {
+    costs: list[Cost] = []
+
+    def ours() -> Figure:
+        figure, cost = costed(probe, lambda: wrk(endpoint.name, endpoint.ours, endpoint.script()))
+        costs.append(cost)
+        return figure
+
+    runs: dict[str, Callable[[], Figure]] = {
         "f": lambda: wrk(f"F {endpoint.name}", f_url + "/", get),
-        "ours": lambda: wrk(endpoint.name, endpoint.ours, endpoint.script()),
+        "ours": ours,
         "naive": lambda: wrk(f"naive {endpoint.name}", endpoint.naive, endpoint.naive_script()),
     }
     figures = {who: runs[who]() for who in _ORDERS[round_ % len(_ORDERS)]}
-    return Triple(**figures)
+    return Triple(f=figures["f"], ours=figures["ours"], naive=figures["naive"], cost=costs[0])
 
 
 def main() -> int:
@@ -261,11 +328,20 @@ def main() -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="regatta-bench-"))
     with ExitStack() as stack:
-        postgres = stack.enter_context(PostgresServer(find_postgres_bindir(), postgres_os_user()))
+        # pg_stat_statements counts the statements each request costs (the Debian package has it).
+        postgres = stack.enter_context(
+            PostgresServer(
+                find_postgres_bindir(),
+                postgres_os_user(),
+                settings={"shared_preload_libraries": "pg_stat_statements"},
+            )
+        )
         postgres.start()
         redis = stack.enter_context(RedisServer(find_redis()))
         redis.start()
-        database_url = postgres.url(postgres.create_database())
+        database = postgres.create_database()
+        postgres.psql("CREATE EXTENSION pg_stat_statements", database=database)
+        database_url = postgres.url(database)
         env = {
             **os.environ,
             "ENVIRONMENT": "production",
@@ -304,9 +380,14 @@ def main() -> int:
 
         b = wrk("B", url["B"] + "/", GET_SCRIPT.format(items=SEED_ITEMS, etag="nil"))
         triples: dict[str, list[Triple]] = {endpoint.name: [] for endpoint in endpoints(url)}
+        probes = {
+            name: Probe(processes[name].pid, postgres, database, redis)
+            for name in ("regatta", "nocache")
+        }
         for round_ in range(ROUNDS):
             for endpoint in endpoints(url):
-                triples[endpoint.name].append(measure(endpoint, url["F"], round_))
+                probe = probes["nocache" if endpoint.ours == url["nocache"] + "/" else "regatta"]
+                triples[endpoint.name].append(measure(endpoint, url["F"], round_, probe))
         get_script = GET_SCRIPT.format(items=SEED_ITEMS, etag="nil")
         maximum = {
             name: statistics.median(t.ours.rps for t in runs) for name, runs in triples.items()
@@ -333,6 +414,10 @@ def main() -> int:
         )
         rss_soaked = rss_mib(regatta_pid)
         report(b, triples, paced_figures, rss_after, rss_soaked, soak)
+        # Stop the servers first: the backends' own figures want the machine to themselves.
+        for process in processes.values():
+            stop_child(process)
+        capacity(triples, redis_gets_per_second(redis), postgres_reads_per_second(postgres))
     shutil.rmtree(work, ignore_errors=True)
     if SCALE:
         # The scale section runs on its own Postgres (scale.py): lists and searches at 10 k
@@ -398,6 +483,18 @@ def report(  # noqa: PLR0917
             _spread([t.ours.rps / t.naive.rps for t in runs], 2),
         )
         print(f"{name:20} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    print(
+        "\ncost per request (medians): server CPU, Postgres statements, Redis commands; "
+        "max req/s per server core = 1e6 / CPU µs"
+    )
+    for name, runs in triples.items():
+        cpu = statistics.median(t.cost.cpu_us for t in runs)
+        statements = statistics.median(t.cost.statements for t in runs)
+        commands = statistics.median(t.cost.commands for t in runs)
+        print(
+            f"{name:20} {cpu:7.0f} µs CPU  {statements:5.2f} statements  "
+            f"{commands:5.2f} commands  ({1e6 / cpu:6.0f} req/s per core)"
+        )
     print("\npaced at about 60 % of each endpoint's maximum (wrk delay(), staggered starts):")
     for name, (fig, maximum) in paced.items():
         print(
@@ -410,6 +507,92 @@ def report(  # noqa: PLR0917
         f"({soak.rps * SOAK_SECONDS:.0f} more requests): {rss_soaked:.1f} MiB "
         f"({(rss_soaked - rss_after) / rss_after * 100:+.1f} %)"
     )
+
+
+# The request mix the capacity table is for: mostly reads served by the cache, as a read-heavy
+# API sees them (a client revalidating, some misses, lists, a create in a hundred).
+MIX = {
+    "cached GET": 0.80,
+    "304 revalidation": 0.10,
+    "database point read": 0.05,
+    "list page": 0.04,
+    "POST /items": 0.01,
+}
+# The share of a core each component is planned to use (the HPA's CPU target for the pods).
+PLANNED_UTILISATION = 0.6
+RATES = (10_000, 100_000, 1_000_000)
+
+
+def _pinned(argv: list[str]) -> list[str]:
+    # Clients on CPU 1, as wrk: the server under test keeps CPU 0.
+    return ["taskset", "-c", "1", *argv] if shutil.which("taskset") else argv
+
+
+def redis_gets_per_second(redis: RedisServer) -> float:
+    """GETs of a 200-byte value one Redis (one core) answers, 32 clients, no pipelining."""
+    host, port = redis.url().split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    argv = ["redis-benchmark", "-h", host, "-p", port, "-t", "get", "-d", "200", "-n", "300000"]
+    output = subprocess.run(
+        _pinned([*argv, "-c", "32", "-q"]), capture_output=True, text=True, check=True
+    ).stdout
+    return float(re.search(r"GET: ([\d.]+) requests per second", output).group(1))  # type: ignore[union-attr]
+
+
+def postgres_reads_per_second(postgres: PostgresServer) -> float:
+    """Point reads by primary key Postgres answers on this machine (pgbench -S, prepared)."""
+    database = postgres.create_database()
+    pgbench = str(find_postgres_bindir() / "pgbench")
+    connection = ["-h", postgres.host, "-p", str(postgres.port), "-U", postgres.superuser]
+    subprocess.run(
+        [pgbench, *connection, "-i", "-q", "-s", "10", database], capture_output=True, check=True
+    )
+    output = subprocess.run(
+        _pinned([pgbench, *connection, "-S", "-M", "prepared", "-c", "32", "-j", "1", "-T", "10",
+                 database]),
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return float(re.search(r"tps = ([\d.]+)", output).group(1))  # type: ignore[union-attr]
+
+
+def capacity(triples: dict[str, list[Triple]], redis_rate: float, postgres_rate: float) -> None:
+    """What the measured costs ask of each component for 10 k, 100 k and 1 M requests/s."""
+    cost = {
+        name: Cost(
+            cpu_us=statistics.median(t.cost.cpu_us for t in runs),
+            statements=statistics.median(t.cost.statements for t in runs),
+            commands=statistics.median(t.cost.commands for t in runs),
+        )
+        for name, runs in triples.items()
+    }
+    cpu_us = sum(share * cost[name].cpu_us for name, share in MIX.items())
+    statements = sum(share * cost[name].statements for name, share in MIX.items())
+    commands = sum(share * cost[name].commands for name, share in MIX.items())
+    mix = ", ".join(f"{share:.0%} {name}" for name, share in MIX.items())
+    print(f"\ncapacity for the mix {mix}:")
+    print(
+        f"per request {cpu_us:.0f} µs server CPU, {statements:.2f} Postgres statements, "
+        f"{commands:.2f} Redis commands; one Redis core {redis_rate:.0f} GET/s (redis-benchmark), "
+        f"Postgres here {postgres_rate:.0f} point reads/s (pgbench -S); "
+        f"each planned at {PLANNED_UTILISATION:.0%}"
+    )
+    per_pod = PLANNED_UTILISATION * 1e6 / cpu_us
+    per_redis = PLANNED_UTILISATION * redis_rate / commands if commands else float("inf")
+    per_postgres = PLANNED_UTILISATION * postgres_rate / statements if statements else float("inf")
+    print(
+        f"one unit serves: a one-core pod {per_pod:.0f} req/s, a Redis core {per_redis:.0f} "
+        f"req/s, this Postgres {per_postgres:.0f} req/s"
+    )
+    for rate in RATES:
+        print(
+            f"{rate:>9} req/s: {math.ceil(rate / per_pod):>5} pods (1 core each), "
+            f"{math.ceil(rate / per_redis):>4} Redis cores, "
+            f"{rate / per_postgres:6.1f} × this Postgres"
+        )
+    first = min(
+        (("a pod", per_pod), ("Redis (one core)", per_redis), ("Postgres", per_postgres)),
+        key=lambda unit: unit[1],
+    )
+    print(f"the first to saturate, unit for unit: {first[0]}")
 
 
 if __name__ == "__main__":

@@ -41,11 +41,13 @@ class CachedReads:
         """Send the cached response, or pass the request on."""
         if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
             key = self._cache_key(scope["path"])
-            cache = getattr(scope["app"].state, "cache", None) if key is not None else None
-            entry = await cache.get(key) if cache is not None and key is not None else None
-            if entry is not None:
-                await _send(entry, scope, send)
-                return
+            # No cache before the lifespan has opened it: the route answers.
+            cache = getattr(scope["app"].state, "cache", None)
+            if key is not None and cache is not None:
+                entry = await cache.get(key)
+                if entry is not None:
+                    await _send(entry, scope, send)
+                    return
         await self.app(scope, receive, send)
 
     def _cache_key(self, path: str) -> str | None:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from embedded import create_embedded_app
 from regatta.common.data.db import Database
+from regatta.common.http.context import platform_of
 from regatta.common.settings import Environment
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
@@ -39,7 +40,7 @@ async def test_liveness_and_readiness(client: httpx.AsyncClient) -> None:
 
 async def test_readiness_turns_503_once_shutdown_begins(start_app: AppFactory) -> None:
     async with start_app() as app, client_for(app) as client:
-        app.state.lifecycle.begin_shutdown()
+        platform_of(app).lifecycle.begin_shutdown()
         ready = await client.get("/readyz")
         assert ready.status_code == 503
         assert (await client.get("/livez")).status_code == 200
@@ -51,7 +52,7 @@ async def test_readiness_is_503_when_the_database_is_gone(start_app: AppFactory)
         async def broken() -> None:
             raise ConnectionRefusedError
 
-        app.state.lifecycle.checks["database"] = broken
+        platform_of(app).lifecycle.checks["database"] = broken
         ready = await client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["database"] == "unavailable"
@@ -146,7 +147,7 @@ async def test_database_outage_is_503_not_500(start_app: AppFactory) -> None:
         create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none", pool_timeout=1)
     )
     async with start_app() as app, client_for(app) as client:
-        app.state.database = unreachable  # what request handlers use from now on
+        platform_of(app).serving.database = unreachable  # what request handlers use from now on
         try:
             response = await client.post("/items", json={"name": "x", "price": 1})
         finally:
@@ -230,7 +231,7 @@ async def test_cache_can_be_disabled_and_reads_stay_correct(start_app: AppFactor
         assert (await client.get(location)).json()["version"] == 1
         await client.patch(location, json={"price": 2})
         assert (await client.get(location)).json()["price"] == 2
-        assert await app.state.cache.get("items:1") is None
+        assert await platform_of(app).serving.cache.get("items:1") is None
 
 
 @pytest.mark.postgres

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from regatta.common.http.app import create_app
+from regatta.common.http.context import platform_of
 from regatta.heroes.main import SERVICE as HEROES
 from regatta.items.main import SERVICE as ITEMS
 from regatta.notifications.settings import NotificationsSettings
@@ -30,7 +31,12 @@ WRITER = {"Authorization": "Bearer hot-key"}
 @asynccontextmanager
 async def routed_only(settings: NotificationsSettings) -> AsyncIterator[FastAPI]:
     """The items and heroes services with no cache layer: every request is routed."""
-    services = [dataclasses.replace(s, cached_reads=()) for s in (ITEMS, HEROES)]
+    services = [
+        dataclasses.replace(
+            s, resources=[dataclasses.replace(r, read_cache=False) for r in s.resources]
+        )
+        for s in (ITEMS, HEROES)
+    ]
     app = create_app(settings, services, title="Regatta")
     async with LifespanManager(app):
         yield app
@@ -42,7 +48,7 @@ def comparable(response: httpx.Response) -> tuple[int, list[tuple[str, str]], by
 
 
 def cache_hits(app: FastAPI, service: str) -> float:
-    metric = app.state.metrics.cache_requests.labels(service, "hit")
+    metric = platform_of(app).metrics.cache_requests.labels(service, "hit")
     return float(metric._value.get())
 
 
@@ -211,7 +217,7 @@ async def test_a_hit_needs_no_route_and_a_miss_looks_the_cache_up_once(
     location = (
         await fast.post("/items", json={"name": "Paddle", "price": 12}, headers=WRITER)
     ).headers["location"]
-    lookups = app.state.metrics.cache_requests
+    lookups = platform_of(app).metrics.cache_requests
 
     def counted() -> float:
         return sum(float(lookups.labels("items", r)._value.get()) for r in ("hit", "miss"))

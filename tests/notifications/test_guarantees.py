@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from regatta.common.data.columns import utcnow
 from regatta.common.data.db import Database
+from regatta.common.http.context import platform_of
 from regatta.common.redis.events import Event, RedisEventStream
 from regatta.common.telemetry.observability import PlatformMetrics
 from regatta.common.telemetry.observability import tracer as tracer_for
@@ -37,7 +38,7 @@ async def test_a_worker_whose_claim_was_taken_over_records_nothing(
 ) -> None:
     app = create_notifications_app(settings)  # the API alone: no worker of its own
     async with LifespanManager(app):
-        database: Database = app.state.database
+        database: Database = platform_of(app).serving.database
         async with database.sessions() as session, session.begin():
             queued = await repository.insert_notification(
                 session,
@@ -122,8 +123,8 @@ async def test_an_event_delivered_twice_makes_one_notification_per_subscription(
     start_app: AppFactory,
 ) -> None:
     async with start_app() as app:  # the API and the worker, on Postgres and real Redis
-        database: Database = app.state.database
-        stream = app.state.runtime.events
+        database: Database = platform_of(app).serving.database
+        stream = platform_of(app).serving.events
         assert isinstance(stream, RedisEventStream)
         await _subscribe(database, 2)
         await stream.ensure_group(worker.CONSUMER_GROUP)
@@ -154,8 +155,8 @@ async def test_entries_of_a_dead_consumer_are_taken_over(
     monkeypatch.setattr(worker, "STALE_AFTER_MS", 200)  # idle this long: its consumer is dead
     api = create_notifications_app(settings)  # no worker yet
     async with LifespanManager(api):
-        database: Database = api.state.database
-        stream = api.state.runtime.events
+        database: Database = platform_of(api).serving.database
+        stream = platform_of(api).serving.events
         assert isinstance(stream, RedisEventStream)
         await _subscribe(database, 1)
         await stream.ensure_group(worker.CONSUMER_GROUP)

@@ -11,6 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from regatta.common.data.db import Database
+from regatta.common.http.context import platform_of
 from regatta.notifications import repository
 from tests.conftest import AppFactory, client_for
 from tests.eventually import eventually
@@ -48,7 +49,7 @@ async def test_an_unexpected_delivery_error_is_recorded_and_retried(
     # A row the API would refuse today (stored before the rule existed): building its message
     # raises inside the worker. It must still end as an attempt with its error, not loop.
     async with start_app(delivery_max_attempts=2) as app, client_for(app) as client:
-        database: Database = app.state.database
+        database: Database = platform_of(app).serving.database
         async with database.sessions() as session, session.begin():
             row = await repository.insert_notification(
                 session,

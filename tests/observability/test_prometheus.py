@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from regatta.common.http.resource_routes import resource_router
 from regatta.heroes.main import SERVICE as HEROES
 from regatta.items.main import SERVICE as ITEMS
 from regatta.notifications.main import SERVICE as NOTIFICATIONS
@@ -239,7 +240,11 @@ def api_routes() -> set[tuple[str, str]]:
     return {
         (route.path, method)
         for service in (ITEMS, HEROES, NOTIFICATIONS)
-        for route in service.router.routes
+        for router in [
+            *(resource_router(declared) for declared in service.resources),
+            *([service.router] if service.router is not None else []),
+        ]
+        for route in router.routes
         if isinstance(route, APIRoute)
         for method in route.methods or ()
     }

@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from sqlalchemy import Select, event, literal_column, select
 
 from regatta.common.data.db import Database, create_engine
+from regatta.common.http.context import platform_of
 from regatta.common.settings import Environment, ServiceSettings
 from regatta.common.telemetry import observability
 from regatta.notifications.settings import NotificationsSettings
@@ -117,7 +118,9 @@ async def test_background_polling_starts_no_traces(
         statements.append(args[2])
 
     async with start_traced() as app, client_for(app) as client:
-        event.listen(app.state.runtime.database.engine.sync_engine, "before_cursor_execute", count)
+        event.listen(
+            platform_of(app).serving.database.engine.sync_engine, "before_cursor_execute", count
+        )
 
         async def polled() -> bool:
             # The relay and the delivery worker query every few tens of milliseconds.
@@ -133,7 +136,7 @@ async def test_without_a_provider_nothing_is_instrumented(settings: Notification
     from embedded import create_embedded_app  # noqa: PLC0415
 
     app = create_embedded_app(settings)
-    assert app.state.tracer_provider is None
+    assert platform_of(app).tracer_provider is None
     assert not getattr(app, "_is_instrumented_by_opentelemetry", False)
 
 

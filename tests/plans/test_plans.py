@@ -122,16 +122,18 @@ async def plan_of_prepared(connection: AsyncConnection, sql: str, parameters: An
     return "\n".join(row[0] for row in rows)
 
 
+async def list_items(database: Database, q: str) -> bytes:
+    """A first page of items whose name contains ``q``, as ``GET /items?q=`` reads it."""
+    where = items.list_filters(q=q, min_price=None, max_price=None)(database.dialect)
+    return await items.items.list(database=database, page=FIRST_PAGE, where=where)
+
+
 async def test_a_search_still_uses_its_index_after_many_prepared_runs(database: Database) -> None:
     # "lamp" is in one name in fifty: run after run, the statement finds its page.
     for _ in range(PREPARED_RUNS):
-        await items.list_items(
-            database=database, page=FIRST_PAGE, q="lamp", min_price=None, max_price=None
-        )
+        await list_items(database, "lamp")
     with captured(database) as statements:
-        body = await items.list_items(
-            database=database, page=FIRST_PAGE, q="qqqzzz", min_price=None, max_price=None
-        )
+        body = await list_items(database, "qqqzzz")
     assert body == b'{"data":[],"next_cursor":null}'
     [(sql, parameters)] = statements
     async with database.reader.connect() as connection:

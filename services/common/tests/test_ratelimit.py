@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from regatta.common.http.app import create_app
 from regatta.common.http.auth import WriterDep
+from regatta.common.http.context import platform_of
 from regatta.common.http.ratelimit import (
     Decision,
     MemoryStore,
@@ -77,7 +78,8 @@ async def serving(app: FastAPI, client: tuple[str, int] = PEER) -> AsyncIterator
 
 
 def freeze_clock(app: FastAPI) -> None:
-    limiter: RateLimiter = app.state.rate_limiter
+    limiter = platform_of(app).rate_limiter
+    assert limiter is not None
     assert limiter.memory is not None
     limiter.memory.clock = lambda: 10**12
 

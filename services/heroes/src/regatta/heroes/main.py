@@ -7,20 +7,19 @@ from fastapi import FastAPI
 from regatta.common.data.migrations import MigrationSpec
 from regatta.common.http.app import ServiceSpec
 from regatta.common.http.app import create_app as create_service_app
-from regatta.heroes.api import router
+from regatta.heroes.api import HEROES
 from regatta.heroes.models import idempotency_keys, outbox
-from regatta.heroes.service import SERVICE_NAME, heroes
+from regatta.heroes.service import SERVICE_NAME
 from regatta.heroes.settings import HeroesSettings
 
 SERVICE = ServiceSpec(
     name=SERVICE_NAME,
-    router=router,
     migrations=MigrationSpec(
         script_location="regatta.heroes:migrations", version_table="alembic_version_heroes"
     ),
     idempotency_table=idempotency_keys,
     outbox_table=outbox,
-    cached_reads=(heroes,),
+    resources=(HEROES,),
 )
 
 

@@ -7,20 +7,19 @@ from fastapi import FastAPI
 from regatta.common.data.migrations import MigrationSpec
 from regatta.common.http.app import ServiceSpec
 from regatta.common.http.app import create_app as create_service_app
-from regatta.items.api import router
+from regatta.items.api import ITEMS
 from regatta.items.models import idempotency_keys, outbox
-from regatta.items.service import SERVICE_NAME, items
+from regatta.items.service import SERVICE_NAME
 from regatta.items.settings import ItemsSettings
 
 SERVICE = ServiceSpec(
     name=SERVICE_NAME,
-    router=router,
     migrations=MigrationSpec(
         script_location="regatta.items:migrations", version_table="alembic_version_items"
     ),
     idempotency_table=idempotency_keys,
     outbox_table=outbox,
-    cached_reads=(items,),
+    resources=(ITEMS,),
 )
 
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from regatta.common.data.db import SessionDep
-from regatta.common.data.idempotency import IdempotencyKeyHeader, IdempotencyStore
-from regatta.common.http.auth import ReaderDep, WriterDep
+from regatta.common.data.idempotency import IdempotencyKeyHeader
 from regatta.common.http.conditional import NOT_MODIFIED, IfNoneMatchHeader
+from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.http.pagination import UuidPageDep
 from regatta.common.http.problems import problem_responses
-from regatta.common.http.resources import entry_response, idempotency_store, stored_response
+from regatta.common.http.resources import entry_response, stored_response
 from regatta.common.http.routing import STRICT_QUERY, route_head
-from regatta.common.runtime import Runtime
 from regatta.notifications import service
 from regatta.notifications.schemas import (
     NotificationCreate,
@@ -35,41 +33,36 @@ router = APIRouter(
     dependencies=[STRICT_QUERY],
 )
 
-StoreDep = Annotated[IdempotencyStore, Depends(idempotency_store(service.SERVICE_NAME))]
+# Every route needs a key when keys are configured: writes a writer's, reads a reader's.
+Writing = Annotated[RequestContext, Depends(ContextFactory(service.SERVICE_NAME, "writer"))]
+Reading = Annotated[RequestContext, Depends(ContextFactory(service.SERVICE_NAME, "reader"))]
 WRITE_ERRORS = problem_responses(401, 403, 409)
 
 
-async def address_policy(request: Request) -> AddressPolicy:
-    """The webhook address policy of this process's settings (dependency)."""
-    settings = service.notifications_settings(request.app.state.settings)
+def address_policy(context: RequestContext) -> AddressPolicy:
+    """The webhook address policy of this process's settings."""
+    settings = service.notifications_settings(context.settings)
     return AddressPolicy(settings.allowed_networks)
-
-
-PolicyDep = Annotated[AddressPolicy, Depends(address_policy)]
 
 
 @router.post("", status_code=202, response_model=NotificationRead, responses=WRITE_ERRORS)
 async def create_notification(
     notification: NotificationCreate,
-    request: Request,
-    session: SessionDep,
-    store: StoreDep,
-    policy: PolicyDep,
-    principal: WriterDep,
+    context: Writing,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Queue an e-mail or a webhook: 202 once it is stored, delivered at least once after."""
-    stored = await service.create_notification(
-        request=request,
-        session=session,
-        store=store,
-        policy=policy,
-        idempotency_key=idempotency_key,
-        principal=principal,
-        notification=notification,
-    )
-    runtime: Runtime = request.app.state.runtime
-    runtime.wake(service.WAKEUP)
+    async with context.database.sessions() as session:
+        stored = await service.create_notification(
+            request=context.request,
+            session=session,
+            store=context.store,
+            policy=address_policy(context),
+            idempotency_key=idempotency_key,
+            principal=context.writer,
+            notification=notification,
+        )
+    context.runtime.wake(service.WAKEUP)
     return stored_response(stored)
 
 
@@ -78,13 +71,13 @@ READ_ERRORS = problem_responses(401, 403)
 
 @router.get("", response_model=NotificationPage, responses=READ_ERRORS)
 async def list_notifications(
-    session: SessionDep,
+    context: Reading,
     page: UuidPageDep,
-    _principal: ReaderDep,
     status: Annotated[Status | None, Query(description="Only this delivery status.")] = None,
 ) -> NotificationPage:
     """List notifications, oldest first (a key is needed when keys are configured)."""
-    return await service.list_notifications(session=session, page=page, status=status)
+    async with context.database.sessions() as session:
+        return await service.list_notifications(session=session, page=page, status=status)
 
 
 @router.post(
@@ -95,32 +88,28 @@ async def list_notifications(
 )
 async def create_subscription(
     subscription: SubscriptionCreate,
-    request: Request,
-    session: SessionDep,
-    store: StoreDep,
-    policy: PolicyDep,
-    principal: WriterDep,
+    context: Writing,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Send every event of one type to a webhook: 201 with its Location."""
-    stored = await service.create_subscription(
-        request=request,
-        session=session,
-        store=store,
-        policy=policy,
-        idempotency_key=idempotency_key,
-        principal=principal,
-        subscription=subscription,
-    )
+    async with context.database.sessions() as session:
+        stored = await service.create_subscription(
+            request=context.request,
+            session=session,
+            store=context.store,
+            policy=address_policy(context),
+            idempotency_key=idempotency_key,
+            principal=context.writer,
+            subscription=subscription,
+        )
     return stored_response(stored)
 
 
 @router.get("/subscriptions", response_model=SubscriptionPage, responses=READ_ERRORS)
-async def list_subscriptions(
-    session: SessionDep, page: UuidPageDep, _principal: ReaderDep
-) -> SubscriptionPage:
+async def list_subscriptions(context: Reading, page: UuidPageDep) -> SubscriptionPage:
     """List subscriptions, oldest first (a key is needed when keys are configured)."""
-    return await service.list_subscriptions(session=session, page=page)
+    async with context.database.sessions() as session:
+        return await service.list_subscriptions(session=session, page=page)
 
 
 @router.get(
@@ -128,11 +117,10 @@ async def list_subscriptions(
     response_model=SubscriptionRead,
     responses=problem_responses(401, 403, 404),
 )
-async def get_subscription(
-    subscription_id: str, session: SessionDep, _principal: ReaderDep
-) -> SubscriptionRead:
+async def get_subscription(subscription_id: str, context: Reading) -> SubscriptionRead:
     """One subscription."""
-    return await service.get_subscription(session=session, subscription_id=subscription_id)
+    async with context.database.sessions() as session:
+        return await service.get_subscription(session=session, subscription_id=subscription_id)
 
 
 @router.delete(
@@ -140,11 +128,10 @@ async def get_subscription(
     status_code=204,
     responses=problem_responses(401, 403, 404),
 )
-async def delete_subscription(
-    subscription_id: str, session: SessionDep, _principal: WriterDep
-) -> Response:
+async def delete_subscription(subscription_id: str, context: Writing) -> Response:
     """Stop sending events to a webhook."""
-    await service.delete_subscription(session=session, subscription_id=subscription_id)
+    async with context.database.sessions() as session:
+        await service.delete_subscription(session=session, subscription_id=subscription_id)
     return Response(status_code=204)
 
 
@@ -155,12 +142,12 @@ async def delete_subscription(
 )
 async def get_notification(
     notification_id: str,
-    session: SessionDep,
-    _principal: ReaderDep,
+    context: Reading,
     if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
     """One notification: status, attempts, last error; ETag, 304 when unchanged."""
-    entry = await service.get_notification(session=session, notification_id=notification_id)
+    async with context.database.sessions() as session:
+        entry = await service.get_notification(session=session, notification_id=notification_id)
     return entry_response(entry, if_none_match=if_none_match, private=True)
 
 

@@ -8,7 +8,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
@@ -21,6 +20,7 @@ from regatta.common.data import migrations
 from regatta.common.data.idempotency import IdempotencyStore
 from regatta.common.http import health
 from regatta.common.http.auth import ApiKeys
+from regatta.common.http.context import Platform, platform_of, set_platform
 from regatta.common.http.health import Lifecycle
 from regatta.common.http.middleware import (
     BodySizeLimitMiddleware,
@@ -30,7 +30,7 @@ from regatta.common.http.middleware import (
 from regatta.common.http.problems import UnhandledErrorMiddleware, install_problem_handlers
 from regatta.common.http.ratelimit import install_rate_limit
 from regatta.common.http.readcache import CachedReads
-from regatta.common.http.resources import Resource
+from regatta.common.http.resource_routes import ResourceRoutes, resource_router
 from regatta.common.redis.events import relay_outbox
 from regatta.common.runtime import Runtime, open_runtime
 from regatta.common.settings import ServiceSettings
@@ -50,17 +50,17 @@ class ServiceSpec:
     """What a service contributes to an app: its routes, schema, tables and background work."""
 
     name: str
-    router: APIRouter
     migrations: migrations.MigrationSpec
     idempotency_table: Table
+    # Resources declared once: their five routes and their read cache (resource_routes.py).
+    resources: Sequence[ResourceRoutes] = ()
+    # Routes of its own, besides its resources'.
+    router: APIRouter | None = None
     # Events written with each change; relayed to the stream by every replica of the service.
     outbox_table: Table | None = None
     # Work that runs in its own process in production (``python -m regatta.<name>.worker``)
     # and inside the app when ``run_workers`` is set (the embedded default).
     workers: Sequence[tuple[str, Worker]] = ()
-    # Resources read through the response cache: a hit of ``GET /{name}/{id}`` is answered
-    # from the cached bytes in front of the routes (readcache.py), a miss by the route.
-    cached_reads: Sequence[Resource[Any, Any]] = ()
 
 
 async def _purge_idempotency(runtime: Runtime, stores: Sequence[IdempotencyStore]) -> None:
@@ -79,9 +79,9 @@ async def _sample_pool(runtime: Runtime) -> None:
             return
 
 
-def _start_background(app: FastAPI, runtime: Runtime) -> None:
-    services: Sequence[ServiceSpec] = app.state.services
-    stores = list(app.state.idempotency.values())
+def _start_background(platform: Platform, runtime: Runtime) -> None:
+    services = platform.services
+    stores = list(platform.idempotency.values())
     runtime.start("pool-sampler", partial(_sample_pool, runtime))
     if stores:
         runtime.start("idempotency-purge", partial(_purge_idempotency, runtime, stores))
@@ -100,37 +100,31 @@ def _start_background(app: FastAPI, runtime: Runtime) -> None:
                     tracer=runtime.tracer("regatta.events"),
                 ),
             )
-        if app.state.run_workers:
+        if platform.run_workers:
             for name, worker in service.workers:
                 runtime.start(f"{service.name}-{name}", partial(worker, runtime))
-    for name, worker in app.state.workers:
+    for name, worker in platform.workers:
         runtime.start(name, partial(worker, runtime))
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: ServiceSettings = app.state.settings
-    services: Sequence[ServiceSpec] = app.state.services
+    platform = platform_of(app)
+    settings, services = platform.settings, platform.services
     if settings.migrate_on_start and services:
         await migrations.upgrade(settings, [service.migrations for service in services])
-    lifecycle: Lifecycle = app.state.lifecycle
-    metrics: observability.PlatformMetrics = app.state.metrics
+    lifecycle, metrics = platform.lifecycle, platform.metrics
     async with (
-        observability.flush_on_exit(app.state.tracer_provider),
+        observability.flush_on_exit(platform.tracer_provider),
         open_runtime(
-            settings, metrics=metrics, tracer_provider=app.state.tracer_provider
+            settings, metrics=metrics, tracer_provider=platform.tracer_provider
         ) as runtime,
     ):
         lifecycle.checks["database"] = runtime.database.ping
         if runtime.redis is not None:
             lifecycle.checks["redis"] = runtime.redis.ping
         lifecycle.watch_signals()
-        app.state.runtime = runtime
-        app.state.database = runtime.database
-        app.state.redis = runtime.redis
-        app.state.pipelined = runtime.pipelined
-        app.state.cache = runtime.cache
-        app.state.idempotency = {
+        platform.idempotency = {
             service.name: IdempotencyStore(
                 service.idempotency_table,
                 ttl_seconds=settings.idempotency_ttl_seconds,
@@ -138,7 +132,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
             for service in services
         }
-        _start_background(app, runtime)
+        platform.runtime = runtime
+        _start_background(platform, runtime)
         # Everything built so far lives as long as the process: keep it out of the collector's
         # way, so a full collection under load walks only what requests allocate (shorter
         # pauses, a tighter p99).
@@ -148,12 +143,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             ", ".join(f"/{s.name}" for s in services) or "health only",
             runtime.database.dialect,
             "redis" if runtime.redis is not None else "in-process",
-            " and in-process workers" if app.state.run_workers or app.state.workers else "",
+            " and in-process workers" if platform.run_workers or platform.workers else "",
         )
         try:
             yield
         finally:
             gc.unfreeze()  # what this app built may be collected once it stops
+            platform.runtime = None
             # Runs before open_runtime closes: readiness is off before the pools go away.
             lifecycle.begin_shutdown()
             lifecycle.restore_signals()
@@ -186,23 +182,27 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     name = service_name or (services[0].name if len(services) == 1 else "regatta")
-    app.state.service_name = name
-    app.state.metrics = observability.PlatformMetrics(
-        service_name=name, services=[service.name for service in services]
+    platform = Platform(
+        settings=settings,
+        service_name=name,
+        metrics=observability.PlatformMetrics(
+            service_name=name, services=[service.name for service in services]
+        ),
+        api_keys=ApiKeys.from_settings(settings),
+        lifecycle=Lifecycle(),
+        tracer_provider=tracer_provider or observability.tracer_provider_from_environment(name),
+        services=list(services),
+        run_workers=run_workers,
+        workers=list(workers),
     )
-    app.state.tracer_provider = tracer_provider or observability.tracer_provider_from_environment(
-        name
-    )
-    app.state.settings = settings
-    app.state.services = list(services)
-    app.state.run_workers = run_workers
-    app.state.workers = list(workers)
-    app.state.lifecycle = Lifecycle()
-    app.state.api_keys = ApiKeys.from_settings(settings)
+    set_platform(app, platform)
     install_problem_handlers(app)
     app.include_router(health.router)
     for service in services:
-        app.include_router(service.router)
+        for declared in service.resources:
+            app.include_router(resource_router(declared))
+        if service.router is not None:
+            app.include_router(service.router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> JSONResponse:
@@ -211,9 +211,9 @@ def create_app(
         )
 
     # Added innermost first: the last one added sees the request first.
-    cached_reads = [resource for service in services for resource in service.cached_reads]
-    if cached_reads:
-        app.add_middleware(CachedReads, resources=cached_reads)
+    cached = [r.resource for service in services for r in service.resources if r.cached]
+    if cached:
+        app.add_middleware(CachedReads, resources=cached, cache=lambda: platform.cache)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(JsonContentTypeMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -244,8 +244,8 @@ def create_app(
                 "RateLimit-Policy",
             ],
         )
-    observability.instrument_http(app, app.state.metrics)
+    observability.instrument_http(app, platform.metrics)
     app.add_middleware(RequestIdMiddleware)
-    if app.state.tracer_provider is not None:
-        observability.instrument_app(app, app.state.tracer_provider)
+    if platform.tracer_provider is not None:
+        observability.instrument_app(app, platform.tracer_provider)
     return app

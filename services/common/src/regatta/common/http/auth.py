@@ -113,22 +113,22 @@ class ApiKeys:
 
 
 def _api_keys(request: Request) -> ApiKeys:
-    keys: ApiKeys = request.app.state.api_keys
+    keys: ApiKeys = request.app.state.platform.api_keys
     return keys
 
 
 async def require_writer(request: Request) -> str:
     """Authorize a write: 401 without a bearer key, 403 for an unknown one (dependency)."""
-    return _require_key(request, "Writes", "write")
+    return authorize(request, _api_keys(request), "Writes", "write")
 
 
 async def require_reader(request: Request) -> str:
     """Authorize a read of private data (notifications): as a write (dependency)."""
-    return _require_key(request, "Reads of this resource", "read this resource")
+    return authorize(request, _api_keys(request), "Reads of this resource", "read this resource")
 
 
-def _require_key(request: Request, what: str, action: str) -> str:
-    keys = _api_keys(request)
+def authorize(request: Request, keys: ApiKeys, what: str, action: str) -> str:
+    """The principal of the request's bearer key: 401 without one, 403 for an unknown one."""
     if not keys.enabled:
         return ANONYMOUS
     scheme, _, token = request.headers.get("authorization", "").partition(" ")

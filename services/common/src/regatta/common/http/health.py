@@ -79,7 +79,7 @@ class Lifecycle:
 
 
 def _lifecycle(request: Request) -> Lifecycle:
-    lifecycle: Lifecycle = request.app.state.lifecycle
+    lifecycle: Lifecycle = request.app.state.platform.lifecycle
     return lifecycle
 
 

@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regatta.common.http.auth import ApiKeys
+from regatta.common.http.context import platform_of
 from regatta.common.http.problems import problem_response
 from regatta.common.redis.pipelined import PipelinedRedis, Script
 from regatta.common.settings import ServiceSettings
@@ -424,14 +425,15 @@ def install_rate_limit(app: FastAPI, settings: ServiceSettings) -> None:
     """Add the rate-limit middleware when the settings enable it (nothing at all otherwise)."""
     if not settings.rate_limit_enabled:
         return
-    metrics: PlatformMetrics = app.state.metrics
-    unavailable = metrics.rate_limit_unavailable.labels(app.state.service_name)
+    platform = platform_of(app)
+    metrics: PlatformMetrics = platform.metrics
+    unavailable = metrics.rate_limit_unavailable.labels(platform.service_name)
     limiter = RateLimiter.from_settings(
         settings,
-        service=app.state.service_name,
-        api_keys=app.state.api_keys,
+        service=platform.service_name,
+        api_keys=platform.api_keys,
         unavailable=unavailable,
     )
-    limiter.round_trip = metrics.redis_command.labels(app.state.service_name, "rate_limit")
-    app.state.rate_limiter = limiter
+    limiter.round_trip = metrics.redis_command.labels(platform.service_name, "rate_limit")
+    platform.rate_limiter = limiter
     app.add_middleware(RateLimitMiddleware, limiter=limiter)

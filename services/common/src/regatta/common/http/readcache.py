@@ -1,8 +1,8 @@
 """The response cache in front of the routes: ``GET /{resource}/{id}`` answered from final bytes.
 
-A service declares which of its resources are read through the cache (``ServiceSpec.
-cached_reads``). For those, this layer looks the id up in the cache of rendered responses
-(``redis/cache.py``) and, when the entry is there, answers 200 with its bytes and ETag — or
+A service declares which of its resources are read through the cache (``ResourceRoutes.
+read_cache``, resource_routes.py). For those, this layer looks the id up in the cache of
+rendered responses (``redis/cache.py``) and, when the entry is there, answers 200 with its bytes and ETag — or
 304 when ``If-None-Match`` already names that version — exactly as the route would
 (``tests/contract/test_read_cache.py`` compares the two). On a miss, and for every other
 request, it does nothing but pass the request on: the route reads the database, renders the
@@ -15,14 +15,14 @@ error guard, so a hit is counted, logged, traced and limited like any other requ
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from regatta.common.http.conditional import CACHE_CONTROL, none_match
 from regatta.common.http.resources import Resource
-from regatta.common.redis.cache import CachedResponse
+from regatta.common.redis.cache import CachedResponse, ResponseCache
 
 # Canonical decimal ids (no sign, no leading zero, at most 19 digits); anything else is the
 # route's to validate and answer.
@@ -33,16 +33,22 @@ _CACHE_CONTROL = CACHE_CONTROL.encode()
 class CachedReads:
     """Answer cache hits of ``GET /{resource}/{id}`` for the declared resources."""
 
-    def __init__(self, app: ASGIApp, *, resources: Iterable[Resource[Any, Any]]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        resources: Iterable[Resource[Any, Any]],
+        cache: Callable[[], ResponseCache | None],
+    ) -> None:
         self.app = app
         self._resources = {resource.name: resource for resource in resources}
+        self._cache = cache  # None until the lifespan has opened it: the route answers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the cached response, or pass the request on."""
         if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
             key = self._cache_key(scope["path"])
-            # No cache before the lifespan has opened it: the route answers.
-            cache = getattr(scope["app"].state, "cache", None)
+            cache = self._cache()
             if key is not None and cache is not None:
                 entry = await cache.get(key)
                 if entry is not None:

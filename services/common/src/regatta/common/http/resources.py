@@ -7,10 +7,10 @@ HTTP contract promises; its own ``service.py`` adds only its rules.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Annotated, Any, Generic, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import CTE, ColumnElement, Row, Select, Table, bindparam, func, insert, select
@@ -329,22 +329,3 @@ def stored_response(stored: StoredResponse) -> Response:
 def json_response(body: bytes) -> Response:
     """A 200 with pre-rendered JSON bytes."""
     return Response(body, media_type=JSON_MEDIA_TYPE)
-
-
-async def get_cache(request: Request) -> ResponseCache:
-    """The application's response cache (dependency)."""
-    cache: ResponseCache = request.app.state.cache
-    return cache
-
-
-CacheDep = Annotated[ResponseCache, Depends(get_cache)]
-
-
-def idempotency_store(service: str) -> Callable[[Request], Awaitable[IdempotencyStore]]:
-    """A dependency returning ``service``'s idempotency store."""
-
-    async def get_store(request: Request) -> IdempotencyStore:
-        store: IdempotencyStore = request.app.state.idempotency[service]
-        return store
-
-    return get_store

@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.config import STARTUP_FAILURE
 
+from regatta.common.http.context import platform_of
 from regatta.common.http.health import Lifecycle
 from regatta.common.settings import ServiceSettings
 from regatta.common.telemetry.logs import configure_logging
@@ -57,13 +58,14 @@ class DrainingServer(uvicorn.Server):
 def serve(create_app: Callable[[], FastAPI]) -> None:
     """Build the app and serve it until SIGTERM/SIGINT, draining in-flight requests."""
     app = create_app()
-    settings: ServiceSettings = app.state.settings
+    platform = platform_of(app)
+    settings: ServiceSettings = platform.settings
     configure_logging(
         level=settings.log_level,
         log_format=settings.log_format,
-        service=app.state.service_name,
+        service=platform.service_name,
     )
-    if app.state.tracer_provider is not None:
+    if platform.tracer_provider is not None:
         logger.info("tracing on, as the OTEL_* variables configure it")
     # One process per pod (or per laptop): scale with replicas, so metrics stay per process.
     config = uvicorn.Config(
@@ -81,7 +83,7 @@ def serve(create_app: Callable[[], FastAPI]) -> None:
         log_config=None,
     )
     server = DrainingServer(
-        config, lifecycle=app.state.lifecycle, delay=settings.shutdown_delay_seconds
+        config, lifecycle=platform.lifecycle, delay=settings.shutdown_delay_seconds
     )
     server.run()
     if not server.started:

@@ -540,7 +540,7 @@ def api_key_id(request: Request) -> str | None:
     if known is not None:
         return str(known)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    keys = getattr(request.app.state, "api_keys", None)
+    keys = getattr(getattr(request.app.state, "platform", None), "api_keys", None)
     if scheme.lower() != "bearer" or not token.strip() or keys is None or not keys.enabled:
         return None
     principal: str | None = keys.principal(token.strip())
@@ -601,7 +601,8 @@ def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
     Every route's request series start at 0 for its own status and for 500 (so the first
     server error is seen by ``rate()``); a process running workers exports their gauges.
     """
-    if getattr(app.state, "run_workers", False) or getattr(app.state, "workers", None):
+    platform = getattr(app.state, "platform", None)
+    if getattr(platform, "run_workers", False) or getattr(platform, "workers", None):
         metrics.export_worker_gauges()
     for route in routing._effective_routes(list(app.routes)):  # noqa: SLF001 -- as route_templates
         original = getattr(route, "original_route", route)
@@ -628,7 +629,7 @@ def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def serve_metrics(request: Request) -> Response:
-        runtime = getattr(request.app.state, "runtime", None)
+        runtime = getattr(getattr(request.app.state, "platform", None), "runtime", None)
         if runtime is not None:
             metrics.sample_pool(runtime.database)
         registry = metrics.registry

@@ -1,0 +1,162 @@
+"""What a handler is given: one typed :class:`RequestContext`, built by one dependency.
+
+The process's long-lived parts — settings, metrics, API keys, and once the lifespan has opened
+them the database, the cache and the idempotency stores — are one :class:`Platform`, stored
+once on the application (``app.state`` holds it and nothing else) and read with
+:func:`platform_of`. A route asks for a context with one dependency (:class:`ContextFactory`):
+the request's view of the platform, its service's idempotency store and, for a route that
+needs a key, the principal. One dependency instead of six is also what keeps FastAPI's
+dependency solving cheap on every request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import FastAPI, Request
+from opentelemetry.trace import TracerProvider
+from starlette.applications import Starlette
+
+from regatta.common.data.db import Database
+from regatta.common.data.idempotency import IdempotencyStore
+from regatta.common.http.auth import ApiKeys, authorize
+from regatta.common.http.health import Lifecycle
+from regatta.common.redis.cache import ResponseCache
+from regatta.common.settings import ServiceSettings
+from regatta.common.telemetry.observability import PlatformMetrics
+
+if TYPE_CHECKING:
+    from regatta.common.http.app import ServiceSpec, Worker
+    from regatta.common.http.ratelimit import RateLimiter
+    from regatta.common.runtime import Runtime
+
+logger = logging.getLogger("regatta.request")
+
+Access = Literal["public", "reader", "writer"]
+
+
+@dataclass(eq=False)
+class Platform:
+    """One application's services, typed: built with the app, completed by its lifespan."""
+
+    settings: ServiceSettings
+    service_name: str
+    metrics: PlatformMetrics
+    api_keys: ApiKeys
+    lifecycle: Lifecycle
+    tracer_provider: TracerProvider | None
+    services: Sequence[ServiceSpec] = ()
+    run_workers: bool = False
+    workers: Sequence[tuple[str, Worker]] = ()
+    # Opened by the lifespan; None before it starts and after it ends.
+    runtime: Runtime | None = None
+    idempotency: dict[str, IdempotencyStore] = field(default_factory=dict)
+    # The rate limiter, when the settings enable it (ratelimit.py).
+    rate_limiter: RateLimiter | None = None
+
+    @property
+    def serving(self) -> Runtime:
+        """The open runtime (the lifespan has started)."""
+        if self.runtime is None:
+            raise RuntimeError("the application's lifespan has not started")
+        return self.runtime
+
+    @property
+    def cache(self) -> ResponseCache | None:
+        """The response cache, once open."""
+        return self.runtime.cache if self.runtime is not None else None
+
+
+def platform_of(app: Starlette | Any) -> Platform:
+    """The platform an application was built with."""
+    platform: Platform = app.state.platform
+    return platform
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    """Everything a handler of one service needs for one request."""
+
+    request: Request
+    platform: Platform
+    database: Database
+    cache: ResponseCache
+    # The service's idempotency store (None for a service without one).
+    idempotency: IdempotencyStore | None
+    # Who sent the request: a key's stable id, "anonymous" with keys off, or None for a public
+    # route that asked for no key.
+    principal: str | None
+
+    @property
+    def settings(self) -> ServiceSettings:
+        """The process's settings."""
+        return self.platform.settings
+
+    @property
+    def runtime(self) -> Runtime:
+        """Pools, clients and background work of the process."""
+        return self.platform.serving
+
+    @property
+    def request_id(self) -> str | None:
+        """The request id (X-Request-ID) the middleware gave this request."""
+        state = self.request.scope.get("state") or {}
+        found: str | None = state.get("request_id")
+        return found
+
+    @property
+    def store(self) -> IdempotencyStore:
+        """The service's idempotency store."""
+        if self.idempotency is None:
+            raise RuntimeError("this service keeps no idempotency records")
+        return self.idempotency
+
+    @property
+    def writer(self) -> str:
+        """The principal of a route that required a key."""
+        if self.principal is None:
+            raise RuntimeError("this route's context asked for no key")
+        return self.principal
+
+
+class ContextFactory:
+    """The dependency giving a route of ``service`` its :class:`RequestContext`.
+
+    ``access``: ``writer`` refuses a request without a writer's key (401/403), ``reader`` one
+    without a key for private reads; ``public`` asks for none.
+    """
+
+    def __init__(self, service: str, access: Access = "public") -> None:
+        self.service = service
+        self.access = access
+
+    async def __call__(self, request: Request) -> RequestContext:
+        """Build the request's context (async: FastAPI runs plain functions in threads)."""
+        platform = platform_of(request.app)
+        runtime = platform.serving
+        principal = None
+        if self.access == "writer":
+            principal = authorize(request, platform.api_keys, "Writes", "write")
+        elif self.access == "reader":
+            principal = authorize(
+                request, platform.api_keys, "Reads of this resource", "read this resource"
+            )
+        return RequestContext(
+            request=request,
+            platform=platform,
+            database=runtime.database,
+            cache=runtime.cache,
+            idempotency=platform.idempotency.get(self.service),
+            principal=principal,
+        )
+
+    def __repr__(self) -> str:
+        return f"ContextFactory({self.service!r}, {self.access!r})"
+
+
+def set_platform(app: FastAPI, platform: Platform) -> None:
+    """Store ``platform`` on ``app``: the one thing ``app.state`` holds."""
+    app.state.platform = platform

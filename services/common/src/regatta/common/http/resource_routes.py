@@ -1,0 +1,231 @@
+"""One way to declare a resource: :class:`ResourceRoutes` → its five routes (and HEAD).
+
+A service describes its resource — the :class:`Resource`, its create and update schemas, its
+page schema, its list filters, how its id is described — and :func:`resource_router` builds
+``POST /{name}``, ``GET /{name}``, ``GET/PATCH/DELETE /{name}/{id}`` (HEAD with each GET) with
+the contract's behaviour and OpenAPI description. The read cache in front of the routes
+(readcache.py) is built from the same declarations.
+
+Each handler takes one :class:`RequestContext` (context.py); a write's context checks the key.
+
+(No ``from __future__ import annotations`` here: the handlers' annotations are the declared
+schemas, which FastAPI must see as objects.)
+"""
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path
+from fastapi.params import Depends as DependsParam
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement
+
+from regatta.common.data.idempotency import IdempotencyKeyHeader
+from regatta.common.http.conditional import (
+    NOT_MODIFIED,
+    IfMatchHeader,
+    IfNoneMatchHeader,
+    parse_if_match,
+)
+from regatta.common.http.context import ContextFactory, RequestContext
+from regatta.common.http.pagination import PageDep
+from regatta.common.http.problems import problem_responses
+from regatta.common.http.resources import (
+    Resource,
+    entry_response,
+    json_response,
+    stored_response,
+)
+from regatta.common.http.routing import STRICT_QUERY, route_head
+from regatta.common.http.schemas import UpdateSchema
+
+# Given the database's dialect, the WHERE clauses of a list's filters.
+Where = Callable[[str], Sequence[ColumnElement[bool]]]
+# A dependency taking the list's filters as query parameters and returning its Where.
+Filters = Callable[..., Awaitable[Where]]
+
+ROUTER_ERRORS = problem_responses(400, 413, 415, 422, 429, 500, 503)
+WRITE_ERRORS = problem_responses(401, 403, 404, 409, 412)
+
+
+async def no_filters() -> Where:
+    """A list without filters (dependency)."""
+    return lambda _dialect: ()
+
+
+@dataclass(frozen=True)
+class ResourceRoutes:
+    """A resource as the HTTP API shows it."""
+
+    resource: Resource[Any, Any]
+    create_schema: type[BaseModel]
+    update_schema: type[UpdateSchema]
+    page_schema: type[BaseModel]
+    # "The item's id." — the id path parameter's description.
+    id_description: str
+    # The list's query parameters (besides limit and cursor) → WHERE clauses; its own rules
+    # (a range, a minimum length) answered with a 422 here.
+    filters: Filters = no_filters
+    tags: Sequence[str] | None = None  # default: the resource's name
+    # More dependencies for every route (run before the handler, on every request: a
+    # resource that declares any is not answered by the read cache).
+    dependencies: Sequence[DependsParam] = field(default_factory=tuple)
+    # Whether the read cache answers its GET /{name}/{id} on a hit.
+    read_cache: bool = True
+
+    @property
+    def name(self) -> str:
+        """The collection's path segment."""
+        return self.resource.name
+
+    @property
+    def cached(self) -> bool:
+        """Whether the read cache may answer for the route (no dependency it would skip)."""
+        return self.read_cache and not self.dependencies
+
+
+def resource_router(routes: ResourceRoutes) -> APIRouter:
+    """The five routes (and HEAD) of ``routes``' resource."""
+    resource = routes.resource
+    name, singular = resource.name, resource.singular
+    router = APIRouter(
+        prefix=f"/{name}",
+        tags=list(routes.tags or [name]),
+        responses=ROUTER_ERRORS,
+        dependencies=[STRICT_QUERY, *routes.dependencies],
+    )
+    Reading = Annotated[RequestContext, Depends(ContextFactory(name))]  # noqa: N806
+    Writing = Annotated[RequestContext, Depends(ContextFactory(name, "writer"))]  # noqa: N806
+    RowId = Annotated[int, Path(description=routes.id_description)]  # noqa: N806
+    Create = routes.create_schema  # noqa: N806
+    Update = routes.update_schema  # noqa: N806
+    Filtered = Annotated[Callable[[str], Any], Depends(routes.filters)]  # noqa: N806
+    id_name = f"{singular}_id"
+
+    async def create(
+        body: Create,  # type: ignore[valid-type]
+        context: Writing,
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> Response:
+        stored = await resource.create(
+            request=context.request,
+            database=context.database,
+            cache=context.cache,
+            store=context.store,
+            idempotency_key=idempotency_key,
+            principal=context.writer,
+            values=body.model_dump(),  # type: ignore[attr-defined]
+        )
+        return stored_response(stored)
+
+    async def list_(context: Reading, page: PageDep, where: Filtered) -> Response:
+        clauses = where(context.database.dialect)
+        return json_response(
+            await resource.list(database=context.database, page=page, where=clauses)
+        )
+
+    async def read(
+        row_id: RowId, context: Reading, if_none_match: IfNoneMatchHeader = None
+    ) -> Response:
+        entry = await resource.read(database=context.database, cache=context.cache, row_id=row_id)
+        return entry_response(entry, if_none_match=if_none_match)
+
+    async def update(
+        row_id: RowId,
+        changes: Update,  # type: ignore[valid-type]
+        context: Writing,
+        if_match: IfMatchHeader = None,
+    ) -> Response:
+        entry = await resource.update(
+            database=context.database,
+            cache=context.cache,
+            row_id=row_id,
+            values=changes.changes(),  # type: ignore[attr-defined]
+            precondition=parse_if_match(if_match),
+        )
+        return entry_response(entry)
+
+    async def delete(row_id: RowId, context: Writing, if_match: IfMatchHeader = None) -> Response:
+        await resource.delete(
+            database=context.database,
+            cache=context.cache,
+            row_id=row_id,
+            precondition=parse_if_match(if_match),
+        )
+        return Response(status_code=204)
+
+    a, the = _article(singular), singular
+    router.add_api_route(
+        "",
+        _named(create, f"create_{singular}", "row_id", id_name),
+        methods=["POST"],
+        status_code=201,
+        response_model=resource.read_schema,
+        responses=WRITE_ERRORS,
+        description=f"Create {a} {the}. Retry safely with an ``Idempotency-Key``.",
+    )
+    router.add_api_route(
+        "",
+        _named(list_, f"list_{name}", "row_id", id_name),
+        methods=["GET"],
+        response_model=routes.page_schema,
+        description=f"List {name} by id, a page at a time.",
+    )
+    router.add_api_route(
+        f"/{{{id_name}}}",
+        _named(read, f"get_{singular}", "row_id", id_name),
+        methods=["GET"],
+        response_model=resource.read_schema,
+        responses={**problem_responses(404), **NOT_MODIFIED},
+        description=f"One {the}, with its ETag (``If-None-Match`` → 304).",
+    )
+    router.add_api_route(
+        f"/{{{id_name}}}",
+        _named(update, f"update_{singular}", "row_id", id_name),
+        methods=["PATCH"],
+        response_model=resource.read_schema,
+        responses=WRITE_ERRORS,
+        description=(
+            f"Change some fields of {a} {the} (``If-Match`` → 412 when it changed meanwhile)."
+        ),
+    )
+    router.add_api_route(
+        f"/{{{id_name}}}",
+        _named(delete, f"delete_{singular}", "row_id", id_name),
+        methods=["DELETE"],
+        status_code=204,
+        responses=WRITE_ERRORS,
+        description=f"Delete {a} {the} (``If-Match`` → 412 when it changed meanwhile).",
+    )
+    route_head(router)
+    return router
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" else "a"
+
+
+def _named(
+    handler: Callable[..., Awaitable[Response]], name: str, old: str, new: str
+) -> Callable[..., Awaitable[Response]]:
+    """``handler`` under ``name``, its parameter ``old`` shown to FastAPI as ``new``."""
+    signature = inspect.signature(handler)
+    if old not in signature.parameters:
+        handler.__name__ = handler.__qualname__ = name
+        return handler
+    parameters = [
+        p.replace(name=new) if p.name == old else p for p in signature.parameters.values()
+    ]
+
+    @functools.wraps(handler)
+    async def renamed(**arguments: Any) -> Response:
+        arguments[old] = arguments.pop(new)
+        return await handler(**arguments)
+
+    renamed.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    renamed.__name__ = renamed.__qualname__ = name
+    return renamed

@@ -13,7 +13,7 @@ from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.http.pagination import UuidPageDep
 from regatta.common.http.problems import problem_responses
 from regatta.common.http.resources import entry_response, stored_response
-from regatta.common.http.routing import STRICT_QUERY, route_head
+from regatta.common.http.routing import route_head
 from regatta.notifications import service
 from regatta.notifications.schemas import (
     NotificationCreate,
@@ -30,7 +30,7 @@ router = APIRouter(
     prefix="/notifications",
     tags=["notifications"],
     responses=problem_responses(400, 413, 415, 422, 429, 500, 503),
-    dependencies=[STRICT_QUERY],
+    # Unknown query parameters are refused by each route's context (ContextFactory).
 )
 
 # Every route needs a key when keys are configured: writes a writer's, reads a reader's.

@@ -24,6 +24,7 @@ from regatta.common.data.db import Database
 from regatta.common.data.idempotency import IdempotencyStore
 from regatta.common.http.auth import ApiKeys, authorize
 from regatta.common.http.health import Lifecycle
+from regatta.common.http.routing import check_query
 from regatta.common.redis.cache import ResponseCache
 from regatta.common.settings import ServiceSettings
 from regatta.common.telemetry.observability import PlatformMetrics
@@ -126,7 +127,8 @@ class ContextFactory:
     """The dependency giving a route of ``service`` its :class:`RequestContext`.
 
     ``access``: ``writer`` refuses a request without a writer's key (401/403), ``reader`` one
-    without a key for private reads; ``public`` asks for none.
+    without a key for private reads; ``public`` asks for none. Before that, a query parameter
+    the route does not take is refused (422), as ``routing.STRICT_QUERY`` would.
     """
 
     def __init__(self, service: str, access: Access = "public") -> None:
@@ -135,6 +137,7 @@ class ContextFactory:
 
     async def __call__(self, request: Request) -> RequestContext:
         """Build the request's context (async: FastAPI runs plain functions in threads)."""
+        check_query(request)
         platform = platform_of(request.app)
         runtime = platform.serving
         principal = None

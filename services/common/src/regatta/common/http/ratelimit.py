@@ -352,12 +352,12 @@ class RateLimiter:
     def _store(self, scope: Scope) -> MemoryStore | RedisStore | None:
         if self.memory is not None:
             return self.memory
-        redis: Redis | None = getattr(scope["app"].state, "redis", None)
-        if redis is None:
+        runtime = platform_of(scope["app"]).runtime
+        redis = runtime.redis if runtime is not None else None
+        if runtime is None or redis is None:
             return None  # the lifespan has not opened Redis (yet)
         if redis is not self._redis:
-            pipelined = getattr(scope["app"].state, "pipelined", None)
-            self._redis, self._redis_store = redis, RedisStore(redis, pipelined)
+            self._redis, self._redis_store = redis, RedisStore(redis, runtime.pipelined)
         return self._redis_store
 
     def _count_unavailable(self) -> None:

@@ -40,7 +40,7 @@ from regatta.common.http.resources import (
     json_response,
     stored_response,
 )
-from regatta.common.http.routing import STRICT_QUERY, route_head
+from regatta.common.http.routing import route_head
 from regatta.common.http.schemas import UpdateSchema
 
 # Given the database's dialect, the WHERE clauses of a list's filters.
@@ -96,7 +96,8 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         prefix=f"/{name}",
         tags=list(routes.tags or [name]),
         responses=ROUTER_ERRORS,
-        dependencies=[STRICT_QUERY, *routes.dependencies],
+        # Unknown query parameters are refused by the context (ContextFactory).
+        dependencies=list(routes.dependencies),
     )
     Reading = Annotated[RequestContext, Depends(ContextFactory(name))]  # noqa: N806
     Writing = Annotated[RequestContext, Depends(ContextFactory(name, "writer"))]  # noqa: N806

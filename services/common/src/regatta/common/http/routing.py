@@ -5,7 +5,8 @@ calls :func:`route_head` on its router once every GET route is declared. HEAD st
 OpenAPI document, as clients and tools take it for granted.
 
 A query parameter a route does not take is refused (422) rather than ignored: a misspelled
-filter (``?max-price=20``) would otherwise widen a list without a word. Routers take
+filter (``?max-price=20``) would otherwise widen a list without a word. A route whose handler
+takes a request context (context.py) is checked by it; other routers take
 :data:`STRICT_QUERY` as a dependency.
 """
 
@@ -68,6 +69,13 @@ def _query_names(dependant: Dependant) -> set[str]:
 
 async def reject_unknown_query(request: Request) -> None:
     """Refuse (422) query parameters the matched route does not declare (dependency)."""
+    check_query(request)
+
+
+def check_query(request: Request) -> None:
+    """Refuse (422) query parameters the matched route does not declare."""
+    if not request.scope["query_string"]:
+        return
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return

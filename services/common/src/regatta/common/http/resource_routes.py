@@ -123,7 +123,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         )
         return stored_response(stored)
 
-    async def list_(context: Reading, page: PageDep, where: Filtered) -> Response:
+    async def list_(context: Reading, where: Filtered, page: PageDep) -> Response:
         clauses = where(context.database.dialect)
         return json_response(
             await resource.list(database=context.database, page=page, where=clauses)

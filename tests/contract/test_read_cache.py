@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from regatta.common.http.app import create_app
 from regatta.common.http.context import platform_of
 from regatta.heroes.main import SERVICE as HEROES
+from regatta.items import service as items_service
 from regatta.items.main import SERVICE as ITEMS
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
@@ -238,7 +239,7 @@ async def test_a_hit_needs_no_route_and_a_miss_looks_the_cache_up_once(
     async def broken(**_: object) -> object:
         raise AssertionError("routed")
 
-    monkeypatch.setattr("regatta.items.service.get_item", broken)
+    monkeypatch.setattr(items_service.items, "read", broken)
     hit = await fast.get(location)
     assert hit.status_code == 200
     assert hit.json()["name"] == "Paddle"

@@ -8,12 +8,11 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Tracer
-from fastapi import Depends, Request
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect, ExceptionContext, make_url
@@ -511,20 +510,3 @@ async def _borrowed(lender: ConnectionLender) -> AsyncIterator[Lent]:
         await lender.release(lent, reuse=False)
         raise
     await lender.release(lent, reuse=True)
-
-
-async def get_database(request: Request) -> Database:
-    """The application's database (async: FastAPI runs plain ``def`` dependencies in threads)."""
-    database: Database = request.app.state.database
-    return database
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request; the service decides where transactions begin and end."""
-    database: Database = request.app.state.database
-    async with database.sessions() as session:
-        yield session
-
-
-DatabaseDep = Annotated[Database, Depends(get_database)]
-SessionDep = Annotated[AsyncSession, Depends(get_session)]

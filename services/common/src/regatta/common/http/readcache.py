@@ -2,11 +2,11 @@
 
 A service declares which of its resources are read through the cache (``ResourceRoutes.
 read_cache``, resource_routes.py). For those, this layer looks the id up in the cache of
-rendered responses (``redis/cache.py``) and, when the entry is there, answers 200 with its bytes and ETag — or
-304 when ``If-None-Match`` already names that version — exactly as the route would
-(``tests/contract/test_read_cache.py`` compares the two). On a miss, and for every other
-request, it does nothing but pass the request on: the route reads the database, renders the
-response and stores it in the cache for the next reader.
+rendered responses (``redis/cache.py``) and, when the entry is there, answers 200 with its
+bytes and ETag — or 304 when ``If-None-Match`` already names that version — exactly as the
+route would (``tests/contract/test_read_cache.py`` compares the two). On a miss, and for every
+other request, it does nothing but pass the request on: the route reads the database, renders
+the response and stores it in the cache for the next reader.
 
 It sits inside the request id, metrics, tracing, CORS, rate-limit and body-size layers and the
 error guard, so a hit is counted, logged, traced and limited like any other request.

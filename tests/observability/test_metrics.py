@@ -22,7 +22,6 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
-from redis.asyncio import Redis
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import literal_column, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -31,6 +30,7 @@ from sqlalchemy.sql import Select
 from embedded import create_embedded_app
 from regatta.common.data.db import Database, create_engine
 from regatta.common.redis.cache import MeteredCache, RedisCache
+from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 from regatta.common.settings import Environment, ServiceSettings
 from regatta.common.telemetry import observability
 from regatta.heroes.main import create_app as create_heroes
@@ -345,7 +345,7 @@ async def test_statements_pool_waits_and_pool_timeouts_are_measured(tmp_path: Pa
 
 async def test_cache_failures_and_redis_round_trips_are_counted(tmp_path: Path) -> None:
     metrics = observability.PlatformMetrics(service_name="regatta", services=["items"])
-    unreachable = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    unreachable = PipelinedRedis(Endpoint("127.0.0.1", free_port()), connect_timeout=0.2)
     cache = MeteredCache(RedisCache(unreachable, ttl_seconds=60), metrics.count_cache, metrics)
     try:
         assert await cache.get("items:1") is None  # a miss, not an error, for the client

@@ -25,23 +25,16 @@ def entry(version: int) -> CachedResponse:
     params=[
         "memory",
         pytest.param("redis", marks=pytest.mark.postgres),
-        pytest.param("pipelined", marks=pytest.mark.postgres),
     ]
 )
 async def cache(request: pytest.FixtureRequest) -> AsyncIterator[ResponseCache]:
     if request.param == "memory":
         yield MemoryCache(ttl_seconds=60, max_entries=100)
         return
-    url = request.getfixturevalue("redis_url")
-    redis = Redis.from_url(url)
-    # "pipelined": reads and stores over the pipelined connection, as a replica does.
-    endpoint = Endpoint.from_url(url) if request.param == "pipelined" else None
-    reader = PipelinedRedis(endpoint) if endpoint is not None else None
+    redis = PipelinedRedis(Endpoint.from_url(request.getfixturevalue("redis_url")))
     try:
-        yield RedisCache(redis, ttl_seconds=60, prefix=f"test:{request.param}:", reader=reader)
+        yield RedisCache(redis, ttl_seconds=60, prefix="test:")
     finally:
-        if reader is not None:
-            await reader.aclose()
         await redis.aclose()
 
 
@@ -94,11 +87,9 @@ async def test_bodies_with_newlines_survive(cache: ResponseCache) -> None:
     assert await cache.get("items:9") == odd
 
 
-@pytest.mark.parametrize("pipelined", [False, True], ids=["redis-py", "pipelined"])
-async def test_redis_outage_degrades_to_misses(pipelined: bool) -> None:
-    redis = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, socket_timeout=0.2)
-    reader = PipelinedRedis(Endpoint("127.0.0.1", 1), connect_timeout=0.2) if pipelined else None
-    cache = RedisCache(redis, ttl_seconds=60, reader=reader)
+async def test_redis_outage_degrades_to_misses() -> None:
+    redis = PipelinedRedis(Endpoint("127.0.0.1", 1), connect_timeout=0.2)
+    cache = RedisCache(redis, ttl_seconds=60)
     try:
         assert await cache.get("items:1") is None
         await cache.put("items:1", entry(1))  # logged, not raised
@@ -108,18 +99,15 @@ async def test_redis_outage_degrades_to_misses(pipelined: bool) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("pipelined", [False, True], ids=["redis-py", "pipelined"])
-async def test_redis_entries_expire_after_the_ttl(redis_url: str, pipelined: bool) -> None:
+async def test_redis_entries_expire_after_the_ttl(redis_url: str) -> None:
     redis = Redis.from_url(redis_url)
-    endpoint = Endpoint.from_url(redis_url)
-    reader = PipelinedRedis(endpoint) if pipelined and endpoint is not None else None
-    cache = RedisCache(redis, ttl_seconds=60, prefix=f"ttl:{pipelined}:", reader=reader)
+    reader = PipelinedRedis(Endpoint.from_url(redis_url))
+    cache = RedisCache(reader, ttl_seconds=60, prefix="ttl:")
     try:
         await cache.put("items:1", entry(1))
         await cache.invalidate("items:2", 5)
         for key in ("items:1", "items:2"):
-            assert 55_000 < await redis.pttl(f"ttl:{pipelined}:{key}") <= 60_000
+            assert 55_000 < await redis.pttl(f"ttl:{key}") <= 60_000
     finally:
-        if reader is not None:
-            await reader.aclose()
+        await reader.aclose()
         await redis.aclose()

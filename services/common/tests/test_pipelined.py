@@ -21,22 +21,26 @@ from regatta.common.redis.pipelined import Endpoint, PipelinedRedis, RedisUnavai
         ("redis://localhost", Endpoint("localhost", 6379, 0)),
         ("redis://:s%40cret@h:1/0", Endpoint("h", 1, 0, None, "s@cret")),
         ("redis://app:pw@h:1", Endpoint("h", 1, 0, "app", "pw")),
-        ("rediss://h:1/0", None),
+        ("rediss://h:1/0", Endpoint("h", 1, 0, tls=True)),
         ("unix:///run/redis.sock", None),
         ("redis://h:1/0?socket_timeout=3", None),
         ("redis://h:1/cache", None),
     ],
 )
 def test_endpoint_from_url(url: str, expected: Endpoint | None) -> None:
-    assert Endpoint.from_url(url) == expected
+    if expected is None:
+        with pytest.raises(ValueError, match="rediss://"):
+            Endpoint.from_url(url)
+    else:
+        assert Endpoint.from_url(url) == expected
 
 
 @pytest.fixture
 async def pair(redis_url: str) -> AsyncIterator[tuple[Redis, PipelinedRedis]]:
-    endpoint = Endpoint.from_url(redis_url)
-    assert endpoint is not None
     redis = Redis.from_url(redis_url)
-    reader = PipelinedRedis(endpoint, timeout=1.0, connect_timeout=0.5, retry_after=0.5)
+    reader = PipelinedRedis(
+        Endpoint.from_url(redis_url), timeout=1.0, connect_timeout=0.5, retry_after=0.5
+    )
     try:
         yield redis, reader
     finally:
@@ -209,8 +213,8 @@ async def test_a_cancelled_caller_does_not_shift_the_replies() -> None:
 
 @pytest.mark.postgres
 async def test_the_cache_reads_through_it(pair: tuple[Redis, PipelinedRedis]) -> None:
-    redis, reader = pair
-    cache = RedisCache(redis, ttl_seconds=60, prefix="p:", reader=reader)
+    _, reader = pair
+    cache = RedisCache(reader, ttl_seconds=60, prefix="p:")
     entry = CachedResponse(version=3, etag='"3"', body=b'{"id": 1}')
     await cache.put("items:1", entry)
     assert await cache.get("items:1") == entry

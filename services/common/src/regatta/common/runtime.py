@@ -59,17 +59,12 @@ def cache_generation(settings: ServiceSettings) -> CacheGeneration | None:
     return CacheGeneration(settings.redis_key_prefix + CACHE_KEYS + "generation")
 
 
-def create_reader(settings: ServiceSettings, *, traced: bool) -> PipelinedRedis | None:
-    """The pipelined connection for per-request commands (cache reads, rate limits).
-
-    For plain ``redis://`` URLs. Not when tracing is on: then those commands go through the
-    instrumented redis-py client, so each one shows as a span. TLS (``rediss://``) and socket
-    URLs also stay with redis-py.
-    """
-    if settings.redis_url is None or traced:
+def create_pipelined(settings: ServiceSettings, tracer: Tracer) -> PipelinedRedis | None:
+    """The pipelined connection for per-request commands (cache reads, rate limits)."""
+    if settings.redis_url is None:
         return None
     endpoint = Endpoint.from_url(settings.redis_url.get_secret_value())
-    return PipelinedRedis(endpoint, timeout=2.0, connect_timeout=0.5) if endpoint else None
+    return PipelinedRedis(endpoint, timeout=2.0, connect_timeout=0.5, tracer=tracer)
 
 
 @dataclass
@@ -86,7 +81,7 @@ class Runtime:
     )
     # None while tracing is off: then nothing is instrumented.
     tracer_provider: TracerProvider | None = None
-    # One pipelined Redis connection for per-request commands (pipelined.py), when usable.
+    # One pipelined Redis connection for per-request commands (pipelined.py), with Redis.
     pipelined: PipelinedRedis | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -162,7 +157,9 @@ async def open_runtime(
     database = Database(create_engine(settings))
     generation = cache_generation(settings)
     redis = create_redis(settings, generation)
-    reader = create_reader(settings, traced=tracer_provider is not None)
+    reader = create_pipelined(
+        settings, observability.tracer(tracer_provider, "opentelemetry.instrumentation.redis")
+    )
     if reader is not None and redis is not None and generation is not None:
         reader.on_connect = partial(generation.advance, redis)
     if tracer_provider is not None:
@@ -173,12 +170,11 @@ async def open_runtime(
     events: EventStream
     if not settings.cache_enabled:
         cache = NullCache()
-    elif redis is not None:
+    elif reader is not None:
         cache = RedisCache(
-            redis,
+            reader,
             ttl_seconds=settings.cache_ttl_seconds,
             prefix=settings.redis_key_prefix + CACHE_KEYS,
-            reader=reader,
             generation=generation,
         )
     else:

@@ -33,7 +33,6 @@ from typing import Final, cast
 from cachetools import TTLCache
 from fastapi import FastAPI
 from prometheus_client import Counter, Histogram
-from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regatta.common.http.auth import ApiKeys
@@ -156,28 +155,20 @@ class MemoryStore:
 
 
 class RedisStore:
-    """The algorithm in Redis: one EVALSHA per request, atomic, on Redis's clock.
-
-    Over the app's pipelined connection when it has one (pipelined.py: no pool lock per
-    request), else through redis-py.
-    """
+    """The algorithm in Redis: one EVALSHA per request, atomic, on Redis's clock."""
 
     _SCRIPT = Script.of(_GCRA)
 
-    def __init__(self, redis: Redis, pipelined: PipelinedRedis | None = None) -> None:
-        self._script = redis.register_script(_GCRA)
-        self._pipelined = pipelined
+    def __init__(self, redis: PipelinedRedis) -> None:
+        self._redis = redis
 
     async def acquire(self, key: str, policy: Policy) -> Decision:
         """Spend one request of ``key``'s quota, if it has one."""
-        if self._pipelined is not None:
-            reply = await self._pipelined.run_script(
-                self._SCRIPT,
-                [key.encode()],
-                [b"%d" % policy.interval_us, b"%d" % policy.capacity_us],
-            )
-        else:
-            reply = await self._script(keys=[key], args=[policy.interval_us, policy.capacity_us])
+        reply = await self._redis.run_script(
+            self._SCRIPT,
+            [key.encode()],
+            [b"%d" % policy.interval_us, b"%d" % policy.capacity_us],
+        )
         allowed, remaining, wait, reset = cast("list[int]", reply)
         return Decision(allowed=allowed == 1, remaining=remaining, wait_us=wait, reset_us=reset)
 
@@ -251,7 +242,7 @@ class RateLimiter:
         self._api_keys = api_keys
         # None: Redis, found in the running app's state (opened by the lifespan).
         self.memory = memory
-        self._redis: Redis | None = None
+        self._redis: PipelinedRedis | None = None
         self._redis_store: RedisStore | None = None
         self._unavailable = unavailable
         # Times each check's round trip to Redis (install_rate_limit sets it).
@@ -353,11 +344,11 @@ class RateLimiter:
         if self.memory is not None:
             return self.memory
         runtime = platform_of(scope["app"]).runtime
-        redis = runtime.redis if runtime is not None else None
-        if runtime is None or redis is None:
+        redis = runtime.pipelined if runtime is not None else None
+        if redis is None:
             return None  # the lifespan has not opened Redis (yet)
         if redis is not self._redis:
-            self._redis, self._redis_store = redis, RedisStore(redis, runtime.pipelined)
+            self._redis, self._redis_store = redis, RedisStore(redis)
         return self._redis_store
 
     def _count_unavailable(self) -> None:

@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
 from cachetools import TTLCache
 from redis.asyncio import Redis
@@ -121,7 +121,7 @@ class CacheGeneration:
         self.current = int(await connection.read_response())
 
     async def advance(self, redis: Redis) -> None:
-        """Advance the generation (for a connection that redis-py does not open)."""
+        """Advance the generation (for a connection that redis-py does not open: pipelined.py)."""
         self.current = int(await redis.incr(self.key))
 
 
@@ -140,6 +140,7 @@ local generation = redis.call('GET', KEYS[2]) or '0'
 redis.call('SET', KEYS[1], ARGV[1] .. '\\n\\n' .. generation .. '\\n' .. ARGV[2], 'PX', ARGV[3])
 return 1
 """
+_STORE_SCRIPT = Script.of(_STORE_IF_NOT_OLDER)
 
 
 class RedisCache:
@@ -147,21 +148,15 @@ class RedisCache:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: PipelinedRedis,
         *,
         ttl_seconds: int,
         prefix: str = "",
-        reader: PipelinedRedis | None = None,
         generation: CacheGeneration | None = None,
     ) -> None:
         self._redis = redis
-        # Reads and stores over one pipelined connection when given (pipelined.py), else
-        # through ``redis``.
-        self._reader = reader
         self._prefix = prefix
         self._ttl_ms = ttl_seconds * 1000
-        self._store_script = redis.register_script(_STORE_IF_NOT_OLDER)
-        self._pipelined_store = Script.of(_STORE_IF_NOT_OLDER)
         # Without one (a client whose connections do not advance it), every entry is trusted.
         self.generation = generation or CacheGeneration(prefix + "generation")
         # key → version of the tombstone a write could not leave, oldest first.
@@ -176,10 +171,7 @@ class RedisCache:
             return None  # Redis is still unreachable, or may hold what those writes replaced
         started = time.perf_counter()
         try:
-            if self._reader is not None:
-                raw = await self._reader.get((self._prefix + key).encode())
-            else:
-                raw = cast("bytes | None", await self._redis.get(self._prefix + key))
+            raw = await self._redis.get((self._prefix + key).encode())
         # Not only RedisError: uvloop reports a write to a socket Redis closed as RuntimeError.
         except Exception as exc:  # noqa: BLE001 -- a cache never fails what the database can serve
             logger.warning("cache read failed, serving from the database: %r", exc)
@@ -201,15 +193,9 @@ class RedisCache:
         await self._store(key, version, b"\n")
 
     async def _run_store(self, key: str, version: int, encoded: bytes) -> None:
-        full_key = self._prefix + key
-        if self._reader is None:
-            await self._store_script(
-                keys=[full_key, self.generation.key], args=[version, encoded, self._ttl_ms]
-            )
-            return
-        await self._reader.run_script(
-            self._pipelined_store,
-            keys=[full_key.encode(), self.generation.key.encode()],
+        await self._redis.run_script(
+            _STORE_SCRIPT,
+            keys=[(self._prefix + key).encode(), self.generation.key.encode()],
             args=[b"%d" % version, encoded, b"%d" % self._ttl_ms],
         )
 

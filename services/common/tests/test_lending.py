@@ -14,7 +14,7 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy import exc as sa_exc
 
 from regatta.common.data import db, lending
-from regatta.common.http.problems import ProblemError
+from regatta.common.data.errors import IdempotencyKeyInFlightError
 from regatta.common.settings import Environment, ServiceSettings
 from regatta.common.telemetry.observability import PlatformMetrics
 from tests.servers import Terminate
@@ -149,9 +149,9 @@ async def test_an_invalidation_in_the_pool_returns_every_kept_connection(
 
 async def test_a_client_error_keeps_the_connection(database: db.Database) -> None:
     assert database.lender is not None
-    with pytest.raises(ProblemError):
+    with pytest.raises(IdempotencyKeyInFlightError):
         async with database.lend():
-            raise ProblemError(409, "in flight")
+            raise IdempotencyKeyInFlightError
     assert database.lender.idle == 1
 
 

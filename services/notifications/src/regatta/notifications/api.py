@@ -7,12 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from regatta.common.data.idempotency import IdempotencyKeyHeader
 from regatta.common.http.conditional import NOT_MODIFIED, IfNoneMatchHeader
 from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.http.pagination import UuidPageDep
 from regatta.common.http.problems import problem_responses
-from regatta.common.http.resources import entry_response, stored_response
+from regatta.common.http.resources import (
+    IdempotencyKeyHeader,
+    entry_response,
+    stored_response,
+)
 from regatta.common.http.routing import route_head
 from regatta.notifications import service
 from regatta.notifications.schemas import (

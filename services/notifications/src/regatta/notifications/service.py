@@ -113,7 +113,11 @@ async def create_notification(
         )
 
     keyed = keyed_request(
-        request, key=idempotency_key, scope=principal, payload=notification.model_dump(mode="json")
+        method=request.method,
+        path=request.url.path,
+        key=idempotency_key,
+        scope=principal,
+        payload=notification.model_dump(mode="json"),
     )
     return await store.run(session, keyed, write)
 
@@ -167,7 +171,11 @@ async def create_subscription(
         )
 
     keyed = keyed_request(
-        request, key=idempotency_key, scope=principal, payload=subscription.model_dump(mode="json")
+        method=request.method,
+        path=request.url.path,
+        key=idempotency_key,
+        scope=principal,
+        payload=subscription.model_dump(mode="json"),
     )
     return await store.run(session, keyed, write)
 

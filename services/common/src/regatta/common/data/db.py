@@ -27,7 +27,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, QueuePoo
 from sqlalchemy.sql import Select
 from sqlalchemy.types import TypeDecorator
 
-from regatta.common.http.problems import ProblemError
+from regatta.common.data.errors import DataError
 from regatta.common.data.lending import ConnectionLender, Lent
 from regatta.common.settings import ServiceSettings
 
@@ -499,11 +499,11 @@ class Database:
 @asynccontextmanager
 async def _borrowed(lender: ConnectionLender) -> AsyncIterator[Lent]:
     # A lent connection, given back for the next request unless the body failed for any
-    # reason but the client's (a 409, a 422) or was cancelled, perhaps mid-statement.
+    # reason but the client's (errors.py) or was cancelled, perhaps mid-statement.
     lent = await lender.acquire()
     try:
         yield lent
-    except ProblemError:
+    except DataError:
         await lender.release(lent, reuse=True)
         raise
     except BaseException:

@@ -24,9 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Header, Request
 from sqlalchemy import (
     CTE,
     JSON,
@@ -53,26 +52,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from regatta.common.data.columns import UTCDateTime, utcnow
 from regatta.common.data.db import fetch_rows
-from regatta.common.http.problems import ProblemError
+from regatta.common.data.errors import (
+    DataError,
+    IdempotencyKeyInFlightError,
+    IdempotencyKeyReusedError,
+)
 
 logger = logging.getLogger("regatta.idempotency")
-
-REPLAYED_HEADER = "Idempotent-Replayed"
-
-# Printable ASCII without spaces, 1-255 characters (the header parameter checks keys with it).
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
-IDEMPOTENCY_KEY_MAX_LENGTH = 255
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
-        pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="Retry-safe creation: the same key and body replay the first response.",
-    ),
-]
-
 
 def idempotency_table(metadata: MetaData, name: str) -> Table:
     """The table a service keeps its idempotency records in (one per service)."""
@@ -114,14 +100,12 @@ class IdempotentRequest:
 
 
 def keyed_request(
-    request: Request, *, key: str | None, scope: str, payload: Any
+    *, method: str, path: str, key: str | None, scope: str, payload: Any
 ) -> IdempotentRequest | None:
     """What a creating request with ``payload`` asks for under its key, or None without one."""
     if key is None:
         return None
-    return IdempotentRequest(
-        key=key, scope=scope, fingerprint=fingerprint(request.method, request.url.path, payload)
-    )
+    return IdempotentRequest(key=key, scope=scope, fingerprint=fingerprint(method, path, payload))
 
 
 def fingerprint(method: str, path: str, payload: Any) -> str:
@@ -218,8 +202,8 @@ class IdempotencyStore:
         # Count a keyed request's outcome: stored, replayed, conflict or mismatch.
         try:
             response = await outcome
-        except ProblemError as exc:
-            counted = _OUTCOMES_BY_SLUG.get(exc.slug or "")
+        except DataError as exc:
+            counted = _OUTCOMES.get(type(exc))
             if counted is not None:
                 self._observe(counted)
             raise
@@ -292,7 +276,7 @@ class IdempotencyStore:
         # Another request with this key won the race between the look-up and the write.
         stored = await self._find(connection, request)
         if stored is None:  # ... and its record expired in between: let the client retry
-            raise _in_flight_error()
+            raise IdempotencyKeyInFlightError
         return stored
 
     async def _run_keyed(
@@ -344,7 +328,7 @@ class IdempotencyStore:
             return
         claim = (request.scope, request.key)
         if claim in self._in_flight:
-            raise _in_flight_error()
+            raise IdempotencyKeyInFlightError
         self._in_flight.add(claim)
         try:
             yield
@@ -358,7 +342,7 @@ class IdempotencyStore:
         lock_id = int.from_bytes(digest.digest()[:8], "big", signed=True)
         acquired = await session.scalar(select(func.pg_try_advisory_xact_lock(lock_id)))
         if not acquired:
-            raise _in_flight_error()
+            raise IdempotencyKeyInFlightError
 
     async def _find(
         self, session: AsyncSession | AsyncConnection, request: IdempotentRequest
@@ -394,12 +378,7 @@ class IdempotencyStore:
 
     def _replay(self, row: Mapping[Any, Any], request: IdempotentRequest) -> StoredResponse:
         if row["fingerprint"] != request.fingerprint:
-            raise ProblemError(
-                422,
-                "This Idempotency-Key was already used for a different request; "
-                "use a new key for a new request.",
-                slug="idempotency-key-reused",
-            )
+            raise IdempotencyKeyReusedError
         logger.info("idempotent replay of key %s", request.key)
         return StoredResponse(
             status_code=row["status_code"],
@@ -417,13 +396,7 @@ class IdempotencyStore:
         return int(getattr(result, "rowcount", 0) or 0)
 
 
-_OUTCOMES_BY_SLUG = {"idempotency-key-in-flight": "conflict", "idempotency-key-reused": "mismatch"}
-
-
-def _in_flight_error() -> ProblemError:
-    return ProblemError(
-        409,
-        "A request with this Idempotency-Key is still being processed; retry after it completes.",
-        slug="idempotency-key-in-flight",
-        headers={"Retry-After": "1"},
-    )
+_OUTCOMES: dict[type[DataError], str] = {
+    IdempotencyKeyInFlightError: "conflict",
+    IdempotencyKeyReusedError: "mismatch",
+}

@@ -28,11 +28,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
-from regatta.common.http.conditional import Precondition
 from regatta.common.data.db import Database, fetch_rows
 
 # Ids are BIGINT; anything outside this range cannot exist (404, never a database error).
 MAX_ID = 2**63 - 1
+
+
+
+@dataclass(frozen=True, slots=True)
+class Precondition:
+    """What If-Match requires: any current version (``*``), or one of ``versions``."""
+
+    any_version: bool
+    versions: frozenset[int]
+
+    def admits(self, version: int) -> bool:
+        """Whether a resource at ``version`` satisfies the precondition."""
+        return self.any_version or version in self.versions
 
 
 class VersionedMixin:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Header
 
+from regatta.common.data.repository import Precondition
 from regatta.common.http.problems import ProblemError
 
 # Clients must revalidate every time (a write is visible to the next read), which the ETag
@@ -34,18 +34,6 @@ def none_match(if_none_match: str | None, etag: str) -> bool:
         return False
     opaque = etag.removeprefix("W/")
     return any(tag == "*" or tag.removeprefix("W/") == opaque for tag in _tags(if_none_match))
-
-
-@dataclass(frozen=True, slots=True)
-class Precondition:
-    """What If-Match requires: any current version (``*``), or one of ``versions``."""
-
-    any_version: bool
-    versions: frozenset[int]
-
-    def admits(self, version: int) -> bool:
-        """Whether a resource at ``version`` satisfies the precondition."""
-        return self.any_version or version in self.versions
 
 
 def parse_if_match(if_match: str | None) -> Precondition | None:

@@ -17,6 +17,12 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from regatta.common.data.errors import (
+    DataError,
+    IdempotencyKeyInFlightError,
+    IdempotencyKeyReusedError,
+)
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE_URI = "https://regatta.dev/problems/"
 
@@ -149,10 +155,29 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
+# What the data layer refuses (data/errors.py), as problems: status, slug, headers.
+_DATA_PROBLEMS: dict[type[DataError], tuple[int, str, dict[str, str]]] = {
+    IdempotencyKeyReusedError: (422, "idempotency-key-reused", {}),
+    IdempotencyKeyInFlightError: (409, "idempotency-key-in-flight", {"Retry-After": "1"}),
+}
+
+
+def data_problem(exc: DataError) -> ProblemError:
+    """The problem a refusal of the data layer stands for."""
+    status, slug, headers = _DATA_PROBLEMS[type(exc)]
+    return ProblemError(status, str(exc), slug=slug, headers=headers)
+
+
+async def _on_data_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DataError)  # noqa: S101 -- registered for this type only
+    return render_problem(data_problem(exc))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
-    """Render validation errors, HTTP errors and ProblemError as problem+json."""
+    """Render validation errors, HTTP errors, ProblemError and DataError as problem+json."""
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(DataError, _on_data_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
 
 

@@ -24,7 +24,6 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement
 
-from regatta.common.data.idempotency import IdempotencyKeyHeader
 from regatta.common.http.conditional import (
     NOT_MODIFIED,
     IfMatchHeader,
@@ -35,6 +34,7 @@ from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.http.pagination import PageDep
 from regatta.common.http.problems import problem_responses
 from regatta.common.http.resources import (
+    IdempotencyKeyHeader,
     Resource,
     entry_response,
     json_response,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Request
+from fastapi import Header, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import CTE, ColumnElement, Row, Select, Table, bindparam, func, insert, select
@@ -19,16 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from regatta.common.data.columns import utcnow
 from regatta.common.data.db import Database, fetch_rows
 from regatta.common.data.idempotency import (
-    REPLAYED_HEADER,
     IdempotencyStore,
     IdempotentRequest,
     StoredResponse,
     keyed_request,
 )
-from regatta.common.data.repository import MAX_ID, M, VersionedRepository
+from regatta.common.data.repository import MAX_ID, M, Precondition, VersionedRepository
 from regatta.common.http.conditional import (
     CACHE_CONTROL,
-    Precondition,
     make_etag,
     none_match,
     precondition_failed,
@@ -42,6 +40,21 @@ from regatta.common.telemetry.observability import current_trace_context
 R = TypeVar("R", bound=BaseModel)
 
 JSON_MEDIA_TYPE = "application/json"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+# Printable ASCII without spaces, 1-255 characters.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Retry-safe creation: the same key and body replay the first response.",
+    ),
+]
 
 
 class Resource(Generic[M, R]):
@@ -164,7 +177,13 @@ class Resource(Generic[M, R]):
                 headers={"Location": self.location(row.id), "ETag": entry.etag},
             )
 
-        keyed = keyed_request(request, key=idempotency_key, scope=principal, payload=values)
+        keyed = keyed_request(
+            method=request.method,
+            path=request.url.path,
+            key=idempotency_key,
+            scope=principal,
+            payload=values,
+        )
         if database.dialect == "postgresql":
             response = await self._create_in_one_statement(database, store, keyed, values, created)
         else:

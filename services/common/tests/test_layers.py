@@ -1,0 +1,42 @@
+"""The layers of regatta.common import one way: the data and Redis layers know nothing of HTTP.
+
+``data/`` (engine, repositories, idempotency) and ``redis/`` (cache, events) raise their own
+exceptions (data/errors.py) and take plain values; ``http/`` turns those into problems and
+requests into calls. A module of ``data/`` or ``redis/`` importing FastAPI, Starlette or
+``regatta.common.http`` would tie the layers back together.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import regatta.common
+
+COMMON = Path(regatta.common.__file__).parent
+FORBIDDEN = ("fastapi", "starlette", "regatta.common.http")
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("layer", ["data", "redis"])
+def test_the_layer_imports_nothing_of_http(layer: str) -> None:
+    modules = sorted((COMMON / layer).glob("*.py"))
+    assert modules, f"no modules under {layer}/"
+    offending = {
+        f"{path.relative_to(COMMON)}: {name}"
+        for path in modules
+        for name in _imports(path)
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in FORBIDDEN)
+    }
+    assert not offending, sorted(offending)

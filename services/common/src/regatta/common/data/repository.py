@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
+    CTE,
     ColumnElement,
     Integer,
     Row,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     delete,
+    func,
     insert,
     select,
     update,
@@ -84,6 +86,44 @@ class VersionedRepository(Generic[M]):
         # Unfiltered pages, built once (so that db.execute_direct can keep them compiled).
         self._first_page = select(table).order_by(table.c.id).limit(bindparam("limit"))
         self._later_page = self._first_page.where(table.c.id > bindparam("after"))
+        # Postgres: the next id of the table's sequence, drawn before a row is written.
+        self.next_id = func.nextval(func.pg_get_serial_sequence(table.name, "id"))
+        self.draw = select(self.next_id.label("id"))
+        self._creates: dict[tuple[tuple[str, ...], CTE | None, Table | None], Select[Any]] = {}
+
+    def create(self, names: tuple[str, ...], claim: CTE | None, outbox: Table | None) -> Select[Any]:
+        """Postgres: INSERT a row of ``names`` (parameters ``row_<name>``), and its event.
+
+        The row is inserted only if ``claim`` (idempotency.py) yields a row; the event
+        (parameters ``event_type``, ``event_payload``, ``event_occurred_at``,
+        ``event_trace_context``) goes to ``outbox`` from the inserted row; the statement counts
+        the rows inserted. Data-modifying CTEs all run, referenced or not: one statement, one
+        transaction. Built once per shape, with parameters, so SQLAlchemy's compiled cache
+        serves it.
+        """
+        statement = self._creates.get((names, claim, outbox))
+        if statement is not None:
+            return statement
+        table = self.table
+        row = [bindparam(f"row_{name}", type_=table.c[name].type) for name in names]
+        if claim is None:
+            inserted = insert(table).values(dict(zip(names, row, strict=True)))
+        else:
+            chosen = select(*(value.label(name) for name, value in zip(names, row, strict=True)))
+            inserted = insert(table).from_select(list(names), chosen.select_from(claim))
+        item = inserted.returning(table.c.id).cte("item")
+        statement = select(func.count()).select_from(item)
+        if outbox is not None:
+            event = select(
+                bindparam("event_type", type_=outbox.c.event_type.type),
+                bindparam("event_payload", type_=outbox.c.payload.type),
+                bindparam("event_occurred_at", type_=outbox.c.occurred_at.type),
+                bindparam("event_trace_context", type_=outbox.c.trace_context.type),
+            ).select_from(item)
+            columns = ["event_type", "payload", "occurred_at", "trace_context"]
+            statement = statement.add_cte(insert(outbox).from_select(columns, event).cte("event"))
+        self._creates[(names, claim, outbox)] = statement
+        return statement
 
     async def read(
         self, connection: AsyncConnection, row_id: int, *, direct: bool = False

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from fastapi import Header, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import CTE, ColumnElement, Row, Select, Table, bindparam, func, insert, select
+from sqlalchemy import ColumnElement, Row, Select, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.data.columns import utcnow
@@ -78,11 +78,6 @@ class Resource(Generic[M, R]):
         self._one = TypeAdapter(read_schema)
         self._many = TypeAdapter(list[read_schema])  # type: ignore[valid-type]
         self._cursor = TypeAdapter(str | None)
-        table = repository.table
-        self._writes: dict[tuple[tuple[str, ...], CTE | None], Select[Any]] = {}
-        # The next id of the table's sequence (drawn before the row is written).
-        self._next_id = func.nextval(func.pg_get_serial_sequence(table.name, "id"))
-        self._draw = select(self._next_id.label("id"))
 
     def cache_key(self, row_id: int) -> str:
         """Where the rendered resource is cached."""
@@ -227,48 +222,17 @@ class Resource(Generic[M, R]):
                     "event_occurred_at": now,
                     "event_trace_context": current_trace_context(),
                 }
-                return response, self._write_statement(tuple(row), claim), parameters
+                return response, self.repository.create(tuple(row), claim, self.outbox), parameters
 
             if keyed is not None:
                 return await store.run_claiming(
-                    connection, keyed, self._next_id, prepare, direct=database.direct
+                    connection, keyed, self.repository.next_id, prepare, direct=database.direct
                 )
             # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
-            drawn = await fetch_rows(connection, self._draw, {}, direct=database.direct)
+            drawn = await fetch_rows(connection, self.repository.draw, {}, direct=database.direct)
             response, write, parameters = await prepare(drawn[0]["id"])
             await fetch_rows(connection, write, parameters, direct=database.direct, replay=False)
             return response
-
-    def _write_statement(self, names: tuple[str, ...], claim: CTE | None) -> Select[Any]:
-        # INSERT the row (only if ``claim`` yields a row), its event from the inserted row,
-        # and count what was inserted: data-modifying CTEs all run, referenced or not. Built
-        # once per shape, with parameters, so that SQLAlchemy's compiled cache serves it.
-        statement = self._writes.get((names, claim))
-        if statement is not None:
-            return statement
-        table = self.repository.table
-        row = [bindparam(f"row_{name}", type_=table.c[name].type) for name in names]
-        if claim is None:
-            inserted = insert(table).values(dict(zip(names, row, strict=True)))
-        else:
-            chosen = select(*(value.label(name) for name, value in zip(names, row, strict=True)))
-            inserted = insert(table).from_select(list(names), chosen.select_from(claim))
-        item = inserted.returning(table.c.id).cte("item")
-        statement = select(func.count()).select_from(item)
-        if self.outbox is not None:
-            outbox = self.outbox.c
-            event = select(
-                bindparam("event_type", type_=outbox.event_type.type),
-                bindparam("event_payload", type_=outbox.payload.type),
-                bindparam("event_occurred_at", type_=outbox.occurred_at.type),
-                bindparam("event_trace_context", type_=outbox.trace_context.type),
-            ).select_from(item)
-            columns = ["event_type", "payload", "occurred_at", "trace_context"]
-            statement = statement.add_cte(
-                insert(self.outbox).from_select(columns, event).cte("event")
-            )
-        self._writes[(names, claim)] = statement
-        return statement
 
     async def update(
         self,

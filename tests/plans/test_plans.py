@@ -11,6 +11,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -95,7 +96,7 @@ def captured(database: Database) -> Iterator[list[tuple[str, Any]]]:
 
 
 def _literal(value: object) -> str:
-    if isinstance(value, int):
+    if isinstance(value, int | Decimal):
         return str(value)
     assert isinstance(value, str)
     return "'" + value.replace("'", "''") + "'"
@@ -139,8 +140,41 @@ async def test_a_search_still_uses_its_index_after_many_prepared_runs(database: 
     async with database.reader.connect() as connection:
         plan = await plan_of_prepared(connection, sql, parameters)
     # A rare value is found through the trigram index, not by filtering every row by id.
-    assert "ix_items_name_lower_trgm" in plan, plan
+    assert "ix_items_name_lower_trgm_price" in plan, plan
     assert "pk_items" not in plan, plan
+
+
+async def test_a_search_with_a_price_filter_is_intersected_in_one_index(
+    database: Database,
+) -> None:
+    """``q`` and ``max_price`` are both conditions of the one GIN index, not two bitmaps ANDed.
+
+    Each half alone matches a share of the table; two bitmaps that long cost 5-8 ms at a
+    million rows, their intersection in the index under 2 ms (tests/load/README.md). At this
+    test's size a walk of the ids or the price index alone is cheaper still, so both are
+    switched off here: what is checked is that the index serves both conditions at once.
+    """
+    where = items.list_filters(q="lamp", min_price=None, max_price=Decimal(50))(database.dialect)
+    for _ in range(PREPARED_RUNS):
+        await items.items.list(database=database, page=FIRST_PAGE, where=where)
+    with captured(database) as statements:
+        body = await items.items.list(database=database, page=FIRST_PAGE, where=where)
+    assert body.startswith(b'{"data":[{"id":')
+    [(sql, parameters)] = statements
+    async with database.reader.connect() as connection:
+        await connection.exec_driver_sql("SET enable_indexscan = off")
+        await connection.exec_driver_sql("SET enable_seqscan = off")
+        try:
+            plan = await plan_of_prepared(connection, sql, parameters)
+        finally:
+            await connection.exec_driver_sql("RESET enable_indexscan")
+            await connection.exec_driver_sql("RESET enable_seqscan")
+    scan = plan.split("Bitmap Index Scan on ", 1)[1]
+    assert scan.startswith("ix_items_name_lower_trgm_price"), plan
+    index_condition = scan.split("Index Cond:", 1)[1]
+    assert "~~" in index_condition, plan
+    assert "price <=" in index_condition, plan
+    assert "BitmapAnd" not in plan, plan
 
 
 async def test_api_connections_start_no_parallel_workers(database: Database) -> None:
@@ -258,9 +292,9 @@ async def test_searched_names_are_analysed_from_a_large_sample(postgres_url: str
             rows = await connection.exec_driver_sql(
                 "SELECT attrelid::regclass::text AS attrelid, attstattarget FROM pg_attribute "
                 "WHERE (attrelid = 'heroes'::regclass AND attname = 'name') "
-                "OR (attrelid = 'ix_items_name_lower_trgm'::regclass AND attnum = 1)"
+                "OR (attrelid = 'ix_items_name_lower_trgm_price'::regclass AND attnum = 1)"
             )
             targets = {str(row.attrelid): int(row.attstattarget) for row in rows}
     finally:
         await database.close()
-    assert targets == {"heroes": 1000, "ix_items_name_lower_trgm": 1000}
+    assert targets == {"heroes": 1000, "ix_items_name_lower_trgm_price": 1000}

@@ -37,11 +37,13 @@ class Item(VersionedMixin, Base):
     __tablename__ = "items"
     __table_args__ = (
         Index("ix_items_price", "price"),
-        # Trigram index: "name contains q" in any case (repository.name_contains_any_case)
-        # without a sequential scan.
+        # Trigrams of the name and the price in one GIN index (btree_gin): "name contains q"
+        # in any case (repository.name_contains_any_case) without a sequential scan, and with
+        # a price filter intersected as the index is read (migration 0005).
         Index(
-            "ix_items_name_lower_trgm",
+            "ix_items_name_lower_trgm_price",
             text(f'lower((name COLLATE "{UNICODE_COLLATION}")) gin_trgm_ops'),
+            "price",
             postgresql_using="gin",
         ),
         {"sqlite_autoincrement": True},  # never reuse the id of a deleted item

@@ -44,7 +44,7 @@ def name_contains_any_case(text: str, dialect: str) -> ColumnElement[bool]:
 
     Postgres lowers both sides under the ICU root collation, whatever the database's own
     locale (under ``C``, ``lower()`` and ``ILIKE`` change ASCII letters only), and the trigram
-    index ``ix_items_name_lower_trgm`` holds the same expression; SQLite lowers with Python
+    index ``ix_items_name_lower_trgm_price`` holds the same expression; SQLite lowers with Python
     (its own ``lower()`` is ASCII only, see db.py).
     """
     pattern = f"%{_escape_like(text)}%"

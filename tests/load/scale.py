@@ -9,7 +9,7 @@ worker's claim query with 100 k notifications due (half the rows at a size below
 transaction rolled back each time.
 
     PYTHONPATH=infra/local:tests/load uv run --frozen python tests/load/scale.py
-    SCALE_SIZES=10000,1000000 SCALE_REQUESTS=31 (the defaults)
+    SCALE_SIZES=10000,1000000 SCALE_REQUESTS=101 (the defaults)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from daemons import (
 )
 
 SIZES = [int(size) for size in os.environ.get("SCALE_SIZES", "10000,1000000").split(",")]
-REQUESTS = int(os.environ.get("SCALE_REQUESTS", "31"))
+REQUESTS = int(os.environ.get("SCALE_REQUESTS", "101"))
 DUE = int(os.environ.get("SCALE_DUE", "100000"))
 # Runs of one search before the rare value: over a pool of two connections, each runs the
 # statement well past the five executions after which Postgres may keep a generic plan.

@@ -68,11 +68,6 @@ class WriteOutcome:
     row: Row[Any] | None
     current_version: int | None  # set when the row exists but the precondition failed
 
-    @property
-    def missing(self) -> bool:
-        """The row does not exist."""
-        return self.row is None and self.current_version is None
-
 
 class VersionedRepository(Generic[M]):
     """Insert, read, list, update and delete rows of one versioned model."""

@@ -122,11 +122,6 @@ async def require_writer(request: Request) -> str:
     return authorize(request, _api_keys(request), "Writes", "write")
 
 
-async def require_reader(request: Request) -> str:
-    """Authorize a read of private data (notifications): as a write (dependency)."""
-    return authorize(request, _api_keys(request), "Reads of this resource", "read this resource")
-
-
 def authorize(request: Request, keys: ApiKeys, what: str, action: str) -> str:
     """The principal of the request's bearer key: 401 without one, 403 for an unknown one."""
     if not keys.enabled:
@@ -146,4 +141,3 @@ def authorize(request: Request, keys: ApiKeys, what: str, action: str) -> str:
 
 
 WriterDep = Annotated[str, Depends(require_writer)]
-ReaderDep = Annotated[str, Depends(require_reader)]

@@ -7,27 +7,19 @@ import binascii
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel
 
 from regatta.common.http.problems import invalid_field
 
-T = TypeVar("T")
 K = TypeVar("K")
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 _CURSOR_VERSION = 1
 _MAX_CURSOR_LENGTH = 200
-
-
-class Page(BaseModel, Generic[T]):
-    """One page of a list, ordered by id ascending."""
-
-    data: list[T]
-    next_cursor: str | None
 
 
 def encode_cursor(after: int | str) -> str:

@@ -60,6 +60,7 @@ from regatta.common.data.errors import (
 
 logger = logging.getLogger("regatta.idempotency")
 
+
 def idempotency_table(metadata: MetaData, name: str) -> Table:
     """The table a service keeps its idempotency records in (one per service)."""
     return Table(

@@ -36,7 +36,6 @@ from regatta.common.data.db import Database, fetch_rows
 MAX_ID = 2**63 - 1
 
 
-
 @dataclass(frozen=True, slots=True)
 class Precondition:
     """What If-Match requires: any current version (``*``), or one of ``versions``."""
@@ -86,7 +85,9 @@ class VersionedRepository(Generic[M]):
         self.draw = select(self.next_id.label("id"))
         self._creates: dict[tuple[tuple[str, ...], CTE | None, Table | None], Select[Any]] = {}
 
-    def create(self, names: tuple[str, ...], claim: CTE | None, outbox: Table | None) -> Select[Any]:
+    def create(
+        self, names: tuple[str, ...], claim: CTE | None, outbox: Table | None
+    ) -> Select[Any]:
         """Postgres: INSERT a row of ``names`` (parameters ``row_<name>``), and its event.
 
         The row is inserted only if ``claim`` (idempotency.py) yields a row; the event

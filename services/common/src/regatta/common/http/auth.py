@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
@@ -23,6 +23,8 @@ from regatta.common.settings import ServiceSettings
 logger = logging.getLogger("regatta.auth")
 
 ANONYMOUS = "anonymous"
+# Who may call a route that needs a key.
+KeyAccess = Literal["reader", "writer"]
 _DIGEST_PREFIX = "sha256:"
 _DIGEST_BYTES = 32
 
@@ -119,13 +121,21 @@ def _api_keys(request: Request) -> ApiKeys:
 
 async def require_writer(request: Request) -> str:
     """Authorize a write: 401 without a bearer key, 403 for an unknown one (dependency)."""
-    return authorize(request, _api_keys(request), "Writes", "write")
+    return authorize(request, _api_keys(request), "writer")
 
 
-def authorize(request: Request, keys: ApiKeys, what: str, action: str) -> str:
+# What a key is needed for: the 401's subject and the 403's action.
+_NEEDED_FOR: dict[KeyAccess, tuple[str, str]] = {
+    "writer": ("Writes", "write"),
+    "reader": ("Reads of this resource", "read this resource"),
+}
+
+
+def authorize(request: Request, keys: ApiKeys, access: KeyAccess) -> str:
     """The principal of the request's bearer key: 401 without one, 403 for an unknown one."""
     if not keys.enabled:
         return ANONYMOUS
+    what, action = _NEEDED_FOR[access]
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ProblemError(

@@ -11,7 +11,6 @@ dependency solving cheap on every request.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,7 +21,7 @@ from starlette.applications import Starlette
 
 from regatta.common.data.db import Database
 from regatta.common.data.idempotency import IdempotencyStore
-from regatta.common.http.auth import ApiKeys, authorize
+from regatta.common.http.auth import ApiKeys, KeyAccess, authorize
 from regatta.common.http.health import Lifecycle
 from regatta.common.http.routing import check_query
 from regatta.common.redis.cache import ResponseCache
@@ -34,9 +33,7 @@ if TYPE_CHECKING:
     from regatta.common.http.ratelimit import RateLimiter
     from regatta.common.runtime import Runtime
 
-logger = logging.getLogger("regatta.request")
-
-Access = Literal["public", "reader", "writer"]
+Access = Literal["public"] | KeyAccess
 
 
 @dataclass(eq=False)
@@ -102,13 +99,6 @@ class RequestContext:
         return self.platform.serving
 
     @property
-    def request_id(self) -> str | None:
-        """The request id (X-Request-ID) the middleware gave this request."""
-        state = self.request.scope.get("state") or {}
-        found: str | None = state.get("request_id")
-        return found
-
-    @property
     def store(self) -> IdempotencyStore:
         """The service's idempotency store."""
         if self.idempotency is None:
@@ -140,13 +130,9 @@ class ContextFactory:
         check_query(request)
         platform = platform_of(request.app)
         runtime = platform.serving
-        principal = None
-        if self.access == "writer":
-            principal = authorize(request, platform.api_keys, "Writes", "write")
-        elif self.access == "reader":
-            principal = authorize(
-                request, platform.api_keys, "Reads of this resource", "read this resource"
-            )
+        principal = (
+            None if self.access == "public" else authorize(request, platform.api_keys, self.access)
+        )
         return RequestContext(
             request=request,
             platform=platform,

@@ -162,15 +162,10 @@ _DATA_PROBLEMS: dict[type[DataError], tuple[int, str, dict[str, str]]] = {
 }
 
 
-def data_problem(exc: DataError) -> ProblemError:
-    """The problem a refusal of the data layer stands for."""
-    status, slug, headers = _DATA_PROBLEMS[type(exc)]
-    return ProblemError(status, str(exc), slug=slug, headers=headers)
-
-
 async def _on_data_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DataError)  # noqa: S101 -- registered for this type only
-    return render_problem(data_problem(exc))
+    status, slug, headers = _DATA_PROBLEMS[type(exc)]
+    return render_problem(ProblemError(status, str(exc), slug=slug, headers=headers))
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from embedded import create_embedded_app
 from regatta.common.settings import Environment
 from regatta.notifications.settings import NotificationsSettings
+from tests.lifespan import lifespan
 
 BACKENDS = ["embedded", pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -45,7 +45,7 @@ def start_app(settings: NotificationsSettings) -> AppFactory:
     @asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[FastAPI]:
         app = create_embedded_app(settings.model_copy(update=overrides))
-        async with LifespanManager(app):
+        async with lifespan(app):
             yield app
 
     return start

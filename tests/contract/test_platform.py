@@ -11,7 +11,6 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from daemons import PostgresServer
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -24,6 +23,7 @@ from regatta.common.http.context import platform_of
 from regatta.common.settings import Environment
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
+from tests.lifespan import lifespan
 
 PROBLEM = "application/problem+json"
 
@@ -251,7 +251,7 @@ async def test_a_database_out_of_connection_slots_is_503_not_500(
     )
     # The first app migrates, as the superuser.
     first = create_embedded_app(settings)
-    async with LifespanManager(first), client_for(first) as client:
+    async with lifespan(first), client_for(first) as client:
         created = await client.post("/items", json={"name": "Seen", "price": 1})
         assert created.status_code == 201
     postgres_server.psql(
@@ -271,7 +271,7 @@ async def test_a_database_out_of_connection_slots_is_503_not_500(
             }
         )
         app = create_embedded_app(limited)
-        async with LifespanManager(app), client_for(app) as client:
+        async with lifespan(app), client_for(app) as client:
             answers = [
                 await client.get(created.headers["location"]),
                 await client.get("/items"),

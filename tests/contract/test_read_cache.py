@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from pydantic import SecretStr
 
@@ -25,6 +24,7 @@ from regatta.items import service as items_service
 from regatta.items.main import SERVICE as ITEMS
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
+from tests.lifespan import lifespan
 
 WRITER = {"Authorization": "Bearer hot-key"}
 
@@ -39,7 +39,7 @@ async def routed_only(settings: NotificationsSettings) -> AsyncIterator[FastAPI]
         for s in (ITEMS, HEROES)
     ]
     app = create_app(settings, services, title="Regatta")
-    async with LifespanManager(app):
+    async with lifespan(app):
         yield app
 
 

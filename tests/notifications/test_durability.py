@@ -13,12 +13,12 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from regatta.notifications.main import create_app as create_notifications_app
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
 from tests.eventually import eventually
+from tests.lifespan import lifespan
 from tests.notifications.receiver import free_port, run_receiver
 from tests.servers import RedisServer
 
@@ -67,7 +67,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing(settings: NotificationsSe
     app = create_notifications_app(settings)  # the API alone: delivery is the workers' job
     async with (
         run_receiver(delay_seconds=0.5) as receiver,
-        LifespanManager(app),
+        lifespan(app),
         client_for(app) as client,
     ):
         ids = []

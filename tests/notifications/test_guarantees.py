@@ -7,7 +7,6 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
 from regatta.common.data.columns import utcnow
@@ -24,6 +23,7 @@ from regatta.notifications.service import attempt_delivery
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory
 from tests.eventually import eventually
+from tests.lifespan import lifespan
 
 
 async def _row(database: Database, notification_id: uuid.UUID) -> Notification:
@@ -37,7 +37,7 @@ async def test_a_worker_whose_claim_was_taken_over_records_nothing(
     settings: NotificationsSettings,
 ) -> None:
     app = create_notifications_app(settings)  # the API alone: no worker of its own
-    async with LifespanManager(app):
+    async with lifespan(app):
         database: Database = platform_of(app).serving.database
         async with database.sessions() as session, session.begin():
             queued = await repository.insert_notification(
@@ -154,7 +154,7 @@ async def test_entries_of_a_dead_consumer_are_taken_over(
     assert settings.redis_url is not None
     monkeypatch.setattr(worker, "STALE_AFTER_MS", 200)  # idle this long: its consumer is dead
     api = create_notifications_app(settings)  # no worker yet
-    async with LifespanManager(api):
+    async with lifespan(api):
         database: Database = platform_of(api).serving.database
         stream = platform_of(api).serving.events
         assert isinstance(stream, RedisEventStream)
@@ -173,7 +173,7 @@ async def test_entries_of_a_dead_consumer_are_taken_over(
         assert [event.id for _, event in read] == [event_id]
         assert await _event_notifications(database, event_id) == []
 
-        async with LifespanManager(worker.create_worker_app(settings.model_copy())):
+        async with lifespan(worker.create_worker_app(settings.model_copy())):
 
             async def taken_over() -> bool:
                 return len(await _event_notifications(database, event_id)) == 1

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -25,6 +24,7 @@ from regatta.heroes.main import SERVICE as HEROES
 from regatta.items.main import SERVICE as ITEMS
 from regatta.notifications.main import SERVICE as NOTIFICATIONS
 from regatta.notifications.settings import NotificationsSettings
+from tests.lifespan import lifespan
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "observability"
@@ -93,7 +93,7 @@ def start_traced(settings: NotificationsSettings, spans: Spans) -> TracedAppFact
             run_workers=True,
             tracer_provider=spans.provider,
         )
-        async with LifespanManager(app):
+        async with lifespan(app):
             yield app
 
     return start

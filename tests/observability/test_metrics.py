@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from daemons import free_port, log_tail, spawn_child, stop_child
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -41,6 +40,7 @@ from regatta.notifications.main import create_app as create_notifications
 from regatta.notifications.settings import NotificationsSettings
 from regatta.notifications.worker import create_worker_app
 from tests.conftest import client_for
+from tests.lifespan import lifespan
 from tests.observability.conftest import Spans, TracedAppFactory
 
 # What every process exports, whether or not it has seen the matching event yet.
@@ -86,7 +86,7 @@ def sqlite_settings(tmp_path: Path, **overrides: object) -> NotificationsSetting
 
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app), client_for(app) as client:
+    async with lifespan(app), client_for(app) as client:
         yield client
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from fastapi.responses import Response
 from opentelemetry.sdk.metrics import MeterProvider
@@ -17,6 +16,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 
 from regatta.common.http.route_templates import RouteTemplates, TemplatedMetricsMiddleware
 from tests.conftest import client_for
+from tests.lifespan import lifespan
 from tests.observability.test_metrics import FACTORIES, value
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "BREW")
@@ -131,7 +131,7 @@ def test_routes_it_cannot_read_keep_the_instrumentators_resolver() -> None:
 
 async def test_routes_added_after_the_first_request_are_named(tmp_path: Path) -> None:
     app = FACTORIES["regatta"](tmp_path)
-    async with LifespanManager(app), client_for(app) as client:
+    async with lifespan(app), client_for(app) as client:
         assert (await client.get("/items/1")).status_code == 404
 
         async def late() -> Response:
@@ -150,7 +150,7 @@ async def test_a_redirected_path_is_not_a_label(tmp_path: Path) -> None:
     app = FACTORIES["items"](tmp_path)
     scope = scope_of(app, "GET", "/items/7/")
     assert routing.get_route_name(Request(scope), should_include_root_path=False) == "/items/7/"
-    async with LifespanManager(app), client_for(app) as client:
+    async with lifespan(app), client_for(app) as client:
         for item_id in range(5):
             redirected = await client.get(f"/items/{item_id}/", follow_redirects=False)
             assert redirected.status_code == 307
@@ -168,7 +168,7 @@ async def test_fastapi_does_not_measure_requests_a_second_time(
     provider = MeterProvider(metric_readers=[reader])
     monkeypatch.setattr("opentelemetry.metrics.get_meter_provider", lambda: provider)
     app = FACTORIES["items"](tmp_path)
-    async with LifespanManager(app), client_for(app) as client:
+    async with lifespan(app), client_for(app) as client:
         assert (await client.get("/items/1")).status_code == 404
         text = (await client.get("/metrics")).text
     assert value(text, "http_requests_total", handler="/items/{item_id}", status="404") == 1

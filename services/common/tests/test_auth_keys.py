@@ -13,13 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 
 from regatta.common.http.app import create_app
 from regatta.common.http.auth import ANONYMOUS, ApiKeys, WriterDep
 from regatta.common.settings import Environment, ServiceSettings
+from tests.lifespan import lifespan
 
 KEY = "rg_test_8d1f0b7c2e"
 PROBLEM = "application/problem+json"
@@ -57,7 +57,7 @@ def make_app(tmp_path: Path, **overrides: Any) -> FastAPI:
 async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with (
-        LifespanManager(app),
+        lifespan(app),
         httpx.AsyncClient(transport=transport, base_url="http://things.test") as http,
     ):
         yield http

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import Request
 
 from regatta.common.http.app import create_app
 from regatta.common.http.auth import WriterDep
 from regatta.common.settings import Environment, ServiceSettings
 from regatta.common.telemetry.logs import configure_logging
+from tests.lifespan import lifespan
 
 ENV_KEY = "rg_env_5b0e2a9d41f3c7"
 FILE_KEY = "rg_file_0c7d3e19ab64f2"
@@ -63,7 +63,7 @@ async def test_keys_are_never_logged(tmp_path: Path, json_logs: io.StringIO) -> 
     app.add_api_route("/careless", careless, methods=["POST"])
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (
-        LifespanManager(app),
+        lifespan(app),
         httpx.AsyncClient(transport=transport, base_url="http://things.test") as client,
     ):
         for key in (ENV_KEY, FILE_KEY):

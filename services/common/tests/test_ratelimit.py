@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from daemons import RedisServer
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +31,7 @@ from regatta.common.http.ratelimit import (
     gcra,
 )
 from regatta.common.settings import Environment, ServiceSettings
+from tests.lifespan import lifespan
 
 HOUR = 3600
 # Every test's window is an hour: nothing is earned back while a test runs, so counts are exact.
@@ -71,7 +71,7 @@ def make_app(settings: ServiceSettings) -> FastAPI:
 async def serving(app: FastAPI, client: tuple[str, int] = PEER) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=client)
     async with (
-        LifespanManager(app),
+        lifespan(app),
         httpx.AsyncClient(transport=transport, base_url="http://things.test") as http,
     ):
         yield http

@@ -255,12 +255,12 @@ async def test_a_key_claimed_between_look_up_and_write_replays_the_winner(
         missed: list[bool] = []
 
         async def late_look_up(
-            connection: object, request: IdempotentRequest, draw: object, *, direct: bool
+            connection: object, request: IdempotentRequest, draw: object
         ) -> object:
             if not missed:  # the first look-up ran before the winner committed
                 missed.append(True)
                 request = replace(request, key="unused")
-            return await look_up(connection, request, draw, direct=direct)
+            return await look_up(connection, request, draw)
 
         monkeypatch.setattr(store, "_look_up", late_look_up)
         loser = await client.post(resource.prefix, json=body, headers=headers)

@@ -68,8 +68,7 @@ async def measure(url: str) -> None:
 
     def point_read(database: Database) -> Callable[[int], Awaitable[object]]:
         async def run(n: int) -> object:
-            async with database.reader.connect() as connection:
-                return await items.repository.read(connection, n % ROWS + 1)
+            return await items.repository.read(database, n % ROWS + 1)
 
         return run
 

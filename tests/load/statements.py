@@ -23,7 +23,7 @@ from daemons import PostgresServer, find_postgres_bindir, postgres_os_user
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from regatta.common.data.db import Database, create_engine
+from regatta.common.data.db import Database, create_database, create_engine
 from regatta.common.data.idempotency import IdempotencyStore, IdempotentRequest
 from regatta.common.settings import ServiceSettings
 from regatta.items.models import Item, idempotency_keys
@@ -48,41 +48,43 @@ async def rate(name: str, operation: Callable[[int], Awaitable[object]], total: 
 
 
 async def measure(database_url: str) -> None:
-    """Every figure, on one engine sized as the service's."""
-    database = Database(create_engine(ServiceSettings(database_url=SecretStr(database_url))))
+    """Every figure, on databases sized as the service's: SQLAlchemy's engine, and asyncpg."""
+    settings = ServiceSettings(database_url=SecretStr(database_url))
+    through_sqlalchemy = Database(create_engine(settings))  # the executor SQLite uses
+    on_asyncpg = create_database(settings)  # the executor Postgres uses
     table = Item.__table__
     repository = items.repository
     store = IdempotencyStore(idempotency_keys, ttl_seconds=86_400)
     values = {"name": "Bench", "description": None, "price": Decimal("9.99"), "tax": None}
     for _ in range(ROWS):
-        await items._create_in_one_statement(database, store, None, values, [])
+        await items._create_in_one_statement(on_asyncpg, store, None, values, [])
 
     async def built_per_call(row_id: int) -> object:
-        async with database.reader.connect() as connection:
+        async with through_sqlalchemy.engine.connect() as connection:
             return (await connection.execute(select(table).where(table.c.id == row_id))).first()
 
-    async def prebuilt(row_id: int) -> object:
-        async with database.reader.connect() as connection:
-            return await repository.read(connection, row_id)
+    def read(database: Database) -> Callable[[int], Awaitable[object]]:
+        async def point_read(row_id: int) -> object:
+            return await repository.read(database, row_id)
 
-    async def direct(row_id: int) -> object:
-        async with database.reader.connect() as connection:
-            return await repository.read(connection, row_id, direct=True)
+        return point_read
 
-    async def create(_: int) -> object:
-        request = IdempotentRequest(key=uuid.uuid4().hex, scope="bench", fingerprint="f")
-        return await items._create_in_one_statement(database, store, request, values, [])
+    def create(database: Database) -> Callable[[int], Awaitable[object]]:
+        async def keyed_create(_: int) -> object:
+            request = IdempotentRequest(key=uuid.uuid4().hex, scope="bench", fingerprint="f")
+            return await items._create_in_one_statement(database, store, request, values, [])
+
+        return keyed_create
 
     try:
         await rate("point read, Core select built per call", built_per_call, 4000)
-        await rate("point read, prebuilt Core select", prebuilt, 4000)
-        await rate("point read, asyncpg on the pooled connection", direct, 4000)
-        database.direct = False
-        await rate("keyed create through SQLAlchemy", create, 2000)
-        database.direct = True
-        await rate("keyed create, asyncpg on the pooled connection", create, 2000)
+        await rate("point read, SQLAlchemy's engine", read(through_sqlalchemy), 4000)
+        await rate("point read, asyncpg and its pool", read(on_asyncpg), 4000)
+        await rate("keyed create, SQLAlchemy's engine", create(through_sqlalchemy), 2000)
+        await rate("keyed create, asyncpg and its pool", create(on_asyncpg), 2000)
     finally:
-        await database.close()
+        await through_sqlalchemy.close()
+        await on_asyncpg.close()
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.sql import Select
 
 from embedded import create_embedded_app
-from regatta.common.data.db import Database, create_engine
+from regatta.common.data.db import Database, create_database
 from regatta.common.redis.cache import MeteredCache, RedisCache
 from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 from regatta.common.settings import Environment, ServiceSettings
@@ -361,32 +361,38 @@ async def test_cache_failures_and_redis_round_trips_are_counted(tmp_path: Path) 
 
 
 @pytest.mark.postgres
-async def test_hot_reads_waiting_for_a_lent_connection_and_direct_statements_are_measured(
+async def test_single_statements_their_waits_and_connections_are_measured(
     postgres_url: str,
 ) -> None:
-    # Hot reads run on connections the lender keeps (lending.py) and by asyncpg itself: their
-    # waits and statements are what a slow database shows first.
+    # Reads and creates run by asyncpg itself on its pool (executor.py): their waits and
+    # statements are what a slow database shows first.
     settings = ServiceSettings(
         environment=Environment.TEST,
         database_url=SecretStr(postgres_url),
         db_pool_size=2,
         db_pool_timeout_seconds=0.1,
     )
-    database = Database(create_engine(settings))
+    database = create_database(settings)
     metrics = observability.PlatformMetrics(service_name="items")
     metrics.sample_pool(database)
-    assert database.lender is not None
+    items = {"service_name": "items"}
     statement: Select[Any] = select(literal_column("1").label("one"))
     try:
-        assert await database.read_direct(statement, {}) == [{"one": 1}]
-        async with database.lend():
+        assert await database.read(statement, {}) == [{"one": 1}]
+        async with database.connect():
+            metrics.sample_pool(database)
+            in_use = generate_latest(metrics.registry).decode()
             with pytest.raises(sa_exc.TimeoutError):
-                async with database.lend():
+                async with database.connect():
                     pass
+        metrics.sample_pool(database)
     finally:
         await database.close()
     text_ = generate_latest(metrics.registry).decode()
-    items = {"service_name": "items"}
+    # One connection for statements, one for sessions (db.split_pool); the held one in use.
+    assert value(in_use, "regatta_db_pool_size", **items) == 2
+    assert value(in_use, "regatta_db_pool_checked_out", **items) == 1
+    assert value(text_, "regatta_db_pool_checked_out", **items) == 0
     assert value(text_, "regatta_db_statement_duration_seconds_count", operation="select") >= 1
     assert value(text_, "regatta_db_pool_timeouts_total", **items) == 1
     assert value(text_, "regatta_db_pool_wait_seconds_count", **items) >= 3

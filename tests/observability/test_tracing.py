@@ -10,7 +10,8 @@ from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 from sqlalchemy import Select, event, literal_column, select
 
-from regatta.common.data.db import Database, create_engine
+from regatta.common.data.db import create_database
+from regatta.common.data.executor import AsyncpgExecutor
 from regatta.common.http.context import platform_of
 from regatta.common.settings import Environment, ServiceSettings
 from regatta.common.telemetry import observability
@@ -146,16 +147,17 @@ async def test_statements_run_the_same_way_traced_or_not(postgres_url: str, span
     settings = ServiceSettings(environment=Environment.TEST, database_url=SecretStr(postgres_url))
     statement: Select[Any] = select(literal_column("1").label("one"))
     for traced in (False, True):
-        database = Database(create_engine(settings))
+        database = create_database(settings)
         if traced:
-            observability.instrument_engine(database.engine, spans.provider)
+            observability.instrument_database(database, spans.provider)
         ran: list[str] = []
         event.listen(database.engine.sync_engine, "before_cursor_execute", ran.append)
         try:
-            assert database.direct  # asyncpg runs them itself, with tracing on or off
+            # asyncpg runs them itself, with tracing on or off
+            assert isinstance(database.statements, AsyncpgExecutor)
             # Inside a request's span: a client span with no parent is not recorded.
             with spans.provider.get_tracer("test").start_as_current_span("request"):
-                assert await database.read_direct(statement, {}) == [{"one": 1}]
+                assert await database.read(statement, {}) == [{"one": 1}]
         finally:
             await database.close()
         assert ran == []  # not through SQLAlchemy's execution, either way

@@ -72,7 +72,7 @@ async def database(postgres_url: str) -> AsyncIterator[Database]:
             "FROM generate_series(1, $1) g",
             (ROWS,),
         )
-    async with database.reader.connect() as connection:
+    async with database.engine.begin() as connection:
         await connection.exec_driver_sql("ANALYZE")
     try:
         yield database
@@ -137,7 +137,7 @@ async def test_a_search_still_uses_its_index_after_many_prepared_runs(database: 
         body = await list_items(database, "qqqzzz")
     assert body == b'{"data":[],"next_cursor":null}'
     [(sql, parameters)] = statements
-    async with database.reader.connect() as connection:
+    async with database.engine.connect() as connection:
         plan = await plan_of_prepared(connection, sql, parameters)
     # A rare value is found through the trigram index, not by filtering every row by id.
     assert "ix_items_name_lower_trgm_price" in plan, plan
@@ -161,7 +161,7 @@ async def test_a_search_with_a_price_filter_is_intersected_in_one_index(
         body = await items.items.list(database=database, page=FIRST_PAGE, where=where)
     assert body.startswith(b'{"data":[{"id":')
     [(sql, parameters)] = statements
-    async with database.reader.connect() as connection:
+    async with database.engine.connect() as connection:
         await connection.exec_driver_sql("SET enable_indexscan = off")
         await connection.exec_driver_sql("SET enable_seqscan = off")
         try:
@@ -178,7 +178,7 @@ async def test_a_search_with_a_price_filter_is_intersected_in_one_index(
 
 
 async def test_api_connections_start_no_parallel_workers(database: Database) -> None:
-    async with database.reader.connect() as connection:
+    async with database.engine.connect() as connection:
         settings = await connection.exec_driver_sql(
             "SELECT current_setting('max_parallel_workers_per_gather'), "
             "current_setting('plan_cache_mode')"
@@ -251,7 +251,7 @@ async def test_the_outbox_relay_reads_its_batch_and_its_oldest_event_from_the_in
             "FROM generate_series(1, $1) g",
             (ROWS,),
         )
-    async with database.reader.connect() as connection:
+    async with database.engine.begin() as connection:
         await connection.exec_driver_sql("ANALYZE items_outbox")
     stream = InProcessEventStream()
     stream.subscribe(_ignore)
@@ -288,7 +288,7 @@ async def test_searched_names_are_analysed_from_a_large_sample(postgres_url: str
     await upgrade(settings, [HEROES.migrations, ITEMS.migrations])
     database = Database(create_engine(settings))
     try:
-        async with database.reader.connect() as connection:
+        async with database.engine.connect() as connection:
             rows = await connection.exec_driver_sql(
                 "SELECT attrelid::regclass::text AS attrelid, attstattarget FROM pg_attribute "
                 "WHERE (attrelid = 'heroes'::regclass AND attname = 'name') "

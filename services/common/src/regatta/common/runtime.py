@@ -12,7 +12,7 @@ from functools import partial
 from opentelemetry.trace import Tracer, TracerProvider
 from redis.asyncio import Redis
 
-from regatta.common.data.db import Database, create_engine
+from regatta.common.data.db import Database, create_database
 from regatta.common.redis.cache import (
     CacheGeneration,
     MemoryCache,
@@ -154,7 +154,7 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """Open the pools the settings call for; close them (tasks first) on the way out."""
     metrics = metrics or observability.PlatformMetrics(service_name="regatta")
-    database = Database(create_engine(settings))
+    database = create_database(settings)
     generation = cache_generation(settings)
     redis = create_redis(settings, generation)
     reader = create_pipelined(
@@ -163,7 +163,7 @@ async def open_runtime(
     if reader is not None and redis is not None and generation is not None:
         reader.on_connect = partial(generation.advance, redis)
     if tracer_provider is not None:
-        observability.instrument_engine(database.engine, tracer_provider)
+        observability.instrument_database(database, tracer_provider)
         if redis is not None:
             observability.instrument_redis(redis, tracer_provider)
     cache: ResponseCache

@@ -48,15 +48,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.data.columns import UTCDateTime, utcnow
-from regatta.common.data.db import fetch_rows
 from regatta.common.data.errors import (
     DataError,
     IdempotencyKeyInFlightError,
     IdempotencyKeyReusedError,
 )
+from regatta.common.data.executor import Statements
 
 logger = logging.getLogger("regatta.idempotency")
 
@@ -174,12 +174,10 @@ class IdempotencyStore:
 
     async def run_claiming(
         self,
-        connection: AsyncConnection,
+        connection: Statements,
         request: IdempotentRequest,
         draw: ColumnElement[Any],
         prepare: PrepareWrite,
-        *,
-        direct: bool = False,
     ) -> StoredResponse:
         """Postgres, on an autocommit connection: store or replay in one write statement.
 
@@ -192,12 +190,9 @@ class IdempotencyStore:
         the rows it wrote. Claim, write and record are one statement and so one transaction:
         two requests with one key race on the key's unique index, and the loser, finding no
         row written, replays the winner's response once it is committed. No lock is held
-        across round trips. ``direct``: look-up and write run by asyncpg itself (db.py's
-        :func:`execute_direct`), as the hottest reads do.
+        across round trips.
         """
-        return await self._observed(
-            self._claim_or_replay(connection, request, draw, prepare, direct=direct)
-        )
+        return await self._observed(self._claim_or_replay(connection, request, draw, prepare))
 
     async def _observed(self, outcome: Awaitable[StoredResponse]) -> StoredResponse:
         # Count a keyed request's outcome: stored, replayed, conflict or mismatch.
@@ -259,23 +254,22 @@ class IdempotencyStore:
 
     async def _claim_or_replay(
         self,
-        connection: AsyncConnection,
+        connection: Statements,
         request: IdempotentRequest,
         draw: ColumnElement[Any],
         prepare: PrepareWrite,
-        *,
-        direct: bool,
     ) -> StoredResponse:
-        stored, drawn = await self._look_up(connection, request, draw, direct=direct)
+        stored, drawn = await self._look_up(connection, request, draw)
         if stored is not None:
             return stored
         response, write, parameters = await prepare(drawn)
         claimed = {**parameters, **self.claim_parameters(request, response)}
-        counted = await fetch_rows(connection, write, claimed, direct=direct, replay=False)
+        counted = await connection.rows(write, claimed)
         if next(iter(counted[0].values())):
             return response
         # Another request with this key won the race between the look-up and the write.
-        stored = await self._find(connection, request)
+        found = await connection.rows(self._live, self._live_parameters(request))
+        stored = self._replay(found[0], request) if found else None
         if stored is None:  # ... and its record expired in between: let the client retry
             raise IdempotencyKeyInFlightError
         return stored
@@ -346,18 +340,16 @@ class IdempotencyStore:
             raise IdempotencyKeyInFlightError
 
     async def _find(
-        self, session: AsyncSession | AsyncConnection, request: IdempotentRequest
+        self, session: AsyncSession, request: IdempotentRequest
     ) -> StoredResponse | None:
         row = (await session.execute(self._live, self._live_parameters(request))).one_or_none()
         return None if row is None else self._replay(row._mapping, request)  # noqa: SLF001
 
     async def _look_up(
         self,
-        connection: AsyncConnection,
+        connection: Statements,
         request: IdempotentRequest,
         draw: ColumnElement[Any],
-        *,
-        direct: bool,
     ) -> tuple[StoredResponse | None, Any]:
         # The live record, or else ``draw`` evaluated: one statement either way.
         found = self._looked_up.get(draw)
@@ -369,7 +361,7 @@ class IdempotencyStore:
             self._looked_up[draw] = found = statement
         # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
         parameters = self._live_parameters(request)
-        row = (await fetch_rows(connection, found, parameters, direct=direct))[0]
+        row = (await connection.rows(found, parameters))[0]
         if row["fingerprint"] is None:
             return None, row["drawn"]
         return self._replay(row, request), None

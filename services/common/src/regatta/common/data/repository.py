@@ -26,11 +26,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
-from regatta.common.data.db import Database, fetch_rows
+from regatta.common.data.db import Database
 
 # Ids are BIGINT; anything outside this range cannot exist (404, never a database error).
 MAX_ID = 2**63 - 1
@@ -77,7 +77,7 @@ class VersionedRepository(Generic[M]):
         table: Any = self._table
         self.table: Table = table
         self._by_id = select(table).where(table.c.id == bindparam("id"))
-        # Unfiltered pages, built once (so that db.execute_direct can keep them compiled).
+        # Unfiltered pages, built once.
         self._first_page = select(table).order_by(table.c.id).limit(bindparam("limit"))
         self._later_page = self._first_page.where(table.c.id > bindparam("after"))
         # Postgres: the next id of the table's sequence, drawn before a row is written.
@@ -121,48 +121,29 @@ class VersionedRepository(Generic[M]):
         self._creates[(names, claim, outbox)] = statement
         return statement
 
-    async def read(
-        self, connection: AsyncConnection, row_id: int, *, direct: bool = False
-    ) -> Mapping[str, Any] | None:
-        """The row with ``row_id`` as plain columns (no ORM identity map), or None.
-
-        ``direct``: run it with asyncpg itself (Postgres only; see :func:`db.fetch_rows`).
-        """
-        found = await fetch_rows(connection, self._by_id, {"id": row_id}, direct=direct)
+    async def read(self, database: Database, row_id: int) -> Mapping[str, Any] | None:
+        """The row with ``row_id`` as plain columns (no ORM identity map), or None."""
+        found = await database.read(self._by_id, {"id": row_id})
         return found[0] if found else None
-
-    async def read_lent(self, database: Database, row_id: int) -> Mapping[str, Any] | None:
-        """:meth:`read`, direct, on a connection ``database`` lends (Postgres only)."""
-        found = await database.read_direct(self._by_id, {"id": row_id})
-        return found[0] if found else None
-
-    def page(self, *, after: int | None, limit: int) -> tuple[Select[Any], dict[str, Any]]:
-        """The statement of an unfiltered page and its parameters (``limit + 1`` rows)."""
-        if after is None:
-            return self._first_page, {"limit": limit + 1}
-        return self._later_page, {"limit": limit + 1, "after": after}
 
     async def read_page(
         self,
-        connection: AsyncConnection,
+        database: Database,
         *,
         after: int | None,
         limit: int,
         where: Sequence[ColumnElement[bool]] = (),
-        direct: bool = False,
     ) -> list[dict[str, Any]]:
-        """Up to ``limit + 1`` rows after the id ``after``, by id (the extra one says "more").
-
-        ``direct``: run unfiltered pages with asyncpg itself (Postgres only).
-        """
+        """Up to ``limit + 1`` rows after the id ``after``, by id (the extra one says "more")."""
         if not where:
-            statement, parameters = self.page(after=after, limit=limit)
-            return await fetch_rows(connection, statement, parameters, direct=direct)
+            if after is None:
+                return await database.read(self._first_page, {"limit": limit + 1})
+            return await database.read(self._later_page, {"limit": limit + 1, "after": after})
         table: Any = self._table
         filtered = select(table).where(*where).order_by(table.c.id).limit(limit + 1)
         if after is not None:
             filtered = filtered.where(table.c.id > after)
-        return await fetch_rows(connection, filtered, {}, direct=False)  # built per call
+        return await database.read(filtered, {})
 
     async def insert(self, session: AsyncSession, values: Mapping[str, Any]) -> Row[Any]:
         """Insert a row at version 1 and return it, id included (one INSERT ... RETURNING)."""

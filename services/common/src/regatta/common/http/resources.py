@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Row, Select, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.data.columns import utcnow
-from regatta.common.data.db import Database, fetch_rows
+from regatta.common.data.db import Database
 from regatta.common.data.idempotency import (
     IdempotencyStore,
     IdempotentRequest,
@@ -111,11 +111,7 @@ class Resource(Generic[M, R]):
         answers them with the stored bytes.
         """
         self._check_id(row_id)
-        if database.direct:
-            row = await self.repository.read_lent(database, row_id)
-        else:
-            async with database.reader.connect() as connection:
-                row = await self.repository.read(connection, row_id)
+        row = await self.repository.read(database, row_id)
         if row is None:
             raise self.not_found(row_id)
         entry = self.render(row)
@@ -130,15 +126,9 @@ class Resource(Generic[M, R]):
         where: Sequence[ColumnElement[bool]] = (),
     ) -> bytes:
         """One page of the list, rendered to JSON bytes."""
-        if database.direct and not where:
-            rows = await database.read_direct(
-                *self.repository.page(after=page.after, limit=page.limit)
-            )
-        else:
-            async with database.reader.connect() as connection:
-                rows = await self.repository.read_page(
-                    connection, after=page.after, limit=page.limit, where=where
-                )
+        rows = await self.repository.read_page(
+            database, after=page.after, limit=page.limit, where=where
+        )
         shown = self._many.validate_python(rows[: page.limit])
         cursor = next_cursor([row["id"] for row in rows], page.limit)
         # {"data": [...], "next_cursor": ...}: each part rendered by pydantic-core in one call.
@@ -203,7 +193,7 @@ class Resource(Generic[M, R]):
         # no transaction to hold. The rendering equals what the row reads back as: values are
         # validated to what the columns store exactly, and the contract suites compare the two.
         claim = store.claim() if keyed is not None else None
-        async with database.lend() as connection:
+        async with database.connect() as connection:
 
             async def prepare(row_id: int) -> tuple[StoredResponse, Select[Any], dict[str, Any]]:
                 now = utcnow()
@@ -225,13 +215,11 @@ class Resource(Generic[M, R]):
                 return response, self.repository.create(tuple(row), claim, self.outbox), parameters
 
             if keyed is not None:
-                return await store.run_claiming(
-                    connection, keyed, self.repository.next_id, prepare, direct=database.direct
-                )
+                return await store.run_claiming(connection, keyed, self.repository.next_id, prepare)
             # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
-            drawn = await fetch_rows(connection, self.repository.draw, {}, direct=database.direct)
+            drawn = await connection.rows(self.repository.draw)
             response, write, parameters = await prepare(drawn[0]["id"])
-            await fetch_rows(connection, write, parameters, direct=database.direct, replay=False)
+            await connection.rows(write, parameters)
             return response
 
     async def update(

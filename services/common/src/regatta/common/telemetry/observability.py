@@ -61,7 +61,6 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from starlette.middleware import Middleware
 
-from regatta.common.data import db
 from regatta.common.http.route_templates import TemplatedMetricsMiddleware
 from regatta.common.telemetry.logs import log_request, request_logged
 
@@ -72,11 +71,10 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import Attributes
     from redis.asyncio import Redis
     from sqlalchemy.engine import ExceptionContext
-    from sqlalchemy.ext.asyncio import AsyncEngine
     from sqlalchemy.pool import Pool
 
     from regatta.common.data.db import Database
-    from regatta.common.data.lending import ConnectionLender, Lent
+    from regatta.common.data.executor import Executor
 
 logger = logging.getLogger("regatta.observability")
 
@@ -433,8 +431,8 @@ class PlatformMetrics:
         """Measure the pool waits and statements of ``database``'s engine (once per engine).
 
         Statements through SQLAlchemy are timed by its cursor events, those asyncpg runs itself
-        (db.fetch_direct) by the observer db.observe_direct_statements registers. A failed
-        statement (a statement timeout above all) is timed too.
+        (executor.py) by the executor's observer. A failed statement (a statement timeout above
+        all) is timed too.
         """
         sync_engine = database.engine.sync_engine
         if sync_engine in self._instrumented:
@@ -466,10 +464,9 @@ class PlatformMetrics:
         event.listen(sync_engine, "before_cursor_execute", before)
         event.listen(sync_engine, "after_cursor_execute", after)
         event.listen(sync_engine, "handle_error", failed)
-        db.observe_direct_statements(database.engine, observe)
+        database.statements.observe = observe
         self._time_pool_waits(sync_engine.pool)
-        if database.lender is not None:
-            self._time_lender_waits(database.lender)
+        self._time_executor_waits(database.statements)
 
     def _time_pool_waits(self, pool: Pool) -> None:
         # SQLAlchemy has no event before a checkout: its pool's one method that waits (or
@@ -486,33 +483,36 @@ class PlatformMetrics:
 
         pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
 
-    def _time_lender_waits(self, lender: ConnectionLender) -> None:
-        # Hot reads wait for a lent connection (lending.py), not for the pool: timed alike. A
-        # connection the lender opens is timed by the pool too.
-        acquire = lender.acquire
+    def _time_executor_waits(self, executor: Executor) -> None:
+        # Single statements on Postgres wait for a connection of asyncpg's pool (executor.py):
+        # timed alike.
+        acquire = getattr(executor, "acquire", None)
+        if acquire is None:
+            return
         waited = self.pool_wait.labels(self.service_name)
         timeouts = self.pool_timeouts.labels(self.service_name)
 
-        async def timed_acquire() -> Lent:
+        async def timed_acquire() -> Any:
             with _timed_wait(waited, timeouts):
                 return await acquire()
 
-        lender.acquire = timed_acquire  # type: ignore[method-assign]
+        executor.acquire = timed_acquire  # type: ignore[attr-defined]
 
     def sample_pool(self, database: Database) -> None:
-        """Record the pool's size and connections in use (read from the pool, no I/O).
+        """Record the pools' size and connections in use (read from the pools, no I/O).
 
-        Connections the lender keeps idle between hot statements are out of the pool but
-        not in use: they do not count. The first sample also instruments the database.
+        The engine's pool and the executor's count together. The first sample also
+        instruments the database.
         """
         self.instrument_database(database)
         pool = database.engine.pool
         size = getattr(pool, "size", None)
         checked_out = getattr(pool, "checkedout", None)
         if callable(size) and callable(checked_out):
-            idle = database.lender.idle if database.lender is not None else 0
-            self.pool_size.labels(self.service_name).set(size())
-            self.pool_checked_out.labels(self.service_name).set(checked_out() - idle)
+            statements = database.statements
+            self.pool_size.labels(self.service_name).set(size() + statements.size())
+            in_use = checked_out() + statements.in_use()
+            self.pool_checked_out.labels(self.service_name).set(in_use)
 
 
 @contextlib.contextmanager
@@ -829,15 +829,15 @@ def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
     )
 
 
-def instrument_engine(engine: AsyncEngine, provider: TracerProvider) -> None:
-    """A client span per SQL statement on this engine (and no other)."""
+def instrument_database(database: Database, provider: TracerProvider) -> None:
+    """A client span per SQL statement of this database (and no other)."""
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer  # noqa: PLC0415
 
     unused = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
     sql_tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
-    EngineTracer(sql_tracer, engine.sync_engine, unused)  # type: ignore[no-untyped-call]
-    # The statements asyncpg runs itself (db.fetch_direct) span through the same tracer.
-    db.trace_direct_statements(engine, sql_tracer)
+    EngineTracer(sql_tracer, database.engine.sync_engine, unused)  # type: ignore[no-untyped-call]
+    # The statements asyncpg runs itself (executor.py) span through the same tracer.
+    database.statements.tracer = sql_tracer
 
 
 def instrument_redis(client: Redis, provider: TracerProvider) -> None:

@@ -1,0 +1,392 @@
+"""The one executor of single statements, chosen once at start-up by the backend.
+
+Reads, creates and idempotency claims are single statements, each its own transaction. They
+run on a :class:`Statements` connection from :meth:`Executor.connect`:
+
+- Postgres (:class:`AsyncpgExecutor`): asyncpg runs each statement itself, on a connection of
+  asyncpg's own pool. SQLAlchemy compiles the statement once per shape (cached by its cache
+  key, as SQLAlchemy caches its own) and the column types convert the values both ways; no
+  execution context, cursor or greenlet is built per call. On a point read that machinery costs
+  more than the query (tests/load/statements.py measures both).
+- SQLite (:class:`EngineExecutor`): SQLAlchemy's engine runs them, autocommit.
+
+Either way each statement opens a client span (through a no-op tracer while tracing is off:
+the same code runs), is timed by one observer, and a failure is told apart as "the database is
+unavailable" (:class:`~regatta.common.data.db.DatabaseUnavailableError`, a 503) or a fault.
+
+Units of work of several statements (PATCH and DELETE with their events, the notifications,
+the outbox relay) run in SQLAlchemy sessions, on the engine's pool: the other part of the
+process's connections, so that neither kind can take them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import SimpleNamespace
+from typing import Any, Protocol, cast
+
+import asyncpg
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import ClauseElement, Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import TypeDecorator
+
+from regatta.common.data.failures import DatabaseUnavailableError, cut, unavailability
+
+logger = logging.getLogger("regatta.db")
+
+# A pooled connection idle this long is closed rather than trusted (a proxy or firewall may
+# have dropped it silently); the engine's pool pings its own after as long (db.py).
+IDLE_SECONDS = 10.0
+
+_UNTRACED = trace.NoOpTracer()
+_NO_PARAMETERS: Mapping[str, Any] = {}
+
+
+class Statements(Protocol):
+    """A connection to run single statements on, one after another."""
+
+    async def rows(
+        self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
+    ) -> list[dict[str, Any]]:
+        """The statement's result rows, by column name (none for a statement without)."""
+        ...
+
+
+class Executor(Protocol):
+    """Where single statements run: connections lent one request at a time."""
+
+    #: Statements' spans go through this tracer (a no-op one until tracing is set up).
+    tracer: Tracer
+    #: Called with each statement's SQL and seconds (metrics), when set.
+    observe: Callable[[str, float], None] | None
+
+    def connect(self) -> AbstractAsyncContextManager[Statements]:
+        """A connection for one or a few statements, given back on exit."""
+        ...
+
+    async def read(
+        self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
+    ) -> list[dict[str, Any]]:
+        """The rows of one read on a connection of its own."""
+        ...
+
+    def in_use(self) -> int:
+        """Connections lent out right now."""
+        ...
+
+    def size(self) -> int:
+        """Connections the executor may hold open."""
+        ...
+
+    async def close(self) -> None:
+        """Close every connection."""
+        ...
+
+
+class EngineExecutor:
+    """Statements through SQLAlchemy's engine, autocommit (SQLite; any engine in tests)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # SQLAlchemy's own instrumentation traces and times these: see observability.py.
+        self.tracer: Tracer = _UNTRACED
+        self.observe: Callable[[str, float], None] | None = None
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Statements]:
+        """An autocommit connection of the engine's pool."""
+        async with self._engine.connect() as connection:
+            yield _EngineStatements(connection)
+
+    async def read(
+        self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
+    ) -> list[dict[str, Any]]:
+        """One read on a connection of its own."""
+        async with self.connect() as connection:
+            return await connection.rows(statement, parameters)
+
+    def in_use(self) -> int:
+        """None beyond the engine's pool, which counts its own."""
+        return 0
+
+    def size(self) -> int:
+        """None beyond the engine's pool."""
+        return 0
+
+    async def close(self) -> None:
+        """Nothing of its own to close: the engine is disposed by its owner."""
+
+
+class _EngineStatements:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def rows(
+        self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
+    ) -> list[dict[str, Any]]:
+        result = await self._connection.execute(statement, parameters)
+        if not result.returns_rows:
+            return []
+        return [dict(row._mapping) for row in result]  # noqa: SLF001 -- the public mapping
+
+
+class AsyncpgExecutor:
+    """Statements run by asyncpg itself, on asyncpg's pool of up to ``size`` connections.
+
+    ``connect_args`` are asyncpg's (server settings, timeouts), as for the engine; the address
+    and credentials are the engine's URL's. A connection idle for :data:`IDLE_SECONDS` is
+    closed; one the server or a proxy closed is replaced when next taken; one left
+    mid-statement (cancelled, timed out) is cancelled on the server before it serves again.
+    Waiting longer than ``acquire_timeout`` for a free connection is a 503, as with the pool.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        size: int,
+        acquire_timeout: float,
+        connect_args: Mapping[str, Any],
+    ) -> None:
+        self.dialect = engine.dialect
+        _, address = self.dialect.create_connect_args(engine.url)
+        self._pool = asyncpg.create_pool(
+            min_size=0,
+            max_size=size,
+            max_inactive_connection_lifetime=IDLE_SECONDS,
+            init=self._set_up,
+            reset=_keep_as_is,
+            **address,
+            **connect_args,
+        )
+        self._acquire_timeout = acquire_timeout
+        self._opened: asyncio.Task[Any] | None = None
+        self._compiled: dict[Any, _Compiled] = {}
+        self.tracer: Tracer = _UNTRACED
+        self.observe: Callable[[str, float], None] | None = None
+
+    async def _set_up(self, connection: asyncpg.Connection) -> None:
+        # JSON values decoded and encoded as the dialect's connections have them.
+        adapted = SimpleNamespace(_connection=connection)
+        await self.dialect.setup_asyncpg_json_codec(adapted)  # type: ignore[attr-defined]
+        await self.dialect.setup_asyncpg_jsonb_codec(adapted)  # type: ignore[attr-defined]
+
+    async def acquire(self) -> asyncpg.Connection:
+        """A free connection (opening one if fewer than ``size`` are open), or a 503 in time."""
+        if self._opened is None:  # the pool opens no connection yet (min_size=0)
+            self._opened = asyncio.ensure_future(self._open())
+        if not self._opened.done():
+            await asyncio.shield(self._opened)
+        try:
+            async with asyncio.timeout(self._acquire_timeout):
+                connection: asyncpg.Connection = await self._pool.acquire()
+        except TimeoutError:
+            msg = f"no connection was free within {self._acquire_timeout:g} s"
+            raise sa_exc.TimeoutError(msg) from None
+        except Exception as exc:
+            raise _failure(None, exc) from exc
+        return connection
+
+    async def _open(self) -> None:
+        await self._pool
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Statements]:
+        """A connection of the pool, released on exit."""
+        connection = await self.acquire()
+        try:
+            yield _AsyncpgStatements(self, connection)
+        finally:
+            await self._pool.release(connection)
+
+    async def read(
+        self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
+    ) -> list[dict[str, Any]]:
+        """One read; run once more on another connection if this one had been cut.
+
+        A kept connection may have been closed by the server or a proxy since its last use,
+        and the read be the first to notice. A read is safe to repeat; a timeout is not
+        repeated (it would only double the wait), nor is a write ever (see :meth:`connect`).
+        """
+        try:
+            async with self.connect() as connection:
+                return await connection.rows(statement, parameters)
+        except DatabaseUnavailableError as exc:
+            if not cut(exc):
+                raise
+            logger.info("a kept connection had broken; the read runs on a fresh one")
+        async with self.connect() as connection:
+            return await connection.rows(statement, parameters)
+
+    def compiled(self, statement: Executable) -> tuple[_Compiled, Any]:
+        """``statement`` compiled for asyncpg (once per shape), and the values it carries."""
+        key = cast("ClauseElement", statement)._generate_cache_key()  # noqa: SLF001 -- its own
+        if key is None:
+            return _Compiled(statement, self.dialect), None
+        found = self._compiled.get(key.key)
+        if found is None:
+            if len(self._compiled) >= _MAX_COMPILED:
+                self._compiled.clear()
+            self._compiled[key.key] = found = _Compiled(statement, self.dialect, key)
+        return found, key.bindparams
+
+    def in_use(self) -> int:
+        """Connections taken from the pool and not yet released."""
+        if self._opened is None or not self._opened.done():
+            return 0
+        return int(self._pool.get_size() - self._pool.get_idle_size())
+
+    def size(self) -> int:
+        """The most connections the pool opens."""
+        return int(self._pool.get_max_size())
+
+    async def close(self) -> None:
+        """Close the pool's connections (waiting for the lent ones, as asyncpg does)."""
+        if self._opened is None:
+            return
+        await self._opened
+        await self._pool.close()
+
+
+async def _keep_as_is(_connection: asyncpg.Connection) -> None:
+    # What asyncpg's default reset undoes (SET, LISTEN, advisory locks, cursors) is never done
+    # on these connections, and the reset would cost a round trip on every release. asyncpg
+    # still rolls back a transaction left open.
+    return
+
+
+# More shapes than a process's statements means statements built with varying structure:
+# start again rather than grow.
+_MAX_COMPILED = 256
+
+
+class _Compiled:
+    """A statement compiled once for asyncpg: its SQL, how to bind values, how to read rows."""
+
+    def __init__(self, statement: Executable, dialect: Dialect, key: Any = None) -> None:
+        # With its cache key, to take the values another statement of this shape carries.
+        compiled = cast("ClauseElement", statement).compile(dialect=dialect, cache_key=key)
+        assert isinstance(compiled, SQLCompiler)  # noqa: S101 -- a statement compiles to SQL
+        names = compiled.positiontup
+        if (
+            names is None
+            or any(bind.expanding for bind in compiled.binds.values())
+            or compiled.insert_prefetch
+            or compiled.update_prefetch
+        ):
+            msg = "only a positional statement with its every value given runs on asyncpg"
+            raise ValueError(msg)
+        self.sql = str(compiled)
+        self.operation = self.sql.split(None, 1)[0].upper() if self.sql else "SQL"
+        self.dialect = dialect
+        self._compiled = compiled
+        self._binds = [
+            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in names
+        ]
+        # asyncpg's values are already what the dialect's types return (the JSON codecs, and
+        # numerics as Decimals), so only TypeDecorators convert.
+        selected = getattr(statement, "selected_columns", ())
+        converted = [
+            (column.key, column.type)
+            for column in selected
+            if isinstance(column.type, TypeDecorator)
+        ]
+        labels = [label for label, _ in converted]
+        if None in labels or len(set(labels)) != len(labels):
+            msg = "label each converted column, uniquely: results are converted by name"
+            raise ValueError(msg)
+        self._results = [(str(label), kind) for label, kind in converted]
+
+    def arguments(self, parameters: Mapping[str, Any], carried: Any) -> list[Any]:
+        """The positional values: given ones and those the statement carries, converted."""
+        values = self._compiled.construct_params(parameters, extracted_parameters=carried)
+        try:
+            return [
+                value if process is None else process(value)
+                for name, process in self._binds
+                for value in (values[name],)
+            ]
+        except Exception as exc:  # a value its type refuses: SQLAlchemy's error for it
+            raise sa_exc.StatementError(
+                f"({type(exc).__module__}.{type(exc).__name__}) {exc}",
+                self.sql,
+                None,
+                exc,
+                hide_parameters=True,
+            ) from exc
+
+    def convert(self, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
+        """Rows by column name, converted by the TypeDecorators."""
+        rows = [dict(record.items()) for record in records]
+        for row in rows:
+            for key, decorator in self._results:
+                row[key] = decorator.process_result_value(row[key], self.dialect)
+        return rows
+
+
+class _AsyncpgStatements:
+    def __init__(self, executor: AsyncpgExecutor, connection: asyncpg.Connection) -> None:
+        self._executor = executor
+        self._connection = connection
+
+    async def rows(
+        self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
+    ) -> list[dict[str, Any]]:
+        executor = self._executor
+        compiled, carried = executor.compiled(statement)
+        arguments = compiled.arguments(parameters, carried)
+        # Named and described as SQLAlchemy's instrumentation names the session statements.
+        span = executor.tracer.start_span(
+            compiled.operation,
+            kind=SpanKind.CLIENT,
+            attributes={"db.system": "postgresql", "db.statement": compiled.sql},
+        )
+        started = time.perf_counter()
+        try:
+            records = await self._connection.fetch(compiled.sql, *arguments)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(StatusCode.ERROR)
+            raise _failure(compiled.sql, exc) from exc
+        finally:
+            span.end()
+            if executor.observe is not None:
+                executor.observe(compiled.sql, time.perf_counter() - started)
+        return compiled.convert(records)
+
+
+def _failure(sql: str | None, error: Exception) -> Exception:
+    """``error`` of asyncpg as SQLAlchemy would have raised it: unavailable (503), or a fault.
+
+    A failure that may come after the commit (a timeout, a connection lost mid-statement) is
+    "unavailable" and never repeated: a keyed retry then replays or completes the write.
+    """
+    if isinstance(error, sa_exc.SQLAlchemyError):
+        return error
+    unavailable, broken = unavailability(error)
+    if unavailable:
+        return DatabaseUnavailableError(
+            sql, None, error, hide_parameters=True, connection_invalidated=broken
+        )
+    for kind, wrapper in _FAULTS:
+        if isinstance(error, kind):
+            return wrapper(sql, None, error, hide_parameters=True)
+    return sa_exc.DBAPIError(sql, None, error, hide_parameters=True)
+
+
+_FAULTS: tuple[tuple[type[BaseException], type[sa_exc.DBAPIError]], ...] = (
+    (asyncpg.exceptions.IntegrityConstraintViolationError, sa_exc.IntegrityError),
+    (asyncpg.exceptions.SyntaxOrAccessError, sa_exc.ProgrammingError),
+    (asyncpg.exceptions.DataError, sa_exc.DataError),
+    (asyncpg.exceptions.PostgresError, sa_exc.DatabaseError),
+)

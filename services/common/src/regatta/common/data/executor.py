@@ -68,6 +68,8 @@ class Executor(Protocol):
     tracer: Tracer
     #: Called with each statement's SQL and seconds (metrics), when set.
     observe: Callable[[str, float], None] | None
+    #: Called with each wait for a connection: seconds, and whether it timed out.
+    observe_wait: Callable[[float, bool], None] | None
 
     def connect(self) -> AbstractAsyncContextManager[Statements]:
         """A connection for one or a few statements, given back on exit."""
@@ -100,6 +102,7 @@ class EngineExecutor:
         # SQLAlchemy's own instrumentation traces and times these: see observability.py.
         self.tracer: Tracer = _UNTRACED
         self.observe: Callable[[str, float], None] | None = None
+        self.observe_wait: Callable[[float, bool], None] | None = None
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Statements]:
@@ -173,6 +176,7 @@ class AsyncpgExecutor:
         self._compiled: dict[Any, _Compiled] = {}
         self.tracer: Tracer = _UNTRACED
         self.observe: Callable[[str, float], None] | None = None
+        self.observe_wait: Callable[[float, bool], None] | None = None
 
     async def _set_up(self, connection: asyncpg.Connection) -> None:
         # JSON values decoded and encoded as the dialect's connections have them.
@@ -186,14 +190,20 @@ class AsyncpgExecutor:
             self._opened = asyncio.ensure_future(self._open())
         if not self._opened.done():
             await asyncio.shield(self._opened)
+        started = time.perf_counter()
+        timed_out = False
         try:
             async with asyncio.timeout(self._acquire_timeout):
                 connection: asyncpg.Connection = await self._pool.acquire()
         except TimeoutError:
+            timed_out = True
             msg = f"no connection was free within {self._acquire_timeout:g} s"
             raise sa_exc.TimeoutError(msg) from None
         except Exception as exc:
             raise _failure(None, exc) from exc
+        finally:
+            if self.observe_wait is not None:
+                self.observe_wait(time.perf_counter() - started, timed_out)
         return connection
 
     async def _open(self) -> None:

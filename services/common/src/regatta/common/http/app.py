@@ -244,7 +244,13 @@ def create_app(
                 "RateLimit-Policy",
             ],
         )
-    observability.instrument_http(app, platform.metrics)
+    observability.instrument_http(
+        app,
+        platform.metrics,
+        key_principal=platform.api_keys.principal,
+        database=lambda: platform.runtime.database if platform.runtime is not None else None,
+        runs_workers=platform.run_workers or bool(platform.workers),
+    )
     app.add_middleware(RequestIdMiddleware)
     if platform.tracer_provider is not None:
         observability.instrument_app(app, platform.tracer_provider)

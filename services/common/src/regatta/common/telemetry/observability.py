@@ -23,7 +23,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import prometheus_client
@@ -115,6 +115,10 @@ def multiprocess_dir() -> str | None:
 _RequestSeries = tuple[str, Counter, Histogram]
 
 
+# The API keys' look-up: a presented key's stable id, or None (http/auth.py's ApiKeys).
+KeyPrincipal = Callable[[str], "str | None"]
+
+
 class PlatformMetrics:
     """Everything one app exports, registered in the app's own registry."""
 
@@ -128,6 +132,8 @@ class PlatformMetrics:
         self.service_name = service_name
         self.services = frozenset(services)
         self.registry = registry if registry is not None else CollectorRegistry()
+        # Who a request's API key names, for its log line (instrument_http sets it).
+        self.key_principal: KeyPrincipal | None = None
         r = self.registry
 
         self.http_requests = Counter(
@@ -393,7 +399,7 @@ class PlatformMetrics:
                 status=code,
                 duration_seconds=info.modified_duration,
                 client=request.client.host if request.client else None,
-                api_key_id=api_key_id(request),
+                api_key_id=api_key_id(request, self.key_principal),
                 response_bytes=int(length) if length and length.isdigit() else None,
             )
 
@@ -486,17 +492,15 @@ class PlatformMetrics:
     def _time_executor_waits(self, executor: Executor) -> None:
         # Single statements on Postgres wait for a connection of asyncpg's pool (executor.py):
         # timed alike.
-        acquire = getattr(executor, "acquire", None)
-        if acquire is None:
-            return
         waited = self.pool_wait.labels(self.service_name)
         timeouts = self.pool_timeouts.labels(self.service_name)
 
-        async def timed_acquire() -> Any:
-            with _timed_wait(waited, timeouts):
-                return await acquire()
+        def observe_wait(seconds: float, timed_out: bool) -> None:
+            waited.observe(seconds)
+            if timed_out:
+                timeouts.inc()
 
-        executor.acquire = timed_acquire  # type: ignore[attr-defined]
+        executor.observe_wait = observe_wait
 
     def sample_pool(self, database: Database) -> None:
         """Record the pools' size and connections in use (read from the pools, no I/O).
@@ -531,20 +535,19 @@ def _timed_wait(waited: Histogram, timeouts: Counter) -> Iterator[None]:
 API_KEY_ID_STATE: Final = "api_key_id"
 
 
-def api_key_id(request: Request) -> str | None:
+def api_key_id(request: Request, principal: KeyPrincipal | None) -> str | None:
     """The id of the valid API key a request carries (``key-<digest>``), else None.
 
-    Taken from the request's state when the rate limiter already worked it out.
+    Taken from the request's state when the rate limiter already worked it out, else
+    from ``principal`` (the keys' look-up; None while keys are off).
     """
     known = request.scope.get("state", {}).get(API_KEY_ID_STATE)
     if known is not None:
         return str(known)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    keys = getattr(getattr(request.app.state, "platform", None), "api_keys", None)
-    if scheme.lower() != "bearer" or not token.strip() or keys is None or not keys.enabled:
+    if scheme.lower() != "bearer" or not token.strip() or principal is None:
         return None
-    principal: str | None = keys.principal(token.strip())
-    return principal
+    return principal(token.strip())
 
 
 def statement_operation(statement: str) -> str:
@@ -595,14 +598,23 @@ def trace_exemplar() -> dict[str, str] | None:
     return {"trace_id": trace.format_trace_id(context.trace_id)}
 
 
-def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
+def instrument_http(
+    app: FastAPI,
+    metrics: PlatformMetrics,
+    *,
+    key_principal: KeyPrincipal | None,
+    database: Callable[[], Database | None],
+    runs_workers: bool,
+) -> None:
     """Measure and log every request (pure ASGI middleware) and serve ``/metrics``.
 
     Every route's request series start at 0 for its own status and for 500 (so the first
-    server error is seen by ``rate()``); a process running workers exports their gauges.
+    server error is seen by ``rate()``); a process that ``runs_workers`` exports their
+    gauges. Log lines name a request's API key by ``key_principal``; each scrape samples
+    the pools of ``database()`` (None before the lifespan opens it).
     """
-    platform = getattr(app.state, "platform", None)
-    if getattr(platform, "run_workers", False) or getattr(platform, "workers", None):
+    metrics.key_principal = key_principal
+    if runs_workers:
         metrics.export_worker_gauges()
     for route in routing._effective_routes(list(app.routes)):  # noqa: SLF001 -- as route_templates
         original = getattr(route, "original_route", route)
@@ -629,9 +641,9 @@ def instrument_http(app: FastAPI, metrics: PlatformMetrics) -> None:
 
     @app.get("/metrics", include_in_schema=False)
     async def serve_metrics(request: Request) -> Response:
-        runtime = getattr(getattr(request.app.state, "platform", None), "runtime", None)
-        if runtime is not None:
-            metrics.sample_pool(runtime.database)
+        opened = database()
+        if opened is not None:
+            metrics.sample_pool(opened)
         registry = metrics.registry
         if multiprocess_dir() is not None:
             registry = CollectorRegistry()

@@ -9,17 +9,21 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel, ConfigDict
 
 from regatta.common.http.app import create_app
-from regatta.common.http.auth import ANONYMOUS, ApiKeys, WriterDep
+from regatta.common.http.auth import ANONYMOUS, ApiKeys
+from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.settings import Environment, ServiceSettings
 from tests.lifespan import lifespan
+
+# A route that needs a writer's key, as the services declare one (http/context.py).
+Writer = Annotated[RequestContext, Depends(ContextFactory("things", "writer"))]
 
 KEY = "rg_test_8d1f0b7c2e"
 PROBLEM = "application/problem+json"
@@ -41,11 +45,11 @@ def make_app(tmp_path: Path, **overrides: Any) -> FastAPI:
     async def read_things() -> dict[str, str]:
         return {"status": "read"}
 
-    async def create_thing(thing: ThingCreate, principal: WriterDep) -> dict[str, str]:
-        return {"name": thing.name, "by": principal}
+    async def create_thing(thing: ThingCreate, context: Writer) -> dict[str, str]:
+        return {"name": thing.name, "by": context.writer}
 
-    async def change_thing(principal: WriterDep) -> dict[str, str]:
-        return {"by": principal}
+    async def change_thing(context: Writer) -> dict[str, str]:
+        return {"by": context.writer}
 
     app.add_api_route("/things", read_things, methods=["GET"])
     app.add_api_route("/things", create_thing, methods=["POST"])

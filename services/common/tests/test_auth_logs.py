@@ -7,16 +7,20 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import Request
+from fastapi import Depends, Request
 
 from regatta.common.http.app import create_app
-from regatta.common.http.auth import WriterDep
+from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.settings import Environment, ServiceSettings
 from regatta.common.telemetry.logs import configure_logging
 from tests.lifespan import lifespan
+
+# A route that needs a writer's key, as the services declare one (http/context.py).
+Writer = Annotated[RequestContext, Depends(ContextFactory("things", "writer"))]
 
 ENV_KEY = "rg_env_5b0e2a9d41f3c7"
 FILE_KEY = "rg_file_0c7d3e19ab64f2"
@@ -51,11 +55,11 @@ async def test_keys_are_never_logged(tmp_path: Path, json_logs: io.StringIO) -> 
     )
     app = create_app(settings, [], title="guarded", service_name="things")
 
-    async def write(principal: WriterDep) -> dict[str, str]:
-        logging.getLogger("regatta.things").info("written by %s", principal)
-        return {"by": principal}
+    async def write(context: Writer) -> dict[str, str]:
+        logging.getLogger("regatta.things").info("written by %s", context.writer)
+        return {"by": context.writer}
 
-    async def careless(request: Request, _principal: WriterDep) -> None:
+    async def careless(request: Request, _context: Writer) -> None:
         # A handler that puts a credential in an error: the formatter still masks it.
         raise RuntimeError("upstream refused " + request.headers["authorization"])
 

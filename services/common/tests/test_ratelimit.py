@@ -10,17 +10,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
 from daemons import RedisServer
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from regatta.common.http.app import create_app
-from regatta.common.http.auth import WriterDep
-from regatta.common.http.context import platform_of
+from regatta.common.http.context import ContextFactory, RequestContext, platform_of
 from regatta.common.http.ratelimit import (
     Decision,
     MemoryStore,
@@ -32,6 +31,9 @@ from regatta.common.http.ratelimit import (
 )
 from regatta.common.settings import Environment, ServiceSettings
 from tests.lifespan import lifespan
+
+# A route that needs a writer's key, as the services declare one (http/context.py).
+Writer = Annotated[RequestContext, Depends(ContextFactory("things", "writer"))]
 
 HOUR = 3600
 # Every test's window is an hour: nothing is earned back while a test runs, so counts are exact.
@@ -59,8 +61,8 @@ def make_app(settings: ServiceSettings) -> FastAPI:
     async def read_things() -> dict[str, str]:
         return {"status": "read"}
 
-    async def write_things(principal: WriterDep) -> dict[str, str]:
-        return {"status": "written", "by": principal}
+    async def write_things(context: Writer) -> dict[str, str]:
+        return {"status": "written", "by": context.writer}
 
     app.add_api_route("/things", read_things, methods=["GET"])
     app.add_api_route("/things", write_things, methods=["POST"])

@@ -13,9 +13,9 @@ import hashlib
 import hmac
 import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import Depends, Request
+from fastapi import Request
 
 from regatta.common.http.problems import ProblemError
 from regatta.common.settings import ServiceSettings
@@ -114,16 +114,6 @@ class ApiKeys:
         return "key-" + candidate.hex()[:16] if found else None
 
 
-def _api_keys(request: Request) -> ApiKeys:
-    keys: ApiKeys = request.app.state.platform.api_keys
-    return keys
-
-
-async def require_writer(request: Request) -> str:
-    """Authorize a write: 401 without a bearer key, 403 for an unknown one (dependency)."""
-    return authorize(request, _api_keys(request), "writer")
-
-
 # What a key is needed for: the 401's subject and the 403's action.
 _NEEDED_FOR: dict[KeyAccess, tuple[str, str]] = {
     "writer": ("Writes", "write"),
@@ -148,6 +138,3 @@ def authorize(request: Request, keys: ApiKeys, access: KeyAccess) -> str:
     if principal is None:
         raise ProblemError(403, f"This API key is not allowed to {action}.", slug="forbidden")
     return principal
-
-
-WriterDep = Annotated[str, Depends(require_writer)]

@@ -18,10 +18,9 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from regatta.common.data import migrations
 from regatta.common.data.idempotency import IdempotencyStore
-from regatta.common.http import health
 from regatta.common.http.auth import ApiKeys
 from regatta.common.http.context import Platform, platform_of, set_platform
-from regatta.common.http.health import Lifecycle
+from regatta.common.http.health import Lifecycle, health_router
 from regatta.common.http.middleware import (
     BodySizeLimitMiddleware,
     JsonContentTypeMiddleware,
@@ -197,7 +196,7 @@ def create_app(
     )
     set_platform(app, platform)
     install_problem_handlers(app)
-    app.include_router(health.router)
+    app.include_router(health_router(platform.lifecycle))
     for service in services:
         for declared in service.resources:
             app.include_router(resource_router(declared))

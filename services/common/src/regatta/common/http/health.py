@@ -10,14 +10,12 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 logger = logging.getLogger("regatta.health")
 
 READINESS_TIMEOUT_SECONDS = 2.0
-
-router = APIRouter(tags=["health"])
 
 Check = Callable[[], Awaitable[Any]]
 
@@ -78,27 +76,27 @@ class Lifecycle:
         return all(value == "ok" for value in report.values()), report
 
 
-def _lifecycle(request: Request) -> Lifecycle:
-    lifecycle: Lifecycle = request.app.state.platform.lifecycle
-    return lifecycle
-
-
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
-@router.get("/livez", include_in_schema=False)
-@router.get("/healthz", include_in_schema=False)
-async def livez() -> JSONResponse:
-    """Alive while the event loop turns; never looks at dependencies."""
-    return JSONResponse({"status": "ok"}, headers=_NO_STORE)
+def health_router(lifecycle: Lifecycle) -> APIRouter:
+    """``/livez`` (and ``/healthz``) and ``/readyz``, the latter answering for ``lifecycle``."""
+    router = APIRouter(tags=["health"])
 
+    @router.get("/livez", include_in_schema=False)
+    @router.get("/healthz", include_in_schema=False)
+    async def livez() -> JSONResponse:
+        """Alive while the event loop turns; never looks at dependencies."""
+        return JSONResponse({"status": "ok"}, headers=_NO_STORE)
 
-@router.get("/readyz", include_in_schema=False)
-async def readyz(request: Request) -> JSONResponse:
-    """Ready when every dependency answers and shutdown has not begun."""
-    ready, report = await _lifecycle(request).readiness()
-    return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "checks": report},
-        status_code=200 if ready else 503,
-        headers=_NO_STORE,
-    )
+    @router.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        """Ready when every dependency answers and shutdown has not begun."""
+        ready, report = await lifecycle.readiness()
+        return JSONResponse(
+            {"status": "ok" if ready else "unavailable", "checks": report},
+            status_code=200 if ready else 503,
+            headers=_NO_STORE,
+        )
+
+    return router

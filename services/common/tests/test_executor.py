@@ -382,3 +382,45 @@ def test_statements_that_cannot_run_on_asyncpg_are_refused() -> None:
         executor._Compiled(select(func.max(created)), dialect)
     with pytest.raises(ValueError, match="label"):
         executor._Compiled(select(created, logged.c.other.label("created")), dialect)
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"]
+)
+async def test_a_transaction_commits_on_exit_and_rolls_back_on_an_error(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Any
+) -> None:
+    url = (
+        request.getfixturevalue("postgres_url")
+        if backend == "postgres"
+        else f"sqlite+aiosqlite:///{tmp_path}/t.db"
+    )
+    database = database_of(url)
+    notes = Table("transaction_notes", MetaData(), Column("id", Integer, primary_key=True))
+    async with database.engine.begin() as connection:
+        await connection.run_sync(notes.metadata.create_all)
+    try:
+        async with database.transaction() as connection:
+            await connection.rows(insert(notes).values(id=1))
+            await connection.rows(insert(notes).values(id=2))
+
+        async def refused_after_a_write() -> None:
+            async with database.transaction() as connection:
+                await connection.rows(insert(notes).values(id=3))
+                raise IdempotencyKeyInFlightError
+
+        async def second_write_fails() -> None:
+            async with database.transaction() as connection:
+                await connection.rows(insert(notes).values(id=4))
+                await connection.rows(insert(notes).values(id=1))
+
+        with pytest.raises(IdempotencyKeyInFlightError):
+            await refused_after_a_write()
+        with pytest.raises(sa_exc.IntegrityError):  # the second statement fails: none stays
+            await second_write_fails()
+        ids = await database.read(select(notes.c.id).order_by(notes.c.id))
+        assert [row["id"] for row in ids] == [1, 2]
+    finally:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(notes.metadata.drop_all)
+        await database.close()

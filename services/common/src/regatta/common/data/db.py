@@ -1,4 +1,4 @@
-"""The database of a process: its engine and sessions, and the executor of single statements."""
+"""The database of a process: the executor of its resources' statements, the ORM sessions."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ PLANNER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "max_parallel_worker
 
 
 def split_pool(size: int) -> tuple[int, int]:
-    """``DB_POOL_SIZE`` on Postgres: connections for single statements, and for sessions.
+    """``DB_POOL_SIZE`` on Postgres: connections for the executor, and for sessions.
 
-    Half (rounded down) serve the single statements (executor.py), the rest the sessions, at
+    Half (rounded down) serve the executor (executor.py), the rest the sessions, at
     least one each, so that neither kind can take the other's when the database is slow.
     """
     statements = max(1, size // 2)
@@ -87,7 +87,7 @@ def create_engine(settings: ServiceSettings, *, pool_size: int | None = None) ->
 def create_database(settings: ServiceSettings) -> Database:
     """The process's database, its executor chosen by the backend.
 
-    On Postgres, asyncpg's pool for single statements beside the engine's for sessions
+    On Postgres, asyncpg's pool for the executor beside the engine's for sessions
     (:func:`split_pool`); on SQLite, the engine for both.
     """
     if settings.database_url.get_secret_value().startswith("sqlite"):
@@ -164,7 +164,7 @@ def _lower(value: str | None) -> str | None:
 
 
 class Database:
-    """The engine with its sessions, and the executor of single statements (executor.py).
+    """The executor of the resources' statements (executor.py), and the engine with its sessions.
 
     Created with the process (:func:`create_database`), closed at shutdown.
     """
@@ -183,6 +183,10 @@ class Database:
     def connect(self) -> AbstractAsyncContextManager[Statements]:
         """A connection for one or a few single statements (each its own transaction)."""
         return self.statements.connect()
+
+    def transaction(self) -> AbstractAsyncContextManager[Statements]:
+        """A connection in a transaction, for a few statements that stand or fall together."""
+        return self.statements.transaction()
 
     async def read(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None

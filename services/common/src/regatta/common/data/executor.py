@@ -1,22 +1,24 @@
-"""The one executor of single statements, chosen once at start-up by the backend.
+"""The one executor of the resources' statements, chosen once at start-up by the backend.
 
-Reads, creates and idempotency claims are single statements, each its own transaction. They
-run on a :class:`Statements` connection from :meth:`Executor.connect`:
+Reads and creates are single statements, each its own transaction, on a :class:`Statements`
+connection from :meth:`Executor.connect`; a PATCH or DELETE and its event are two or three
+statements in one :meth:`Executor.transaction`. Either runs:
 
-- Postgres (:class:`AsyncpgExecutor`): asyncpg runs each statement itself, on a connection of
-  asyncpg's own pool. SQLAlchemy compiles the statement once per shape (cached by its cache
+- on Postgres (:class:`AsyncpgExecutor`): asyncpg runs each statement itself, on a connection
+  of asyncpg's own pool. SQLAlchemy compiles the statement once per shape (cached by its cache
   key, as SQLAlchemy caches its own) and the column types convert the values both ways; no
-  execution context, cursor or greenlet is built per call. On a point read that machinery costs
-  more than the query (tests/load/statements.py measures both).
-- SQLite (:class:`EngineExecutor`): SQLAlchemy's engine runs them, autocommit.
+  execution context, cursor or greenlet is built per call. On a point read that machinery
+  costs more than the query (tests/load/statements.py measures both).
+- on SQLite (:class:`EngineExecutor`): SQLAlchemy's engine runs them.
 
 Either way each statement opens a client span (through a no-op tracer while tracing is off:
 the same code runs), is timed by one observer, and a failure is told apart as "the database is
-unavailable" (:class:`~regatta.common.data.db.DatabaseUnavailableError`, a 503) or a fault.
+unavailable" (:class:`~regatta.common.data.failures.DatabaseUnavailableError`, a 503) or a
+fault.
 
-Units of work of several statements (PATCH and DELETE with their events, the notifications,
-the outbox relay) run in SQLAlchemy sessions, on the engine's pool: the other part of the
-process's connections, so that neither kind can take them all.
+ORM units of work (the notifications service, the outbox relay, the keyed create on SQLite)
+run in SQLAlchemy sessions, on the engine's pool: the other part of the process's connections,
+so that neither kind can take them all.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import CursorResult, Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeDecorator
@@ -52,7 +54,7 @@ _NO_PARAMETERS: Mapping[str, Any] = {}
 
 
 class Statements(Protocol):
-    """A connection to run single statements on, one after another."""
+    """A connection to run statements on, one after another."""
 
     async def rows(
         self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
@@ -73,6 +75,10 @@ class Executor(Protocol):
 
     def connect(self) -> AbstractAsyncContextManager[Statements]:
         """A connection for one or a few statements, given back on exit."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Statements]:
+        """A connection in a transaction: committed on exit, rolled back on an error."""
         ...
 
     async def read(
@@ -98,6 +104,7 @@ class EngineExecutor:
     """Statements through SQLAlchemy's engine, autocommit (SQLite; any engine in tests)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
+        self._transactional = engine
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         # SQLAlchemy's own instrumentation traces and times these: see observability.py.
         self.tracer: Tracer = _UNTRACED
@@ -108,6 +115,12 @@ class EngineExecutor:
     async def connect(self) -> AsyncIterator[Statements]:
         """An autocommit connection of the engine's pool."""
         async with self._engine.connect() as connection:
+            yield _EngineStatements(connection)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Statements]:
+        """A connection of the engine's pool in a transaction."""
+        async with self._transactional.begin() as connection:
             yield _EngineStatements(connection)
 
     async def read(
@@ -129,15 +142,20 @@ class EngineExecutor:
         """Nothing of its own to close: the engine is disposed by its owner."""
 
 
+def statements_of(session: AsyncSession) -> Statements:
+    """A session's transaction, to run single statements in it as on an executor's."""
+    return _EngineStatements(session)
+
+
 class _EngineStatements:
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection | AsyncSession) -> None:
         self._connection = connection
 
     async def rows(
         self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
     ) -> list[dict[str, Any]]:
         result = await self._connection.execute(statement, parameters)
-        if not result.returns_rows:
+        if isinstance(result, CursorResult) and not result.returns_rows:
             return []
         return [dict(row._mapping) for row in result]  # noqa: SLF001 -- the public mapping
 
@@ -215,6 +233,19 @@ class AsyncpgExecutor:
         connection = await self.acquire()
         try:
             yield _AsyncpgStatements(self, connection)
+        finally:
+            await self._pool.release(connection)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Statements]:
+        """A connection of the pool in a transaction (BEGIN and COMMIT: two round trips more)."""
+        connection = await self.acquire()
+        try:
+            try:
+                async with connection.transaction():
+                    yield _AsyncpgStatements(self, connection)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise _failure("BEGIN/COMMIT", exc) from exc
         finally:
             await self._pool.release(connection)
 

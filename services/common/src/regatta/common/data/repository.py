@@ -21,16 +21,20 @@ from sqlalchemy import (
     Table,
     bindparam,
     delete,
+    false,
     func,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql import Executable
 
 from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
 from regatta.common.data.db import Database
+from regatta.common.data.executor import Statements
 
 # Ids are BIGINT; anything outside this range cannot exist (404, never a database error).
 MAX_ID = 2**63 - 1
@@ -64,7 +68,7 @@ M = TypeVar("M", bound=VersionedMixin)
 class WriteOutcome:
     """What a conditional write found: the new row, or why there is none."""
 
-    row: Row[Any] | None
+    row: Mapping[str, Any] | None
     current_version: int | None  # set when the row exists but the precondition failed
 
 
@@ -158,7 +162,7 @@ class VersionedRepository(Generic[M]):
 
     async def update(
         self,
-        session: AsyncSession,
+        connection: Statements,
         row_id: int,
         values: Mapping[str, Any],
         precondition: Precondition | None,
@@ -171,13 +175,10 @@ class VersionedRepository(Generic[M]):
             .values(**values, version=table.c.version + 1, updated_at=utcnow())
             .returning(*table.c)
         )
-        row = (await session.execute(statement)).one_or_none()
-        if row is not None:
-            return WriteOutcome(row=row, current_version=None)
-        return WriteOutcome(row=None, current_version=await self._version(session, row_id))
+        return await self._outcome(connection, statement, row_id)
 
     async def delete(
-        self, session: AsyncSession, row_id: int, precondition: Precondition | None
+        self, connection: Statements, row_id: int, precondition: Precondition | None
     ) -> WriteOutcome:
         """Delete the row if it exists and the precondition holds; ``row`` is the deleted row."""
         table = self._table
@@ -186,18 +187,25 @@ class VersionedRepository(Generic[M]):
             .where(table.c.id == row_id, *self._condition(precondition))
             .returning(*table.c)
         )
-        row = (await session.execute(statement)).one_or_none()
-        if row is not None:
-            return WriteOutcome(row=row, current_version=None)
-        return WriteOutcome(row=None, current_version=await self._version(session, row_id))
+        return await self._outcome(connection, statement, row_id)
+
+    async def _outcome(
+        self, connection: Statements, statement: Executable, row_id: int
+    ) -> WriteOutcome:
+        # The written row, or else the version that refused the write (None: no such row).
+        written = await connection.rows(statement)
+        if written:
+            return WriteOutcome(row=written[0], current_version=None)
+        table = self._table
+        found = await connection.rows(select(table.c.version).where(table.c.id == row_id))
+        return WriteOutcome(row=None, current_version=found[0]["version"] if found else None)
 
     def _condition(self, precondition: Precondition | None) -> list[ColumnElement[bool]]:
-        model: Any = self.model
         if precondition is None or precondition.any_version:
             return []
-        return [model.version.in_(sorted(precondition.versions))]
-
-    async def _version(self, session: AsyncSession, row_id: int) -> int | None:
-        model: Any = self.model
-        version: int | None = await session.scalar(select(model.version).where(model.id == row_id))
-        return version
+        # One equality per version (rarely more than one): a statement of one shape per count,
+        # where IN would need a list parameter, which asyncpg runs as an array.
+        version = self._table.c.version
+        if not precondition.versions:  # only tags that are not ours: nothing matches
+            return [false()]
+        return [or_(*(version == known for known in sorted(precondition.versions)))]

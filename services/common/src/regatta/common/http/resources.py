@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.data.columns import utcnow
 from regatta.common.data.db import Database
+from regatta.common.data.executor import Statements, statements_of
 from regatta.common.data.idempotency import (
     IdempotencyStore,
     IdempotentRequest,
@@ -154,7 +155,7 @@ class Resource(Generic[M, R]):
         async def write(write_session: AsyncSession) -> StoredResponse:
             row = await self.repository.insert(write_session, values)
             entry = self.render(row)
-            await self._record(write_session, "created", entry)
+            await self._record(statements_of(write_session), "created", entry)
             created.append(entry)
             return StoredResponse(
                 status_code=201,
@@ -233,11 +234,11 @@ class Resource(Generic[M, R]):
     ) -> CachedResponse:
         """Apply a partial update under the precondition; the cache holds the new version after."""
         self._check_id(row_id)
-        async with database.sessions() as session, session.begin():
-            outcome = await self.repository.update(session, row_id, values, precondition)
+        async with database.transaction() as connection:
+            outcome = await self.repository.update(connection, row_id, values, precondition)
             entry = self.render(outcome.row) if outcome.row is not None else None
             if entry is not None:
-                await self._record(session, "updated", entry)
+                await self._record(connection, "updated", entry)
         if entry is None:
             raise self._write_refused(row_id, outcome.current_version)
         # Replaces any older entry atomically: invalidation and refill in one round trip.
@@ -254,17 +255,17 @@ class Resource(Generic[M, R]):
     ) -> None:
         """Delete under the precondition; the cache forgets the row before this returns."""
         self._check_id(row_id)
-        async with database.sessions() as session, session.begin():
-            outcome = await self.repository.delete(session, row_id, precondition)
+        async with database.transaction() as connection:
+            outcome = await self.repository.delete(connection, row_id, precondition)
             if outcome.row is not None:
-                await self._record(session, "deleted", self.render(outcome.row))
+                await self._record(connection, "deleted", self.render(outcome.row))
         if outcome.row is None:
             raise self._write_refused(row_id, outcome.current_version)
         await cache.invalidate(self.cache_key(row_id), DELETED)
 
-    async def _record(self, session: AsyncSession, action: str, entry: CachedResponse) -> None:
+    async def _record(self, connection: Statements, action: str, entry: CachedResponse) -> None:
         if self.outbox is not None:
-            await record_event(session, self.outbox, f"{self.singular}.{action}", entry.body)
+            await record_event(connection, self.outbox, f"{self.singular}.{action}", entry.body)
 
     def _write_refused(self, row_id: int, current_version: int | None) -> ProblemError:
         if current_version is None:

@@ -24,10 +24,10 @@ from opentelemetry.trace import NoOpTracer, SpanKind, Tracer
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy import Column, Index, MetaData, String, Table, Text, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
 from regatta.common.data.db import Database
+from regatta.common.data.executor import Statements
 from regatta.common.telemetry.observability import (
     PlatformMetrics,
     carrier_of,
@@ -109,10 +109,10 @@ class Event:
 
 
 async def record_event(
-    session: AsyncSession, outbox: Table, event_type: str, payload: bytes
+    connection: Statements, outbox: Table, event_type: str, payload: bytes
 ) -> None:
     """Add an event to the outbox, inside the caller's transaction."""
-    await session.execute(
+    await connection.rows(
         insert(outbox).values(
             event_type=event_type,
             payload=payload.decode(),

@@ -397,12 +397,12 @@ async def test_a_transaction_commits_on_exit_and_rolls_back_on_an_error(
     )
     database = database_of(url)
     notes = Table("transaction_notes", MetaData(), Column("id", Integer, primary_key=True))
-    async with database.engine.begin() as connection:
-        await connection.run_sync(notes.metadata.create_all)
+    async with database.engine.begin() as schema:
+        await schema.run_sync(notes.metadata.create_all)
     try:
-        async with database.transaction() as connection:
-            await connection.rows(insert(notes).values(id=1))
-            await connection.rows(insert(notes).values(id=2))
+        async with database.transaction() as written:
+            await written.rows(insert(notes).values(id=1))
+            await written.rows(insert(notes).values(id=2))
 
         async def refused_after_a_write() -> None:
             async with database.transaction() as connection:
@@ -421,6 +421,6 @@ async def test_a_transaction_commits_on_exit_and_rolls_back_on_an_error(
         ids = await database.read(select(notes.c.id).order_by(notes.c.id))
         assert [row["id"] for row in ids] == [1, 2]
     finally:
-        async with database.engine.begin() as connection:
-            await connection.run_sync(notes.metadata.drop_all)
+        async with database.engine.begin() as schema:
+            await schema.run_sync(notes.metadata.drop_all)
         await database.close()

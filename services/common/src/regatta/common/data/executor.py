@@ -256,7 +256,8 @@ class AsyncpgExecutor:
 
         A kept connection may have been closed by the server or a proxy since its last use,
         and the read be the first to notice. A read is safe to repeat; a timeout is not
-        repeated (it would only double the wait), nor is a write ever (see :meth:`connect`).
+        repeated (it would only double the wait). Writes are never repeated: a failure that
+        may have come after the commit is a 503, and a keyed retry replays or completes it.
         """
         try:
             async with self.connect() as connection:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
@@ -21,8 +20,6 @@ from regatta.common.data.failures import DatabaseUnavailableError, unavailabilit
 from regatta.common.settings import ServiceSettings
 
 __all__ = ["Database", "DatabaseUnavailableError", "create_database", "create_engine"]
-
-logger = logging.getLogger("regatta.db")
 
 
 # Server settings of every connection, for the planner (tests/plans pins what they buy):
@@ -90,7 +87,7 @@ def create_database(settings: ServiceSettings) -> Database:
     On Postgres, asyncpg's pool for the executor beside the engine's for sessions
     (:func:`split_pool`); on SQLite, the engine for both.
     """
-    if settings.database_url.get_secret_value().startswith("sqlite"):
+    if settings.uses_sqlite:
         return Database(create_engine(settings))
     statements, sessions = split_pool(settings.db_pool_size)
     engine = create_engine(settings, pool_size=sessions)

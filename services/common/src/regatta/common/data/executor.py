@@ -413,8 +413,6 @@ def _failure(sql: str | None, error: Exception) -> Exception:
     A failure that may come after the commit (a timeout, a connection lost mid-statement) is
     "unavailable" and never repeated: a keyed retry then replays or completes the write.
     """
-    if isinstance(error, sa_exc.SQLAlchemyError):
-        return error
     unavailable, broken = unavailability(error)
     if unavailable:
         return DatabaseUnavailableError(

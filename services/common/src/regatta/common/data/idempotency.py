@@ -56,7 +56,7 @@ from regatta.common.data.errors import (
     IdempotencyKeyInFlightError,
     IdempotencyKeyReusedError,
 )
-from regatta.common.data.executor import Statements
+from regatta.common.data.executor import Statements, statements_of
 
 logger = logging.getLogger("regatta.idempotency")
 
@@ -268,8 +268,7 @@ class IdempotencyStore:
         if next(iter(counted[0].values())):
             return response
         # Another request with this key won the race between the look-up and the write.
-        found = await connection.rows(self._live, self._live_parameters(request))
-        stored = self._replay(found[0], request) if found else None
+        stored = await self._find(connection, request)
         if stored is None:  # ... and its record expired in between: let the client retry
             raise IdempotencyKeyInFlightError
         return stored
@@ -283,7 +282,7 @@ class IdempotencyStore:
         with self._claim_locally(session, request):
             async with session.begin():
                 await self._lock(session, request)
-                stored = await self._find(session, request)
+                stored = await self._find(statements_of(session), request)
                 if stored is not None:
                     return stored
                 response = await write(session)
@@ -340,10 +339,10 @@ class IdempotencyStore:
             raise IdempotencyKeyInFlightError
 
     async def _find(
-        self, session: AsyncSession, request: IdempotentRequest
+        self, connection: Statements, request: IdempotentRequest
     ) -> StoredResponse | None:
-        row = (await session.execute(self._live, self._live_parameters(request))).one_or_none()
-        return None if row is None else self._replay(row._mapping, request)  # noqa: SLF001
+        found = await connection.rows(self._live, self._live_parameters(request))
+        return self._replay(found[0], request) if found else None
 
     async def _look_up(
         self,

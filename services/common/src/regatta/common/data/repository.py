@@ -76,11 +76,11 @@ class VersionedRepository(Generic[M]):
     """Insert, read, list, update and delete rows of one versioned model."""
 
     def __init__(self, model: type[M]) -> None:
-        self.model = model
         self._table: Any = getattr(model, "__table__")  # noqa: B009 -- M is any mapped class
         table: Any = self._table
         self.table: Table = table
         self._by_id = select(table).where(table.c.id == bindparam("id"))
+        self._version_of = select(table.c.version).where(table.c.id == bindparam("id"))
         # Unfiltered pages, built once.
         self._first_page = select(table).order_by(table.c.id).limit(bindparam("limit"))
         self._later_page = self._first_page.where(table.c.id > bindparam("after"))
@@ -196,8 +196,7 @@ class VersionedRepository(Generic[M]):
         written = await connection.rows(statement)
         if written:
             return WriteOutcome(row=written[0], current_version=None)
-        table = self._table
-        found = await connection.rows(select(table.c.version).where(table.c.id == row_id))
+        found = await connection.rows(self._version_of, {"id": row_id})
         return WriteOutcome(row=None, current_version=found[0]["version"] if found else None)
 
     def _condition(self, precondition: Precondition | None) -> list[ColumnElement[bool]]:

@@ -149,7 +149,7 @@ async def test_statements_run_the_same_way_traced_or_not(postgres_url: str, span
     for traced in (False, True):
         database = create_database(settings)
         if traced:
-            observability.instrument_database(database, spans.provider)
+            observability.trace_database(database, spans.provider)
         ran: list[str] = []
         event.listen(database.engine.sync_engine, "before_cursor_execute", ran.append)
         try:

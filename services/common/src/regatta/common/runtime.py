@@ -163,7 +163,7 @@ async def open_runtime(
     if reader is not None and redis is not None and generation is not None:
         reader.on_connect = partial(generation.advance, redis)
     if tracer_provider is not None:
-        observability.instrument_database(database, tracer_provider)
+        observability.trace_database(database, tracer_provider)
         if redis is not None:
             observability.instrument_redis(redis, tracer_provider)
     cache: ResponseCache

@@ -490,8 +490,8 @@ class PlatformMetrics:
         pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
 
     def _time_executor_waits(self, executor: Executor) -> None:
-        # Single statements on Postgres wait for a connection of asyncpg's pool (executor.py):
-        # timed alike.
+        # The resources' statements on Postgres wait for a connection of asyncpg's pool
+        # (executor.py): timed alike.
         waited = self.pool_wait.labels(self.service_name)
         timeouts = self.pool_timeouts.labels(self.service_name)
 
@@ -841,7 +841,7 @@ def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
     )
 
 
-def instrument_database(database: Database, provider: TracerProvider) -> None:
+def trace_database(database: Database, provider: TracerProvider) -> None:
     """A client span per SQL statement of this database (and no other)."""
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer  # noqa: PLC0415
 

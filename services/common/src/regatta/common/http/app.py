@@ -30,6 +30,7 @@ from regatta.common.http.problems import UnhandledErrorMiddleware, install_probl
 from regatta.common.http.ratelimit import install_rate_limit
 from regatta.common.http.readcache import CachedReads
 from regatta.common.http.resource_routes import ResourceRoutes, resource_router
+from regatta.common.http.routing import add_routes
 from regatta.common.redis.events import relay_outbox
 from regatta.common.runtime import Runtime, open_runtime
 from regatta.common.settings import ServiceSettings
@@ -196,12 +197,12 @@ def create_app(
     )
     set_platform(app, platform)
     install_problem_handlers(app)
-    app.include_router(health_router(platform.lifecycle))
+    add_routes(app, health_router(platform.lifecycle))
     for service in services:
         for declared in service.resources:
-            app.include_router(resource_router(declared))
+            add_routes(app, resource_router(declared))
         if service.router is not None:
-            app.include_router(service.router)
+            add_routes(app, service.router)
 
     @app.get("/", include_in_schema=False)
     async def index() -> JSONResponse:

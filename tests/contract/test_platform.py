@@ -118,6 +118,15 @@ async def test_openapi_documents_every_route_and_problem_responses(
     assert PROBLEM in create["422"]["content"]
     hero_read = spec["components"]["schemas"]["HeroRead"]
     assert "secret_name" not in hero_read["properties"]
+    # The conditional headers, read by the handlers themselves, are documented all the same.
+    one_item = spec["paths"]["/items/{item_id}"]
+    headers = {
+        method: {p["name"] for p in one_item[method]["parameters"] if p["in"] == "header"}
+        for method in ("get", "patch", "delete")
+    }
+    assert headers == {"get": {"If-None-Match"}, "patch": {"If-Match"}, "delete": {"If-Match"}}
+    paths = [p["name"] for p in one_item["get"]["parameters"]]
+    assert paths.count("item_id") == 1
 
 
 async def test_unexpected_errors_are_500_problems_without_internals(

@@ -7,7 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from regatta.common.http.conditional import NOT_MODIFIED, IfNoneMatchHeader
+from regatta.common.http.conditional import (
+    IF_NONE_MATCH_DOCUMENTED,
+    NOT_MODIFIED,
+    if_none_match,
+)
 from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.http.pagination import UuidPageDep
 from regatta.common.http.problems import problem_responses
@@ -142,16 +146,13 @@ async def delete_subscription(subscription_id: str, context: Writing) -> Respons
     "/{notification_id}",
     response_model=NotificationRead,
     responses={**problem_responses(401, 403, 404), **NOT_MODIFIED},
+    openapi_extra=IF_NONE_MATCH_DOCUMENTED,
 )
-async def get_notification(
-    notification_id: str,
-    context: Reading,
-    if_none_match: IfNoneMatchHeader = None,
-) -> Response:
+async def get_notification(notification_id: str, context: Reading) -> Response:
     """One notification: status, attempts, last error; ETag, 304 when unchanged."""
     async with context.database.sessions() as session:
         entry = await service.get_notification(session=session, notification_id=notification_id)
-    return entry_response(entry, if_none_match=if_none_match, private=True)
+    return entry_response(entry, if_none_match=if_none_match(context.request), private=True)
 
 
 route_head(router)

@@ -25,9 +25,11 @@ from pydantic import BaseModel
 from sqlalchemy import ColumnElement
 
 from regatta.common.http.conditional import (
+    IF_MATCH_DOCUMENTED,
+    IF_NONE_MATCH_DOCUMENTED,
     NOT_MODIFIED,
-    IfMatchHeader,
-    IfNoneMatchHeader,
+    if_match,
+    if_none_match,
     parse_if_match,
 )
 from regatta.common.http.context import ContextFactory, RequestContext
@@ -129,33 +131,30 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
             await resource.list(database=context.database, page=page, where=clauses)
         )
 
-    async def read(
-        row_id: RowId, context: Reading, if_none_match: IfNoneMatchHeader = None
-    ) -> Response:
+    async def read(row_id: RowId, context: Reading) -> Response:
         entry = await resource.read(database=context.database, cache=context.cache, row_id=row_id)
-        return entry_response(entry, if_none_match=if_none_match)
+        return entry_response(entry, if_none_match=if_none_match(context.request))
 
     async def update(
         row_id: RowId,
         changes: Update,  # type: ignore[valid-type]
         context: Writing,
-        if_match: IfMatchHeader = None,
     ) -> Response:
         entry = await resource.update(
             database=context.database,
             cache=context.cache,
             row_id=row_id,
             values=changes.changes(),  # type: ignore[attr-defined]
-            precondition=parse_if_match(if_match),
+            precondition=parse_if_match(if_match(context.request)),
         )
         return entry_response(entry)
 
-    async def delete(row_id: RowId, context: Writing, if_match: IfMatchHeader = None) -> Response:
+    async def delete(row_id: RowId, context: Writing) -> Response:
         await resource.delete(
             database=context.database,
             cache=context.cache,
             row_id=row_id,
-            precondition=parse_if_match(if_match),
+            precondition=parse_if_match(if_match(context.request)),
         )
         return Response(status_code=204)
 
@@ -183,6 +182,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         response_model=resource.read_schema,
         responses={**problem_responses(404), **NOT_MODIFIED},
         description=f"One {the}, with its ETag (``If-None-Match`` → 304).",
+        openapi_extra=IF_NONE_MATCH_DOCUMENTED,
     )
     router.add_api_route(
         f"/{{{id_name}}}",
@@ -193,6 +193,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         description=(
             f"Change some fields of {a} {the} (``If-Match`` → 412 when it changed meanwhile)."
         ),
+        openapi_extra=IF_MATCH_DOCUMENTED,
     )
     router.add_api_route(
         f"/{{{id_name}}}",
@@ -201,6 +202,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         status_code=204,
         responses=WRITE_ERRORS,
         description=f"Delete {a} {the} (``If-Match`` → 412 when it changed meanwhile).",
+        openapi_extra=IF_MATCH_DOCUMENTED,
     )
     route_head(router)
     return router

@@ -212,7 +212,7 @@ def create_app(
 
     # Added innermost first: the last one added sees the request first.
     cached = [r.resource for service in services for r in service.resources if r.cached]
-    if cached:
+    if cached and settings.cache_enabled:  # with the cache off, every look-up would miss
         app.add_middleware(CachedReads, resources=cached, cache=lambda: platform.cache)
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(JsonContentTypeMiddleware)

@@ -67,7 +67,7 @@ class CachedReads:
 
 
 def _if_none_match(scope: Scope) -> str | None:
-    # The first If-None-Match header, as the route's Header() parameter reads it.
+    # The first If-None-Match header, as the route reads it (conditional.if_none_match).
     for name, value in scope["headers"]:
         if name == b"if-none-match":
             return bytes(value).decode("latin-1")

@@ -12,8 +12,6 @@ Each handler takes one :class:`RequestContext` (context.py); a write's context c
 schemas, which FastAPI must see as objects.)
 """
 
-import functools
-import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -103,11 +101,12 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     )
     Reading = Annotated[RequestContext, Depends(ContextFactory(name))]  # noqa: N806
     Writing = Annotated[RequestContext, Depends(ContextFactory(name, "writer"))]  # noqa: N806
-    RowId = Annotated[int, Path(description=routes.id_description)]  # noqa: N806
+    id_name = f"{singular}_id"
+    # The path shows the id as {item_id}; the handlers take it as row_id.
+    RowId = Annotated[int, Path(alias=id_name, description=routes.id_description)]  # noqa: N806
     Create = routes.create_schema  # noqa: N806
     Update = routes.update_schema  # noqa: N806
     Filtered = Annotated[Callable[[str], Any], Depends(routes.filters)]  # noqa: N806
-    id_name = f"{singular}_id"
 
     async def create(
         body: Create,  # type: ignore[valid-type]
@@ -161,7 +160,8 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     a, the = _article(singular), singular
     router.add_api_route(
         "",
-        _named(create, f"create_{singular}", "row_id", id_name),
+        create,
+        name=f"create_{singular}",
         methods=["POST"],
         status_code=201,
         response_model=resource.read_schema,
@@ -170,14 +170,16 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     )
     router.add_api_route(
         "",
-        _named(list_, f"list_{name}", "row_id", id_name),
+        list_,
+        name=f"list_{name}",
         methods=["GET"],
         response_model=routes.page_schema,
         description=f"List {name} by id, a page at a time.",
     )
     router.add_api_route(
         f"/{{{id_name}}}",
-        _named(read, f"get_{singular}", "row_id", id_name),
+        read,
+        name=f"get_{singular}",
         methods=["GET"],
         response_model=resource.read_schema,
         responses={**problem_responses(404), **NOT_MODIFIED},
@@ -186,7 +188,8 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     )
     router.add_api_route(
         f"/{{{id_name}}}",
-        _named(update, f"update_{singular}", "row_id", id_name),
+        update,
+        name=f"update_{singular}",
         methods=["PATCH"],
         response_model=resource.read_schema,
         responses=WRITE_ERRORS,
@@ -197,7 +200,8 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     )
     router.add_api_route(
         f"/{{{id_name}}}",
-        _named(delete, f"delete_{singular}", "row_id", id_name),
+        delete,
+        name=f"delete_{singular}",
         methods=["DELETE"],
         status_code=204,
         responses=WRITE_ERRORS,
@@ -210,25 +214,3 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
 
 def _article(noun: str) -> str:
     return "an" if noun[:1].lower() in "aeiou" else "a"
-
-
-def _named(
-    handler: Callable[..., Awaitable[Response]], name: str, old: str, new: str
-) -> Callable[..., Awaitable[Response]]:
-    """``handler`` under ``name``, its parameter ``old`` shown to FastAPI as ``new``."""
-    signature = inspect.signature(handler)
-    if old not in signature.parameters:
-        handler.__name__ = handler.__qualname__ = name
-        return handler
-    parameters = [
-        p.replace(name=new) if p.name == old else p for p in signature.parameters.values()
-    ]
-
-    @functools.wraps(handler)
-    async def renamed(**arguments: Any) -> Response:
-        arguments[old] = arguments.pop(new)
-        return await handler(**arguments)
-
-    renamed.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    renamed.__name__ = renamed.__qualname__ = name
-    return renamed

@@ -1,15 +1,17 @@
-"""HEAD wherever GET is routed, and query parameters a route does not take refused."""
+"""HEAD wherever GET is routed, query parameters a route does not take refused, routes added."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import httpx
+import pytest
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from regatta.common.http.problems import install_problem_handlers
-from regatta.common.http.routing import STRICT_QUERY, route_head
+from regatta.common.http.routing import STRICT_QUERY, add_routes, route_head
 
 
 def _app() -> FastAPI:
@@ -58,3 +60,32 @@ async def test_unknown_query_parameters_are_422_naming_them() -> None:
     assert [e["field"] for e in refused.json()["errors"]] == ["color", "limit"]
     assert "colour" in refused.json()["errors"][0]["message"]
     assert created.status_code == 422
+
+
+async def test_add_routes_puts_a_routers_routes_on_the_app_itself() -> None:
+    router = APIRouter(prefix="/things", tags=["things"])
+
+    @router.get("/{thing_id}")
+    async def get_thing(thing_id: int) -> Response:
+        return Response(str(thing_id))
+
+    app = FastAPI()
+    add_routes(app, router)
+    added = [r for r in app.router.routes if isinstance(r, APIRoute)]
+    assert [(r.path, r.tags) for r in added] == [("/things/{thing_id}", ["things"])]
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        assert (await client.get("/things/7")).text == "7"
+
+
+def test_add_routes_refuses_a_router_with_routers_inside() -> None:
+    inner, outer = APIRouter(), APIRouter()
+
+    @inner.get("/x")
+    async def get_x() -> Response:
+        return Response()
+
+    outer.include_router(inner)
+    with pytest.raises(TypeError, match="plain routes"):
+        add_routes(FastAPI(), outer)

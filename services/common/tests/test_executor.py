@@ -101,6 +101,32 @@ async def test_reads_share_the_executors_connections_and_never_take_more(
 
 
 @pytest.mark.postgres
+async def test_requests_waiting_for_a_connection_are_served_in_turn(
+    database: db.Database,
+) -> None:
+    # Twenty clients on the executor's two connections. In turn, a request is overtaken by at
+    # most the nineteen other clients waiting before it; asyncpg's pool alone hands connections
+    # released for those waiting to newcomers, and a few wait for hundreds of others.
+    clients, statements = 20, 25
+    served = 0
+    overtaken: list[int] = []
+
+    async def client() -> None:
+        nonlocal served
+        for _ in range(statements):
+            before = served
+            async with database.connect() as connection:
+                overtaken.append(served - before)
+                served += 1
+                await connection.rows(PID)
+            await asyncio.sleep(0)  # the rest of the request
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    assert served == clients * statements
+    assert max(overtaken) < clients
+
+
+@pytest.mark.postgres
 async def test_sessions_are_served_while_the_statements_are_busy(database: db.Database) -> None:
     busy = [asyncio.create_task(database.read(sleeping(0.5), {})) for _ in range(4)]
     await asyncio.sleep(0.1)  # two reads running, two waiting for them

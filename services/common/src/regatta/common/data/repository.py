@@ -47,10 +47,6 @@ class Precondition:
     any_version: bool
     versions: frozenset[int]
 
-    def admits(self, version: int) -> bool:
-        """Whether a resource at ``version`` satisfies the precondition."""
-        return self.any_version or version in self.versions
-
 
 class VersionedMixin:
     """Columns every versioned resource has."""

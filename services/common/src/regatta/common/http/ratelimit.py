@@ -233,6 +233,7 @@ class RateLimiter:
         proxies: TrustedProxies,
         api_keys: ApiKeys | None = None,
         memory: MemoryStore | None = None,
+        redis: Callable[[], PipelinedRedis | None] = lambda: None,
         unavailable: Counter | None = None,
     ) -> None:
         self.reads = reads
@@ -240,8 +241,9 @@ class RateLimiter:
         self._prefix = key_prefix
         self._proxies = proxies
         self._api_keys = api_keys
-        # None: Redis, found in the running app's state (opened by the lifespan).
+        # None: Redis, from ``redis()`` (None until the lifespan has opened it).
         self.memory = memory
+        self._redis_of = redis
         self._redis: PipelinedRedis | None = None
         self._redis_store: RedisStore | None = None
         self._unavailable = unavailable
@@ -258,6 +260,7 @@ class RateLimiter:
         *,
         service: str,
         api_keys: ApiKeys | None,
+        redis: Callable[[], PipelinedRedis | None] = lambda: None,
         unavailable: Counter | None = None,
     ) -> RateLimiter:
         """The limiter the settings describe, for one service (or the embedded app)."""
@@ -273,6 +276,7 @@ class RateLimiter:
             proxies=TrustedProxies(settings.trusted_proxies),
             api_keys=api_keys,
             memory=MemoryStore(max_window_seconds=window) if settings.redis_url is None else None,
+            redis=redis,
             unavailable=unavailable,
         )
 
@@ -306,7 +310,7 @@ class RateLimiter:
 
     async def acquire(self, scope: Scope, policy: Policy) -> Decision | None:
         """Spend one request of the caller's quota; None when no store could be asked."""
-        store = self._store(scope)
+        store = self._store()
         if store is None:
             return None
         probe = False
@@ -340,11 +344,10 @@ class RateLimiter:
             logger.warning("rate limiter reaches Redis again; limits apply")
         return decision
 
-    def _store(self, scope: Scope) -> MemoryStore | RedisStore | None:
+    def _store(self) -> MemoryStore | RedisStore | None:
         if self.memory is not None:
             return self.memory
-        runtime = platform_of(scope["app"]).runtime
-        redis = runtime.pipelined if runtime is not None else None
+        redis = self._redis_of()
         if redis is None:
             return None  # the lifespan has not opened Redis (yet)
         if redis is not self._redis:
@@ -423,6 +426,7 @@ def install_rate_limit(app: FastAPI, settings: ServiceSettings) -> None:
         settings,
         service=platform.service_name,
         api_keys=platform.api_keys,
+        redis=lambda: platform.runtime.pipelined if platform.runtime is not None else None,
         unavailable=unavailable,
     )
     limiter.round_trip = metrics.redis_command.labels(platform.service_name, "rate_limit")

@@ -152,7 +152,7 @@ async def get_notification(notification_id: str, context: Reading) -> Response:
     """One notification: status, attempts, last error; ETag, 304 when unchanged."""
     async with context.database.sessions() as session:
         entry = await service.get_notification(session=session, notification_id=notification_id)
-    return entry_response(entry, if_none_match=if_none_match(context.request), private=True)
+    return entry_response(entry, if_none_match=if_none_match(context.request.headers), private=True)
 
 
 route_head(router)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.requests import Request
+from starlette.datastructures import Headers
 
 from regatta.common.data.repository import Precondition
 from regatta.common.http.problems import ProblemError
@@ -62,10 +62,11 @@ def precondition_failed(current_version: int) -> ProblemError:
     )
 
 
-# The handlers read If-Match and If-None-Match from the request (:func:`if_match`,
-# :func:`if_none_match`) rather than as FastAPI Header parameters: FastAPI 0.165 spends about
-# 17 µs a request looking up and validating each declared header, a free-form string here. The
-# routes describe them in the OpenAPI document with these (``openapi_extra``).
+# The handlers (and the read cache) read If-Match and If-None-Match from the request's headers
+# with :func:`if_match` and :func:`if_none_match`, not as FastAPI Header parameters: FastAPI
+# 0.165 spends about 17 µs a request looking up and validating each declared header, a
+# free-form string here. The routes describe them in the OpenAPI document with these
+# (``openapi_extra``).
 def _documented(header: str, description: str) -> dict[str, Any]:
     parameter = {"name": header, "in": "header", "required": False, "schema": {"type": "string"}}
     return {"parameters": [{**parameter, "description": description}]}
@@ -75,11 +76,11 @@ IF_MATCH_DOCUMENTED = _documented("If-Match", "Write only if the ETag still matc
 IF_NONE_MATCH_DOCUMENTED = _documented("If-None-Match", "Answer 304 if the ETag is unchanged.")
 
 
-def if_match(request: Request) -> str | None:
-    """The request's If-Match header."""
-    return request.headers.get("if-match")
+def if_match(headers: Headers) -> str | None:
+    """The request's (first) If-Match header."""
+    return headers.get("if-match")
 
 
-def if_none_match(request: Request) -> str | None:
-    """The request's If-None-Match header."""
-    return request.headers.get("if-none-match")
+def if_none_match(headers: Headers) -> str | None:
+    """The request's (first) If-None-Match header."""
+    return headers.get("if-none-match")

@@ -18,9 +18,10 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from regatta.common.http.conditional import CACHE_CONTROL, none_match
+from regatta.common.http.conditional import CACHE_CONTROL, if_none_match, none_match
 from regatta.common.http.resources import Resource
 from regatta.common.redis.cache import CachedResponse, ResponseCache
 
@@ -66,18 +67,10 @@ class CachedReads:
         return resource.cache_key(int(row_id))
 
 
-def _if_none_match(scope: Scope) -> str | None:
-    # The first If-None-Match header, as the route reads it (conditional.if_none_match).
-    for name, value in scope["headers"]:
-        if name == b"if-none-match":
-            return bytes(value).decode("latin-1")
-    return None
-
-
 async def _send(entry: CachedResponse, scope: Scope, send: Send) -> None:
     # The status, headers and body resources.entry_response() gives through Starlette.
     etag = entry.etag.encode()
-    if none_match(_if_none_match(scope), entry.etag):
+    if none_match(if_none_match(Headers(scope=scope)), entry.etag):  # as the route reads it
         headers = [(b"etag", etag), (b"cache-control", _CACHE_CONTROL)]
         await send({"type": "http.response.start", "status": 304, "headers": headers})
         await send({"type": "http.response.body", "body": b""})

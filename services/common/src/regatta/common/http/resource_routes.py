@@ -132,7 +132,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
 
     async def read(row_id: RowId, context: Reading) -> Response:
         entry = await resource.read(database=context.database, cache=context.cache, row_id=row_id)
-        return entry_response(entry, if_none_match=if_none_match(context.request))
+        return entry_response(entry, if_none_match=if_none_match(context.request.headers))
 
     async def update(
         row_id: RowId,
@@ -144,7 +144,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
             cache=context.cache,
             row_id=row_id,
             values=changes.changes(),  # type: ignore[attr-defined]
-            precondition=parse_if_match(if_match(context.request)),
+            precondition=parse_if_match(if_match(context.request.headers)),
         )
         return entry_response(entry)
 
@@ -153,7 +153,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
             database=context.database,
             cache=context.cache,
             row_id=row_id,
-            precondition=parse_if_match(if_match(context.request)),
+            precondition=parse_if_match(if_match(context.request.headers)),
         )
         return Response(status_code=204)
 

@@ -27,9 +27,10 @@ from regatta.common.http.problems import invalid_fields
 def add_routes(app: FastAPI, router: APIRouter) -> None:
     """Add ``router``'s routes to ``app``'s own list, not as an included router.
 
-    FastAPI 0.165 matches an included router's routes through a wrapper on every request (about
-    17 µs of a point read's 380 on the items app, in process); a router's routes are complete
-    as declared (its prefix, tags, responses and dependencies applied), so they need none.
+    FastAPI 0.165 matches an included router's routes through a wrapper on every request (with
+    the health and resource routers included, about 40 µs of a point read's 380 on the items
+    app, in process); a router's routes are complete as declared (its prefix, tags, responses
+    and dependencies applied), so they need none.
     """
     for route in router.routes:
         if not isinstance(route, APIRoute):

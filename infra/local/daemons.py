@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn, Self, TypedDict
@@ -191,8 +192,9 @@ def _wait_until_ready(
     *,
     what: str,
     log_path: Path,
+    within: float = _STARTUP_TIMEOUT,
 ) -> None:
-    deadline = time.monotonic() + _STARTUP_TIMEOUT
+    deadline = time.monotonic() + within
     while True:
         code = process.poll()
         if code is not None:
@@ -200,7 +202,7 @@ def _wait_until_ready(
         if ready():
             return
         if time.monotonic() > deadline:
-            waited = f"{_STARTUP_TIMEOUT:.0f}s"
+            waited = f"{within:.0f}s"
             msg = f"{what} not ready after {waited}:\n{_log_tail(log_path)}"
             raise TimeoutError(msg)
         time.sleep(_POLL_INTERVAL)
@@ -634,3 +636,22 @@ def free_port() -> int:
 def log_tail(log_path: Path) -> str:
     """The end of a log file, for error messages."""
     return _log_tail(log_path)
+
+
+def answers(url: str) -> bool:
+    """Whether a GET of ``url`` answers 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 -- loopback only
+            return bool(answer.status == 200)  # noqa: PLR2004
+    except OSError:  # refused, reset, timed out, or an HTTP error status
+        return False
+
+
+def wait_answering(
+    process: subprocess.Popen[bytes], url: str, *, log_path: Path, within: float = 60.0
+) -> None:
+    """Wait until a child serves ``url`` with a 200.
+
+    Raises, with the end of its log, if the child exits first or ``within`` seconds pass.
+    """
+    _wait_until_ready(process, lambda: answers(url), what=url, log_path=log_path, within=within)

@@ -24,8 +24,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,10 +37,10 @@ from daemons import (
     find_postgres_bindir,
     find_redis,
     free_port,
-    log_tail,
     postgres_os_user,
     spawn_child,
     stop_child,
+    wait_answering,
 )
 
 SERVICES = ("items", "heroes", "notifications")
@@ -244,16 +242,12 @@ class Stack:
 
     def _wait_ready(self, port: int) -> None:
         child = next(c for c in list(self.children) if c.port == port)
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if child.process.poll() is not None:
-                msg = f"{child.name} exited:\n{log_tail(child.log_path)}"
-                raise RuntimeError(msg)
-            if _answers(f"http://127.0.0.1:{port}/readyz"):
-                return
-            time.sleep(0.1)
-        msg = f"{child.name} not ready in {READY_TIMEOUT_SECONDS}s:\n{log_tail(child.log_path)}"
-        raise RuntimeError(msg)
+        wait_answering(
+            child.process,
+            f"http://127.0.0.1:{port}/readyz",
+            log_path=child.log_path,
+            within=READY_TIMEOUT_SECONDS,
+        )
 
     def _start_nginx(self) -> None:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -280,15 +274,7 @@ class Stack:
             env=dict(os.environ),
         )
         self.children.append(Child("nginx", process, log_path, self.gateway_port))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if _answers(f"{self.gateway}/gateway-health"):
-                return
-            if process.poll() is not None:
-                break
-            time.sleep(0.05)
-        msg = f"nginx did not start:\n{log_tail(log_path)}"
-        raise RuntimeError(msg)
+        wait_answering(process, f"{self.gateway}/gateway-health", log_path=log_path, within=10)
 
     def _start_prometheus(self) -> None:
         prometheus = shutil.which("prometheus")
@@ -332,14 +318,6 @@ class Stack:
 def _stop_signal(name: str) -> signal.Signals:
     # nginx's graceful stop is SIGQUIT (its SIGTERM is a fast shutdown).
     return signal.SIGQUIT if name == "nginx" else signal.SIGTERM
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 -- loopback only
-            return bool(answer.status == 200)  # noqa: PLR2004
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 def nginx_config(port: int, upstreams: dict[str, list[int]], directory: Path) -> str:

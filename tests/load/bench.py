@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -40,6 +39,7 @@ from daemons import (
     postgres_os_user,
     spawn_child,
     stop_child,
+    wait_answering,
 )
 
 HERE = Path(__file__).parent
@@ -159,27 +159,15 @@ def wrk(name: str, url: str, script: str, *, seconds: int = SECONDS) -> Figure:
     return Figure(name, rps, p50, p99, int(errors.group(1)) if errors else 0)
 
 
-def serve(argv: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def serve(
+    argv: list[str], env: dict[str, str], port: int, log: Path, ready: str
+) -> subprocess.Popen[bytes]:
     """Start a server process on CPU 0 and wait until it answers."""
     if shutil.which("taskset"):
         argv = ["taskset", "-c", "0", *argv]
     process = spawn_child(argv, log_path=log, env=env)
-    deadline = time.monotonic() + 60
-    last_error: OSError | None = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/items/1", timeout=2):
-                return process
-        except urllib.error.HTTPError:
-            return process  # it answers (a 404 before seeding is an answer)
-        except OSError as exc:
-            last_error = exc
-            if process.poll() is not None:
-                msg = f"exited with {process.returncode}:\n{log.read_text()[-3000:]}"
-                raise RuntimeError(msg) from None
-            time.sleep(0.2)
-    msg = f"no answer on port {port} ({last_error!r}):\n{log.read_text()[-3000:]}"
-    raise RuntimeError(msg)
+    wait_answering(process, f"http://127.0.0.1:{port}{ready}", log_path=log)
+    return process
 
 
 def rss_mib(pid: int) -> float:
@@ -361,21 +349,25 @@ def main() -> int:
         ports = {name: free_port() for name in ("B", "F", "regatta", "nocache", "naive")}
         processes = {}
 
-        def start(name: str, argv: list[str], extra: dict[str, str] | None = None) -> None:
-            process = serve(argv, {**env, **(extra or {})}, ports[name], work / f"{name}.log")
+        def start(
+            name: str, argv: list[str], extra: dict[str, str] | None = None, ready: str = "/readyz"
+        ) -> None:
+            log = work / f"{name}.log"
+            process = serve(argv, {**env, **(extra or {})}, ports[name], log, ready)
             processes[name] = process
             stack.callback(stop_child, process)
 
         start("regatta", [sys.executable, "-m", "regatta.items"], {"PORT": str(ports["regatta"])})
         seed(f"http://127.0.0.1:{ports['regatta']}")
-        start("B", uvicorn_argv("baselines:bare", ports["B"]))
-        start("F", uvicorn_argv("baselines:minimal", ports["F"]))
+        # The baselines and the naive implementation have no /readyz: the read they serve.
+        start("B", uvicorn_argv("baselines:bare", ports["B"]), ready="/items/1")
+        start("F", uvicorn_argv("baselines:minimal", ports["F"]), ready="/items/1")
         start(
             "nocache",
             [sys.executable, "-m", "regatta.items"],
             {"PORT": str(ports["nocache"]), "CACHE_ENABLED": "false"},
         )
-        start("naive", uvicorn_argv("naive:app", ports["naive"]))
+        start("naive", uvicorn_argv("naive:app", ports["naive"]), ready="/items/1")
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
         b = wrk("B", url["B"] + "/", GET_SCRIPT.format(items=SEED_ITEMS, etag="nil"))

@@ -30,10 +30,10 @@ from daemons import (
     PostgresServer,
     find_postgres_bindir,
     free_port,
-    log_tail,
     postgres_os_user,
     spawn_child,
     stop_child,
+    wait_answering,
 )
 
 SIZES = [int(size) for size in os.environ.get("SCALE_SIZES", "10000,1000000").split(",")]
@@ -184,22 +184,12 @@ async def claim_p50_ms(url: str) -> float:
 def serve(argv: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     """Start a service process and wait until it answers."""
     process = spawn_child(argv, log_path=log, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/livez")
-            connection.getresponse().read()
-            connection.close()
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.2)
-        else:
-            return process
-    stop_child(process)
-    msg = f"{argv} did not answer on port {port}:\n{log_tail(log)}"
-    raise RuntimeError(msg)
+    try:
+        wait_answering(process, f"http://127.0.0.1:{port}/livez", log_path=log)
+    except BaseException:
+        stop_child(process)
+        raise
+    return process
 
 
 def measure(

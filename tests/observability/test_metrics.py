@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemons import free_port, log_tail, spawn_child, stop_child
+from daemons import free_port, spawn_child, stop_child, wait_answering
 from fastapi import FastAPI
 from fastapi.responses import Response
 from opentelemetry.context import Context
@@ -273,17 +272,11 @@ def items_process(env: dict[str, str], directory: Path, name: str) -> Iterator[s
         cwd=directory,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_child(process)
-            pytest.fail(f"{name} did not start:\n{log_tail(log_path)}")
-        time.sleep(0.05)
+    try:
+        wait_answering(process, f"{url}/readyz", log_path=log_path)
+    except BaseException:
+        stop_child(process)
+        raise
     try:
         yield url
     finally:

@@ -44,6 +44,7 @@ from regatta.common.http.resource_routes import resource_router
 from regatta.heroes.main import SERVICE as HEROES
 from regatta.items.main import SERVICE as ITEMS
 from regatta.notifications.main import SERVICE as NOTIFICATIONS
+from tests.eventually import eventually
 from tests.notifications.receiver import Receiver, run_receiver
 from tests.observability.conftest import OBSERVABILITY, binary
 
@@ -184,15 +185,19 @@ def clean_environment() -> dict[str, str]:
 async def wait_until(
     check: Callable[[], Awaitable[bool]], *, what: str, within: float, children: list[Child]
 ) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
+    """``eventually(check)``, failing at once with its log if one of ``children`` exits."""
+
+    async def alive_and_checked() -> bool:
         for child in children:
             if child.process.poll() is not None:
                 pytest.fail(f"{child.name} exited:\n{log_tail(child.log_path)}")
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {c.name}\n{log_tail(c.log_path)}" for c in children)
-            pytest.fail(f"{what} not within {within}s\n{tails}")
-        await asyncio.sleep(0.1)
+        return await check()
+
+    def tails() -> str:
+        logs = "\n".join(f"--- {c.name}\n{log_tail(c.log_path)}" for c in children)
+        return f"({what})\n{logs}"
+
+    await eventually(alive_and_checked, within=within, interval=0.1, what=tails)
 
 
 def prometheus_config(targets: dict[str, str], rules: list[Path] = RULES) -> str:

@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -33,7 +32,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from daemons import DaemonUnavailableError, free_port, log_tail, spawn_child, stop_child
+from daemons import (
+    DaemonUnavailableError,
+    free_port,
+    spawn_child,
+    stop_child,
+    wait_answering,
+)
 from stack import nginx_config
 
 from tests.eventually import eventually
@@ -81,20 +86,6 @@ class Target:
         return self.name == "nginx"
 
 
-def _wait_for(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"exited while starting:\n{log_tail(log_path)}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"{url} not ready within {START_TIMEOUT_SECONDS}s:\n{log_tail(log_path)}")
-
-
 @pytest.fixture(scope="module")
 def deployment(
     postgres_server: PostgresServer,
@@ -133,7 +124,12 @@ def deployment(
     )
     gateway = None
     try:
-        _wait_for(f"http://127.0.0.1:{port}/readyz", service, service_log)
+        wait_answering(
+            service,
+            f"http://127.0.0.1:{port}/readyz",
+            log_path=service_log,
+            within=START_TIMEOUT_SECONDS,
+        )
         gateway_port = free_port()
         (directory / "nginx-temp").mkdir()
         config = directory / "nginx.conf"
@@ -145,7 +141,12 @@ def deployment(
             log_path=gateway_log,
             env=dict(os.environ),
         )
-        _wait_for(f"http://127.0.0.1:{gateway_port}/gateway-health", gateway, gateway_log)
+        wait_answering(
+            gateway,
+            f"http://127.0.0.1:{gateway_port}/gateway-health",
+            log_path=gateway_log,
+            within=START_TIMEOUT_SECONDS,
+        )
         yield Deployment(port, gateway_port, api_key, service)
     finally:
         stop_child(gateway, signal.SIGQUIT)

@@ -19,12 +19,13 @@ from fastapi import Depends, FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from regatta.common.http.app import create_app
-from regatta.common.http.context import ContextFactory, RequestContext, platform_of
+from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.http.ratelimit import (
     Decision,
     MemoryStore,
     Policy,
     RateLimiter,
+    RateLimitMiddleware,
     TrustedProxies,
     client_address,
     gcra,
@@ -80,8 +81,12 @@ async def serving(app: FastAPI, client: tuple[str, int] = PEER) -> AsyncIterator
 
 
 def freeze_clock(app: FastAPI) -> None:
-    limiter = platform_of(app).rate_limiter
-    assert limiter is not None
+    # The limiter install_rate_limit gave the middleware.
+    middleware = [m for m in app.user_middleware if m.cls is RateLimitMiddleware]  # type: ignore[comparison-overlap]
+    limiters = [m.kwargs["limiter"] for m in middleware]
+    assert len(limiters) == 1
+    limiter = limiters[0]
+    assert isinstance(limiter, RateLimiter)
     assert limiter.memory is not None
     limiter.memory.clock = lambda: 10**12
 

@@ -30,7 +30,6 @@ from regatta.common.telemetry.observability import PlatformMetrics
 
 if TYPE_CHECKING:
     from regatta.common.http.app import ServiceSpec, Worker
-    from regatta.common.http.ratelimit import RateLimiter
     from regatta.common.runtime import Runtime
 
 Access = Literal["public"] | KeyAccess
@@ -52,8 +51,6 @@ class Platform:
     # Opened by the lifespan; None before it starts and after it ends.
     runtime: Runtime | None = None
     idempotency: dict[str, IdempotencyStore] = field(default_factory=dict)
-    # The rate limiter, when the settings enable it (ratelimit.py).
-    rate_limiter: RateLimiter | None = None
 
     @property
     def serving(self) -> Runtime:

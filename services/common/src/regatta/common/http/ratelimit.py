@@ -430,5 +430,4 @@ def install_rate_limit(app: FastAPI, settings: ServiceSettings) -> None:
         unavailable=unavailable,
     )
     limiter.round_trip = metrics.redis_command.labels(platform.service_name, "rate_limit")
-    platform.rate_limiter = limiter
     app.add_middleware(RateLimitMiddleware, limiter=limiter)

@@ -126,14 +126,15 @@ async def test_an_event_delivered_twice_makes_one_notification_per_subscription(
         database: Database = platform_of(app).serving.database
         stream = platform_of(app).serving.events
         assert isinstance(stream, RedisEventStream)
+        group = worker.ConsumerGroup(stream.redis, stream.key)
         await _subscribe(database, 2)
-        await stream.ensure_group(worker.CONSUMER_GROUP)
+        await group.ensure()
         event_id = f"items:{uuid.uuid4().hex[:8]}"
         # At least once: the relay published it twice (say it died before marking it sent).
         await stream.publish([_event(event_id), _event(event_id)])
 
         async def both_handled() -> bool:
-            lag, pending = await stream.group_lag(worker.CONSUMER_GROUP)
+            lag, pending = await group.lag()
             return (
                 lag == 0
                 and pending == 0
@@ -158,15 +159,16 @@ async def test_entries_of_a_dead_consumer_are_taken_over(
         database: Database = platform_of(api).serving.database
         stream = platform_of(api).serving.events
         assert isinstance(stream, RedisEventStream)
+        group = worker.ConsumerGroup(stream.redis, stream.key)
         await _subscribe(database, 1)
-        await stream.ensure_group(worker.CONSUMER_GROUP)
+        await group.ensure()
         event_id = f"items:{uuid.uuid4().hex[:8]}"
         await stream.publish([_event(event_id)])
         # A consumer on its own connection reads the entry and dies before acknowledging it.
         doomed = Redis.from_url(settings.redis_url.get_secret_value())
         try:
-            read = await RedisEventStream(doomed, stream.key).read(
-                worker.CONSUMER_GROUP, "doomed-consumer", count=10, block_ms=1000
+            read = await worker.ConsumerGroup(doomed, stream.key).read(
+                "doomed-consumer", count=10, block_ms=1000
             )
         finally:
             await doomed.aclose()
@@ -179,5 +181,5 @@ async def test_entries_of_a_dead_consumer_are_taken_over(
                 return len(await _event_notifications(database, event_id)) == 1
 
             await eventually(taken_over)
-            _, pending = await stream.group_lag(worker.CONSUMER_GROUP)
+            _, pending = await group.lag()
             assert pending == 0

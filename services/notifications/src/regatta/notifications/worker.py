@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry.trace import SpanKind
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from regatta.common.data.columns import utcnow
 from regatta.common.http.app import create_app
 from regatta.common.http.serve import serve
-from regatta.common.redis.events import Event, InProcessEventStream, RedisEventStream, consumer_name
+from regatta.common.redis.events import Event, InProcessEventStream, RedisEventStream
 from regatta.common.runtime import Runtime
 from regatta.common.telemetry.observability import continue_trace
 from regatta.notifications import repository
@@ -49,6 +54,64 @@ SAMPLE_SECONDS = 5.0  # how often the backlog and the stream lag are measured
 WORKER_SERVICE_NAME = "notifications-worker"
 
 
+def consumer_name() -> str:
+    """A name unique to this process, stable for its lifetime (host and pid)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerGroup:
+    """A consumer group on the platform's event stream (``RedisEventStream.key``)."""
+
+    redis: Redis
+    key: str
+    name: str = CONSUMER_GROUP
+
+    async def ensure(self) -> None:
+        """Create the group (and the stream) if missing, starting from the beginning."""
+        try:
+            await self.redis.xgroup_create(self.key, self.name, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, consumer: str, *, count: int, block_ms: int) -> list[tuple[bytes, Event]]:
+        """New entries for ``consumer`` (blocking up to ``block_ms``)."""
+        reply: list[Any] = await self.redis.xreadgroup(  # type: ignore[assignment]
+            self.name, consumer, {self.key: ">"}, count=count, block=block_ms
+        )
+        return [
+            (entry_id, Event.from_fields(fields))
+            for _, entries in reply or []
+            for entry_id, fields in entries
+        ]
+
+    async def claim_stale(
+        self, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[tuple[bytes, Event]]:
+        """Take over entries a dead consumer read but never acknowledged (XAUTOCLAIM)."""
+        reply: list[Any] = await self.redis.xautoclaim(
+            self.key, self.name, consumer, min_idle_time=min_idle_ms, start_id="0", count=count
+        )
+        entries = reply[1] if len(reply) > 1 else []
+        return [(entry_id, Event.from_fields(fields)) for entry_id, fields in entries if fields]
+
+    async def ack(self, entry_ids: Sequence[bytes]) -> None:
+        """Acknowledge handled entries."""
+        if entry_ids:
+            await self.redis.xack(self.key, self.name, *entry_ids)
+
+    async def lag(self) -> tuple[int | None, int]:
+        """Entries the group has not read yet (None if Redis cannot tell) and read but unacked."""
+        groups: list[dict[str, Any]] = await self.redis.xinfo_groups(self.key)
+        for info in groups:
+            name = info.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == self.name:
+                lag = info.get("lag")
+                return (int(lag) if lag is not None else None), int(info.get("pending") or 0)
+        return None, 0
+
+
 async def _sample_backlog(runtime: Runtime) -> None:
     async with runtime.database.sessions() as session:
         due, oldest = await repository.due_backlog(session)
@@ -57,8 +120,8 @@ async def _sample_backlog(runtime: Runtime) -> None:
     runtime.metrics.delivery_oldest_due.set(max(waited, 0.0))
 
 
-async def _sample_stream(stream: RedisEventStream, runtime: Runtime) -> None:
-    lag, pending = await stream.group_lag(CONSUMER_GROUP)
+async def _sample_stream(group: ConsumerGroup, runtime: Runtime) -> None:
+    lag, pending = await group.lag()
     if lag is not None:
         runtime.metrics.stream_lag.labels(CONSUMER_GROUP).set(lag)
     runtime.metrics.stream_pending.labels(CONSUMER_GROUP).set(pending)
@@ -159,23 +222,24 @@ async def consume_events(runtime: Runtime) -> None:
         await runtime.stopping.wait()
         return
     assert isinstance(stream, RedisEventStream)  # noqa: S101 -- the only other kind
+    group = ConsumerGroup(stream.redis, stream.key)
     me = consumer_name()
     group_ready = False
     next_sample = time.monotonic()
     while not runtime.stopping.is_set():
         try:
             if not group_ready:
-                await stream.ensure_group(CONSUMER_GROUP)
+                await group.ensure()
                 group_ready = True
             if time.monotonic() >= next_sample:
-                await _sample_stream(stream, runtime)
+                await _sample_stream(group, runtime)
                 next_sample = time.monotonic() + SAMPLE_SECONDS
-            entries = await stream.claim_stale(
-                CONSUMER_GROUP, me, min_idle_ms=STALE_AFTER_MS, count=EVENTS_BATCH
-            ) or await stream.read(CONSUMER_GROUP, me, count=EVENTS_BATCH, block_ms=BLOCK_MS)
+            entries = await group.claim_stale(
+                me, min_idle_ms=STALE_AFTER_MS, count=EVENTS_BATCH
+            ) or await group.read(me, count=EVENTS_BATCH, block_ms=BLOCK_MS)
             for _, event in entries:
                 await handle(event)
-            await stream.ack(CONSUMER_GROUP, [entry_id for entry_id, _ in entries])
+            await group.ack([entry_id for entry_id, _ in entries])
         except ResponseError as exc:
             group_ready = "NOGROUP" not in str(exc)  # Redis restarted empty: make it again
             logger.warning("event stream error: %r", exc)

@@ -1,4 +1,4 @@
-"""Platform events: an outbox written with the change, relayed to a stream, consumed by groups.
+"""Platform events: an outbox written with the change, relayed to a stream.
 
 A service that publishes events inserts an outbox row in the same transaction as the change it
 describes, so an event exists exactly when its change does. A relay task in every replica of
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +20,6 @@ from typing import Any, Protocol
 
 from opentelemetry.trace import NoOpTracer, SpanKind, Tracer
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 from sqlalchemy import Column, Index, MetaData, String, Table, Text, func, insert, select, update
 
 from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
@@ -156,7 +153,11 @@ class InProcessEventStream:
 
 
 class RedisEventStream:
-    """A Redis Stream shared by every service; consumers read it through consumer groups."""
+    """A Redis Stream shared by every service; its consumers read it through consumer groups.
+
+    Only publishing is here: a consumer reads ``key`` on ``redis`` with a group of its own
+    (the notifications worker's ``ConsumerGroup``).
+    """
 
     def __init__(self, redis: Redis, key: str) -> None:
         self.redis = redis
@@ -173,57 +174,6 @@ class RedisEventStream:
                     approximate=True,
                 )
             await pipe.execute()
-
-    async def ensure_group(self, group: str) -> None:
-        """Create the consumer group (and the stream) if missing, starting from the beginning."""
-        try:
-            await self.redis.xgroup_create(self.key, group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def read(
-        self, group: str, consumer: str, *, count: int, block_ms: int
-    ) -> list[tuple[bytes, Event]]:
-        """New entries for this consumer (blocking up to ``block_ms``)."""
-        reply: list[Any] = await self.redis.xreadgroup(  # type: ignore[assignment]
-            group, consumer, {self.key: ">"}, count=count, block=block_ms
-        )
-        return [
-            (entry_id, Event.from_fields(fields))
-            for _, entries in reply or []
-            for entry_id, fields in entries
-        ]
-
-    async def claim_stale(
-        self, group: str, consumer: str, *, min_idle_ms: int, count: int
-    ) -> list[tuple[bytes, Event]]:
-        """Take over entries a dead consumer read but never acknowledged (XAUTOCLAIM)."""
-        reply: list[Any] = await self.redis.xautoclaim(
-            self.key, group, consumer, min_idle_time=min_idle_ms, start_id="0", count=count
-        )
-        entries = reply[1] if len(reply) > 1 else []
-        return [(entry_id, Event.from_fields(fields)) for entry_id, fields in entries if fields]
-
-    async def ack(self, group: str, entry_ids: Sequence[bytes]) -> None:
-        """Acknowledge handled entries."""
-        if entry_ids:
-            await self.redis.xack(self.key, group, *entry_ids)
-
-    async def group_lag(self, group: str) -> tuple[int | None, int]:
-        """Entries the group has not read yet (None if Redis cannot tell) and read but unacked."""
-        groups: list[dict[str, Any]] = await self.redis.xinfo_groups(self.key)
-        for info in groups:
-            name = info.get("name")
-            if (name.decode() if isinstance(name, bytes) else name) == group:
-                lag = info.get("lag")
-                return (int(lag) if lag is not None else None), int(info.get("pending") or 0)
-        return None, 0
-
-
-def consumer_name() -> str:
-    """A name unique to this process, stable for its lifetime (host and pid)."""
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 async def relay_outbox(

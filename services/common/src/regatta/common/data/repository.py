@@ -72,9 +72,8 @@ class VersionedRepository(Generic[M]):
     """Insert, read, list, update and delete rows of one versioned model."""
 
     def __init__(self, model: type[M]) -> None:
-        self._table: Any = getattr(model, "__table__")  # noqa: B009 -- M is any mapped class
-        table: Any = self._table
-        self.table: Table = table
+        table: Table = getattr(model, "__table__")  # noqa: B009 -- M is any mapped class
+        self.table = table
         self._by_id = select(table).where(table.c.id == bindparam("id"))
         self._version_of = select(table.c.version).where(table.c.id == bindparam("id"))
         # Unfiltered pages, built once.
@@ -139,7 +138,7 @@ class VersionedRepository(Generic[M]):
             if after is None:
                 return await database.read(self._first_page, {"limit": limit + 1})
             return await database.read(self._later_page, {"limit": limit + 1, "after": after})
-        table: Any = self._table
+        table = self.table
         filtered = select(table).where(*where).order_by(table.c.id).limit(limit + 1)
         if after is not None:
             filtered = filtered.where(table.c.id > after)
@@ -148,7 +147,7 @@ class VersionedRepository(Generic[M]):
     async def insert(self, session: AsyncSession, values: Mapping[str, Any]) -> Row[Any]:
         """Insert a row at version 1 and return it, id included (one INSERT ... RETURNING)."""
         now = utcnow()
-        table = self._table
+        table = self.table
         statement = (
             insert(table)
             .values(**values, version=1, created_at=now, updated_at=now)
@@ -164,7 +163,7 @@ class VersionedRepository(Generic[M]):
         precondition: Precondition | None,
     ) -> WriteOutcome:
         """Apply ``values`` and bump the version, if the row exists and the precondition holds."""
-        table = self._table
+        table = self.table
         statement = (
             update(table)
             .where(table.c.id == row_id, *self._condition(precondition))
@@ -177,7 +176,7 @@ class VersionedRepository(Generic[M]):
         self, connection: Statements, row_id: int, precondition: Precondition | None
     ) -> WriteOutcome:
         """Delete the row if it exists and the precondition holds; ``row`` is the deleted row."""
-        table = self._table
+        table = self.table
         statement = (
             delete(table)
             .where(table.c.id == row_id, *self._condition(precondition))
@@ -200,7 +199,7 @@ class VersionedRepository(Generic[M]):
             return []
         # One equality per version (rarely more than one): a statement of one shape per count,
         # where IN would need a list parameter, which asyncpg runs as an array.
-        version = self._table.c.version
+        version = self.table.c.version
         if not precondition.versions:  # only tags that are not ours: nothing matches
             return [false()]
         return [or_(*(version == known for known in sorted(precondition.versions)))]

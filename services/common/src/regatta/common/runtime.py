@@ -76,9 +76,7 @@ class Runtime:
     redis: Redis | None
     cache: ResponseCache
     events: EventStream
-    metrics: observability.PlatformMetrics = field(
-        default_factory=lambda: observability.PlatformMetrics(service_name="regatta")
-    )
+    metrics: observability.PlatformMetrics
     # None while tracing is off: then nothing is instrumented.
     tracer_provider: TracerProvider | None = None
     # One pipelined Redis connection for per-request commands (pipelined.py), with Redis.
@@ -149,11 +147,10 @@ class Runtime:
 async def open_runtime(
     settings: ServiceSettings,
     *,
-    metrics: observability.PlatformMetrics | None = None,
+    metrics: observability.PlatformMetrics,
     tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the pools the settings call for; close them (tasks first) on the way out."""
-    metrics = metrics or observability.PlatformMetrics(service_name="regatta")
     database = create_database(settings)
     generation = cache_generation(settings)
     redis = create_redis(settings, generation)
@@ -167,7 +164,6 @@ async def open_runtime(
         if redis is not None:
             observability.instrument_redis(redis, tracer_provider)
     cache: ResponseCache
-    events: EventStream
     if not settings.cache_enabled:
         cache = NullCache()
     elif reader is not None:

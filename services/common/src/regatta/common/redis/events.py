@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from opentelemetry.trace import NoOpTracer, SpanKind, Tracer
+from opentelemetry.trace import SpanKind, Tracer
 from redis.asyncio import Redis
 from sqlalchemy import Column, Index, MetaData, String, Table, Text, func, insert, select, update
 
@@ -183,16 +183,14 @@ async def relay_outbox(
     source: str,
     stream: EventStream,
     pause: Callable[[float], Awaitable[bool]],
-    metrics: PlatformMetrics | None = None,
-    tracer: Tracer | None = None,
+    metrics: PlatformMetrics,
+    tracer: Tracer,
 ) -> None:
     """Until ``pause`` says stop: move unpublished rows to the stream, oldest first, then mark."""
-    metrics = metrics or PlatformMetrics(service_name=source)
     # Zero is an answer ("nothing relayed", "no failure"): the series exist from the start.
     metrics.outbox_relayed.labels(source)
     metrics.outbox_relay_errors.labels(source)
-    # Without a tracer the events still carry the trace context their change stored.
-    relay = _Relay(database, outbox, source, stream, metrics, tracer or NoOpTracer())
+    relay = _Relay(database, outbox, source, stream, metrics, tracer)
     backoff = RELAY_IDLE_SECONDS
     next_sample = time.monotonic()
     while True:

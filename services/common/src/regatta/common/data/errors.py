@@ -2,7 +2,7 @@
 
 The data layer knows nothing of HTTP: it raises these, and the edge turns each into its
 problem response (status, slug, headers). A connection that carried one is sound and is used
-again (a database failure is not one of these: db.py classifies those).
+again (a database failure is not one of these: failures.py classifies those).
 """
 
 from __future__ import annotations

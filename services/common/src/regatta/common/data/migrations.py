@@ -26,17 +26,14 @@ class MigrationSpec:
     version_table: str  # one per service, so services can share a database
 
 
-def _config(spec: MigrationSpec, connection: Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", spec.script_location)
-    config.attributes["connection"] = connection
-    config.attributes["version_table"] = spec.version_table
-    return config
-
-
 def upgrade_sync(connection: Connection, spec: MigrationSpec) -> None:
     """Upgrade to head on an open connection (run through ``AsyncConnection.run_sync``)."""
-    command.upgrade(_config(spec, connection), "head")
+    config = Config()
+    config.set_main_option("script_location", spec.script_location)
+    # What run_env reads back in the service's env.py.
+    config.attributes["connection"] = connection
+    config.attributes["version_table"] = spec.version_table
+    command.upgrade(config, "head")
 
 
 async def upgrade(settings: ServiceSettings, specs: list[MigrationSpec]) -> None:

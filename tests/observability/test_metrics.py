@@ -339,7 +339,9 @@ async def test_statements_pool_waits_and_pool_timeouts_are_measured(tmp_path: Pa
 async def test_cache_failures_and_redis_round_trips_are_counted(tmp_path: Path) -> None:
     metrics = observability.PlatformMetrics(service_name="regatta", services=["items"])
     unreachable = PipelinedRedis(Endpoint("127.0.0.1", free_port()), connect_timeout=0.2)
-    cache = MeteredCache(RedisCache(unreachable, ttl_seconds=60), metrics.count_cache, metrics)
+    cache = MeteredCache(
+        RedisCache(unreachable, ttl_seconds=60, observer=metrics), metrics.count_cache
+    )
     try:
         assert await cache.get("items:1") is None  # a miss, not an error, for the client
     finally:

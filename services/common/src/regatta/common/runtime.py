@@ -172,6 +172,7 @@ async def open_runtime(
             ttl_seconds=settings.cache_ttl_seconds,
             prefix=settings.redis_key_prefix + CACHE_KEYS,
             generation=generation,
+            observer=metrics,
         )
     else:
         cache = MemoryCache(
@@ -186,7 +187,7 @@ async def open_runtime(
         settings=settings,
         database=database,
         redis=redis,
-        cache=MeteredCache(cache, metrics.count_cache, metrics),
+        cache=MeteredCache(cache, metrics.count_cache),
         events=events,
         metrics=metrics,
         tracer_provider=tracer_provider,

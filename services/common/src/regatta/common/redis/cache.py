@@ -143,6 +143,16 @@ return 1
 _STORE_SCRIPT = Script.of(_STORE_IF_NOT_OLDER)
 
 
+class CacheObserver(Protocol):
+    """What a shared cache reports besides hits and misses (PlatformMetrics)."""
+
+    def observe_redis(self, key: str, operation: str, seconds: float) -> None:
+        """One round trip to Redis for ``key`` took ``seconds``."""
+
+    def count_cache_error(self, key: str, operation: str) -> None:
+        """A ``read`` or ``write`` of ``key`` failed."""
+
+
 class RedisCache:
     """Cache shared by every replica. Redis trouble degrades to misses, never to errors."""
 
@@ -153,6 +163,7 @@ class RedisCache:
         ttl_seconds: int,
         prefix: str = "",
         generation: CacheGeneration | None = None,
+        observer: CacheObserver | None = None,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
@@ -161,9 +172,9 @@ class RedisCache:
         self.generation = generation or CacheGeneration(prefix + "generation")
         # key → version of the tombstone a write could not leave, oldest first.
         self._owed: OrderedDict[str, int] = OrderedDict()
-        self._repaying: asyncio.Lock | None = None
-        # Told of each failure and each round trip's duration (MeteredCache sets it).
-        self.observer: CacheObserver | None = None
+        self._repaying = asyncio.Lock()
+        # Told of each failure and each round trip's duration.
+        self.observer = observer
 
     async def get(self, key: str) -> CachedResponse | None:
         """The entry under ``key``, or None."""
@@ -227,8 +238,6 @@ class RedisCache:
 
     async def _repay(self) -> bool:
         """Write the owed tombstones; True once none is owed."""
-        if self._repaying is None:
-            self._repaying = asyncio.Lock()
         if self._repaying.locked():
             return False  # another request is on it; meanwhile read from the database
         async with self._repaying:
@@ -253,32 +262,12 @@ def _decode(raw: bytes, generation: int) -> CachedResponse | None:
     return CachedResponse(version=int(parts[0]), etag=parts[3].decode(), body=parts[4])
 
 
-class CacheObserver(Protocol):
-    """What a shared cache reports besides hits and misses (PlatformMetrics)."""
-
-    def observe_redis(self, key: str, operation: str, seconds: float) -> None:
-        """One round trip to Redis for ``key`` took ``seconds``."""
-
-    def count_cache_error(self, key: str, operation: str) -> None:
-        """A ``read`` or ``write`` of ``key`` failed."""
-
-
 class MeteredCache:
-    """Any cache, with every look-up reported as a hit or a miss.
+    """Any cache, with every look-up reported as a hit or a miss."""
 
-    With an ``observer``, a shared (Redis) cache also reports its failures and round trips.
-    """
-
-    def __init__(
-        self,
-        inner: ResponseCache,
-        count: Callable[[str, bool], None],
-        observer: CacheObserver | None = None,
-    ) -> None:
+    def __init__(self, inner: ResponseCache, count: Callable[[str, bool], None]) -> None:
         self.inner = inner
         self._count = count
-        if observer is not None and isinstance(inner, RedisCache):
-            inner.observer = observer
 
     async def get(self, key: str) -> CachedResponse | None:
         """The entry under ``key``, or None; counted."""

@@ -226,13 +226,7 @@ class _Relay:
         outbox = self.outbox
         async with self.database.sessions() as session, session.begin():
             query = (
-                select(
-                    outbox.c.id,
-                    outbox.c.event_type,
-                    outbox.c.payload,
-                    outbox.c.occurred_at,
-                    outbox.c.trace_context,
-                )
+                select(outbox)
                 .where(outbox.c.published_at.is_(None))
                 .order_by(outbox.c.id)
                 .limit(RELAY_BATCH)

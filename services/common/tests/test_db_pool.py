@@ -12,6 +12,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from regatta.common.data import db
+from regatta.common.data.failures import DatabaseUnavailableError
 from regatta.common.settings import Environment, ServiceSettings
 from tests.servers import Terminate
 
@@ -60,7 +61,7 @@ async def test_a_busy_connection_fails_once_as_unavailable_then_recovers(
     try:
         first = await backend_pid(engine)
         await terminate_backend(first)
-        with pytest.raises(db.DatabaseUnavailableError):
+        with pytest.raises(DatabaseUnavailableError):
             await backend_pid(engine)  # not pinged: the statement meets the dropped connection
         second = await backend_pid(engine)
         assert second != first

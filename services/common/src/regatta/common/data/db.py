@@ -19,9 +19,6 @@ from regatta.common.data.executor import AsyncpgExecutor, EngineExecutor, Execut
 from regatta.common.data.failures import DatabaseUnavailableError, unavailability
 from regatta.common.settings import ServiceSettings
 
-__all__ = ["Database", "DatabaseUnavailableError", "create_database", "create_engine"]
-
-
 # Server settings of every connection, for the planner (tests/plans pins what they buy):
 # - asyncpg prepares every statement, and after five runs on one connection Postgres may keep
 #   a generic plan that cannot see the values: for ``name ILIKE $1`` that plan walks the

@@ -76,7 +76,7 @@ class VersionedRepository(Generic[M]):
         self.table = table
         self._by_id = select(table).where(table.c.id == bindparam("id"))
         self._version_of = select(table.c.version).where(table.c.id == bindparam("id"))
-        # Unfiltered pages, built once.
+        # Pages in id order, built once (a list's filters are added to them per request).
         self._first_page = select(table).order_by(table.c.id).limit(bindparam("limit"))
         self._later_page = self._first_page.where(table.c.id > bindparam("after"))
         # Postgres: the next id of the table's sequence, drawn before a row is written.
@@ -134,15 +134,11 @@ class VersionedRepository(Generic[M]):
         where: Sequence[ColumnElement[bool]] = (),
     ) -> list[dict[str, Any]]:
         """Up to ``limit + 1`` rows after the id ``after``, by id (the extra one says "more")."""
-        if not where:
-            if after is None:
-                return await database.read(self._first_page, {"limit": limit + 1})
-            return await database.read(self._later_page, {"limit": limit + 1, "after": after})
-        table = self.table
-        filtered = select(table).where(*where).order_by(table.c.id).limit(limit + 1)
-        if after is not None:
-            filtered = filtered.where(table.c.id > after)
-        return await database.read(filtered, {})
+        page = self._first_page if after is None else self._later_page
+        if where:
+            page = page.where(*where)
+        # The first page has no ``after``: a parameter a statement does not name is ignored.
+        return await database.read(page, {"limit": limit + 1, "after": after})
 
     async def insert(self, session: AsyncSession, values: Mapping[str, Any]) -> Row[Any]:
         """Insert a row at version 1 and return it, id included (one INSERT ... RETURNING)."""

@@ -6,16 +6,20 @@ from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
 from regatta.common.http.problems import install_problem_handlers
-from regatta.common.http.routing import STRICT_QUERY, add_routes, route_head
+from regatta.common.http.routing import add_routes, check_query, route_head
+
+
+async def _strict_query(request: Request) -> None:
+    check_query(request)  # as a request context does first
 
 
 def _app() -> FastAPI:
-    router = APIRouter(prefix="/things", dependencies=[STRICT_QUERY])
+    router = APIRouter(prefix="/things", dependencies=[Depends(_strict_query)])
 
     @router.get("")
     async def list_things(colour: Annotated[str | None, Query()] = None) -> Response:

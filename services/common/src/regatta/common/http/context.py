@@ -115,7 +115,7 @@ class ContextFactory:
 
     ``access``: ``writer`` refuses a request without a writer's key (401/403), ``reader`` one
     without a key for private reads; ``public`` asks for none. Before that, a query parameter
-    the route does not take is refused (422), as ``routing.STRICT_QUERY`` would.
+    the route does not take is refused (422) by ``routing.check_query``.
     """
 
     def __init__(self, service: str, access: Access = "public") -> None:

@@ -7,8 +7,8 @@ routes on the application itself.
 
 A query parameter a route does not take is refused (422) rather than ignored: a misspelled
 filter (``?max-price=20``) would otherwise widen a list without a word. A route whose handler
-takes a request context (context.py) is checked by it; other routers take
-:data:`STRICT_QUERY` as a dependency.
+takes a request context (context.py), as every service's does, is checked by it with
+:func:`check_query`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.responses import Response
@@ -83,11 +83,6 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-async def reject_unknown_query(request: Request) -> None:
-    """Refuse (422) query parameters the matched route does not declare (dependency)."""
-    check_query(request)
-
-
 def check_query(request: Request) -> None:
     """Refuse (422) query parameters the matched route does not declare."""
     if not request.scope["query_string"]:
@@ -102,6 +97,3 @@ def check_query(request: Request) -> None:
         raise invalid_fields(
             unknown, "query", f"unknown query parameter (this URL takes: {listed})", kind="extra"
         )
-
-
-STRICT_QUERY = Depends(reject_unknown_query)

@@ -73,7 +73,7 @@ def problem_response(
     return Response(content, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
-def _field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+def _field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
     fields = []
     for error in errors:
         location = [str(part) for part in error.get("loc", ())]
@@ -90,20 +90,24 @@ def _field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return fields
 
 
-async def _on_validation_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)  # noqa: S101 -- registered for this type only
-    errors = _field_errors(exc.errors())
-    return problem_response(
+def _invalid_request(errors: list[dict[str, str]]) -> ProblemError:
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return ProblemError(
         422,
-        "The request is not valid: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+        "The request is not valid: " + detail,
         slug="validation-error",
         title="Invalid request",
         extra={"errors": errors},
     )
 
 
-def render_problem(exc: ProblemError) -> Response:
-    """The problem+json response a raised ProblemError stands for."""
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 -- registered for this type only
+    return await _on_problem(request, _invalid_request(_field_errors(exc.errors())))
+
+
+async def _on_problem(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)  # noqa: S101 -- registered for this type only
     return problem_response(
         exc.status,
         exc.detail,
@@ -112,11 +116,6 @@ def render_problem(exc: ProblemError) -> Response:
         headers=exc.headers,
         extra=exc.extra,
     )
-
-
-async def _on_problem(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProblemError)  # noqa: S101 -- registered for this type only
-    return render_problem(exc)
 
 
 _HTTP_DETAILS = {
@@ -165,7 +164,7 @@ _DATA_PROBLEMS: dict[type[DataError], tuple[int, str, dict[str, str]]] = {
 async def _on_data_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DataError)  # noqa: S101 -- registered for this type only
     status, slug, headers = _DATA_PROBLEMS[type(exc)]
-    return render_problem(ProblemError(status, str(exc), slug=slug, headers=headers))
+    return problem_response(status, str(exc), slug=slug, headers=headers)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -268,11 +267,6 @@ def invalid_fields(
     fields: Sequence[str], location: str, message: str, *, kind: str = "value_error"
 ) -> ProblemError:
     """A 422 naming several fields that share one mistake (``message``)."""
-    errors = [{"field": f, "in": location, "message": message, "type": kind} for f in fields]
-    return ProblemError(
-        422,
-        "The request is not valid: " + "; ".join(f"{f}: {message}" for f in fields),
-        slug="validation-error",
-        title="Invalid request",
-        extra={"errors": errors},
+    return _invalid_request(
+        [{"field": f, "in": location, "message": message, "type": kind} for f in fields]
     )

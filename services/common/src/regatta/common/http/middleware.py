@@ -6,7 +6,6 @@ import itertools
 import re
 import secrets
 from contextvars import ContextVar
-from http import HTTPStatus
 
 from opentelemetry import trace
 from starlette.datastructures import Headers
@@ -91,16 +90,8 @@ class BodySizeLimitMiddleware:
         if declared is None and "transfer-encoding" not in headers:
             await self.app(scope, receive, send)  # no body at all (most GETs): nothing to count
             return
-        refusal = self._check_declared_length(declared)
-        if refusal is not None:
-            # A body beyond what _drain would read is refused at once: waiting for it would let
-            # a client hold the connection by declaring gigabytes and sending nothing.
-            if (
-                refusal.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-                and int(declared or 0) <= DRAIN_FACTOR * self.max_bytes
-            ):
-                await self._drain(receive)
-            await refusal(scope, receive, send)
+        if declared is not None and not (declared.isdigit() and int(declared) <= self.max_bytes):
+            await self._refuse_declared(declared, scope, receive, send)
             return
         received = 0
         started = exceeded = ended = False
@@ -110,7 +101,6 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                # After the last part, receive() waits for the client to leave: never drain then.
                 ended = not message.get("more_body", False)
                 if received > self.max_bytes:
                     exceeded = True
@@ -124,9 +114,7 @@ class BodySizeLimitMiddleware:
                 # 400 for any failure while reading a body): answer 413 instead, once.
                 if not started:
                     started = True
-                    if not ended:
-                        await self._drain(receive)
-                    await self._send_too_large(send)
+                    await self._refuse(scope, receive, send, ended=ended)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -136,9 +124,24 @@ class BodySizeLimitMiddleware:
         except _BodyTooLargeError:
             if started:
                 raise
-            if not ended:
-                await self._drain(receive)
-            await self._send_too_large(send)
+            await self._refuse(scope, receive, send, ended=ended)
+
+    async def _refuse_declared(
+        self, declared: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        if not declared.isdigit():
+            await problem_response(400, "Content-Length is not a number.")(scope, receive, send)
+            return
+        # A body beyond what _drain would read is refused at once: waiting for it would let a
+        # client hold the connection by declaring gigabytes and sending nothing.
+        if int(declared) <= DRAIN_FACTOR * self.max_bytes:
+            await self._drain(receive)
+        await self._too_large()(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, *, ended: bool) -> None:
+        if not ended:  # after the last part, receive() waits for the client to leave
+            await self._drain(receive)
+        await self._too_large()(scope, receive, send)
 
     async def _drain(self, receive: Receive) -> None:
         """Read and drop the rest of a refused body, up to a bound, before answering.
@@ -155,26 +158,6 @@ class BodySizeLimitMiddleware:
             remaining -= len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
-
-    def _check_declared_length(self, declared: str | None) -> Response | None:
-        if declared is None:
-            return None
-        if not declared.isdigit():
-            return problem_response(400, "Content-Length is not a number.")
-        if int(declared) > self.max_bytes:
-            return self._too_large()
-        return None
-
-    async def _send_too_large(self, send: Send) -> None:
-        response = self._too_large()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": response.raw_headers,
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
 
     def _too_large(self) -> Response:
         return problem_response(

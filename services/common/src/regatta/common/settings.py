@@ -7,7 +7,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/regatta.db"
@@ -22,12 +22,6 @@ class Environment(StrEnum):
 
 
 _LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
-
-
-def _split_csv(value: object) -> object:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 class ServiceSettings(BaseSettings):
@@ -87,14 +81,13 @@ class ServiceSettings(BaseSettings):
     # One JSON object per line for Loki; "text" reads better in a terminal.
     log_format: Literal["json", "text"] = "json"
 
-    @model_validator(mode="before")
+    @field_validator("cors_origins", "api_keys", "trusted_proxies", mode="before")
     @classmethod
-    def _parse_lists(cls, data: object) -> object:
-        if isinstance(data, dict):
-            for key in ("cors_origins", "api_keys", "trusted_proxies"):
-                if key in data:
-                    data[key] = _split_csv(data[key])
-        return data
+    def _split_csv(cls, value: object) -> object:
+        # The environment gives these lists comma-separated (NoDecode: not as JSON).
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _refuse_insecure(self) -> Self:

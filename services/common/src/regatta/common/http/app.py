@@ -186,7 +186,9 @@ def create_app(
         settings=settings,
         service_name=name,
         metrics=observability.PlatformMetrics(
-            service_name=name, services=[service.name for service in services]
+            service_name=name,
+            services=[service.name for service in services],
+            runs_workers=run_workers or bool(workers),
         ),
         api_keys=ApiKeys.from_settings(settings),
         lifecycle=Lifecycle(),
@@ -249,7 +251,6 @@ def create_app(
         platform.metrics,
         key_principal=platform.api_keys.principal,
         database=lambda: platform.runtime.database if platform.runtime is not None else None,
-        runs_workers=platform.run_workers or bool(platform.workers),
     )
     app.add_middleware(RequestIdMiddleware)
     if platform.tracer_provider is not None:

@@ -134,8 +134,6 @@ def log_request(
     ``response_bytes`` the size of the response body as sent (compressed, if it was).
     """
     level = logging.ERROR if status >= SERVER_ERROR else logging.INFO
-    if not access_logger.isEnabledFor(level):
-        return
     duration_ms = round(duration_seconds * 1000, 3)
     optional = {
         key: value

@@ -128,6 +128,7 @@ class PlatformMetrics:
         service_name: str,
         services: Sequence[str] = (),
         registry: CollectorRegistry | None = None,
+        runs_workers: bool = False,
     ) -> None:
         self.service_name = service_name
         self.services = frozenset(services)
@@ -322,6 +323,19 @@ class PlatformMetrics:
         # every worker gone the series vanish (the dead-man alerts see it) instead of reading 0.
         self.delivery_backlog: Gauge | Unexported = Unexported()
         self.delivery_oldest_due: Gauge | Unexported = Unexported()
+        if runs_workers:
+            self.delivery_backlog = Gauge(
+                "regatta_delivery_backlog",
+                "Notifications due for delivery and waiting for a worker.",
+                multiprocess_mode="livemax",
+                registry=r,
+            )
+            self.delivery_oldest_due = Gauge(
+                "regatta_delivery_oldest_due_seconds",
+                "How long the longest-waiting due notification has waited (0 when none).",
+                multiprocess_mode="livemax",
+                registry=r,
+            )
         self.up = Gauge(
             "regatta_up",
             "1 while this process serves: the dead-man alerts watch it disappear.",
@@ -343,23 +357,6 @@ class PlatformMetrics:
         if multiprocess_dir() is None:
             # Per-process CPU and memory; in multiprocess mode only files are aggregated.
             r.register(_WithLabels(prometheus_client.ProcessCollector(registry=None), service_name))
-
-    def export_worker_gauges(self) -> None:
-        """Export the gauges only delivery workers set: this process runs workers."""
-        if isinstance(self.delivery_backlog, Gauge):
-            return
-        self.delivery_backlog = Gauge(
-            "regatta_delivery_backlog",
-            "Notifications due for delivery and waiting for a worker.",
-            multiprocess_mode="livemax",
-            registry=self.registry,
-        )
-        self.delivery_oldest_due = Gauge(
-            "regatta_delivery_oldest_due_seconds",
-            "How long the longest-waiting due notification has waited (0 when none).",
-            multiprocess_mode="livemax",
-            registry=self.registry,
-        )
 
     def start_at_zero(self, handler: str, method: str, statuses: Iterable[str]) -> None:
         """Make a route's request series before its first request, at 0.
@@ -604,18 +601,15 @@ def instrument_http(
     *,
     key_principal: KeyPrincipal | None,
     database: Callable[[], Database | None],
-    runs_workers: bool,
 ) -> None:
     """Measure and log every request (pure ASGI middleware) and serve ``/metrics``.
 
     Every route's request series start at 0 for its own status and for 500 (so the first
-    server error is seen by ``rate()``); a process that ``runs_workers`` exports their
-    gauges. Log lines name a request's API key by ``key_principal``; each scrape samples
-    the pools of ``database()`` (None before the lifespan opens it).
+    server error is seen by ``rate()``). Log lines name a request's API key by
+    ``key_principal``; each scrape samples the pools of ``database()`` (None before the
+    lifespan opens it).
     """
     metrics.key_principal = key_principal
-    if runs_workers:
-        metrics.export_worker_gauges()
     for route in routing._effective_routes(list(app.routes)):  # noqa: SLF001 -- as route_templates
         original = getattr(route, "original_route", route)
         path = getattr(route, "path", None)

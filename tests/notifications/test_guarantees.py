@@ -7,17 +7,18 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from regatta.common.data.columns import utcnow
 from regatta.common.data.db import Database
 from regatta.common.http.context import platform_of
 from regatta.common.redis.events import Event, RedisEventStream
-from regatta.common.telemetry.observability import PlatformMetrics
 from regatta.common.telemetry.observability import tracer as tracer_for
 from regatta.notifications import repository, worker
 from regatta.notifications.delivery import Deliverer
 from regatta.notifications.main import create_app as create_notifications_app
+from regatta.notifications.metrics import WorkerMetrics
 from regatta.notifications.models import Notification
 from regatta.notifications.service import attempt_delivery
 from regatta.notifications.settings import NotificationsSettings
@@ -66,7 +67,7 @@ async def test_a_worker_whose_claim_was_taken_over_records_nothing(
                 "slow",
                 settings,
                 slow_claim,
-                PlatformMetrics(service_name="notifications"),
+                WorkerMetrics(CollectorRegistry()),
                 tracer_for(None, __name__),
             )
         finally:

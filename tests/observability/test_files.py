@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import dashboards
 from regatta.common.telemetry.logs import JsonFormatter
 from regatta.common.telemetry.observability import PlatformMetrics
+from regatta.notifications.metrics import WorkerMetrics
 from tests.observability.conftest import OBSERVABILITY, ROOT
 
 GRAFANA = OBSERVABILITY / "grafana"
@@ -82,12 +83,9 @@ def test_cluster_only_panels_query_only_cluster_metrics_and_the_rest_none() -> N
 
 
 def test_every_exported_metric_is_on_a_dashboard_or_in_a_rule() -> None:
-    exported = {
-        family.name
-        for family in text_string_to_metric_families(
-            _exposition(PlatformMetrics(service_name="items", services=["items"]))
-        )
-    }
+    metrics = PlatformMetrics(service_name="items", services=["items"])
+    metrics.part(WorkerMetrics)
+    exported = {family.name for family in text_string_to_metric_families(_exposition(metrics))}
     used = " ".join([expr for _, expr, _ in prometheus_exprs()] + rule_exprs())
     # Virtual memory says little about a Python process; resident memory is charted.
     unused = {name for name in exported if name not in used} - {"process_virtual_memory_bytes"}

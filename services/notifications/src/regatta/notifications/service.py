@@ -27,13 +27,13 @@ from regatta.common.redis.cache import CachedResponse
 from regatta.common.redis.events import Event
 from regatta.common.settings import ServiceSettings
 from regatta.common.telemetry.observability import (
-    PlatformMetrics,
     continue_trace,
     current_trace_context,
     trace_exemplar,
 )
 from regatta.notifications import repository
 from regatta.notifications.delivery import Deliverer, Outcome
+from regatta.notifications.metrics import WorkerMetrics
 from regatta.notifications.models import Notification
 from regatta.notifications.schemas import (
     EmailCreate,
@@ -237,7 +237,7 @@ async def attempt_delivery(  # noqa: PLR0917 -- one attempt needs all of these
     worker: str,
     settings: NotificationsSettings,
     notification: Notification,
-    metrics: PlatformMetrics,
+    metrics: WorkerMetrics,
     tracer: Tracer,
 ) -> None:
     """Attempt one claimed notification and record the outcome (if the claim is still ours)."""
@@ -274,13 +274,11 @@ async def attempt_delivery(  # noqa: PLR0917 -- one attempt needs all of these
         if outcome.error is not None:
             span.set_status(Status(StatusCode.ERROR, outcome.error[:200]))
         metrics.deliveries.labels(channel, result).inc()
-        metrics.delivery_attempt_duration.labels(channel).observe(
-            duration, exemplar=trace_exemplar()
-        )
+        metrics.attempt_duration.labels(channel).observe(duration, exemplar=trace_exemplar())
         if result != "retry":
             accepted_for = (utcnow() - notification.created_at).total_seconds()
-            metrics.delivery_latency.labels(channel, result).observe(max(accepted_for, 0.0))
-            metrics.delivery_attempts.labels(channel, result).observe(notification.attempts)
+            metrics.latency.labels(channel, result).observe(max(accepted_for, 0.0))
+            metrics.attempts.labels(channel, result).observe(notification.attempts)
         logger.info(
             "delivery %s via %s attempt %d: %s%s",
             notification.id,

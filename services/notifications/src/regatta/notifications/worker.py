@@ -33,6 +33,7 @@ from regatta.common.runtime import Runtime
 from regatta.common.telemetry.observability import continue_trace
 from regatta.notifications import repository
 from regatta.notifications.delivery import Deliverer
+from regatta.notifications.metrics import WorkerMetrics
 from regatta.notifications.models import Notification
 from regatta.notifications.service import (
     WAKEUP,
@@ -112,19 +113,19 @@ class ConsumerGroup:
         return None, 0
 
 
-async def _sample_backlog(runtime: Runtime) -> None:
+async def _sample_backlog(runtime: Runtime, metrics: WorkerMetrics) -> None:
     async with runtime.database.sessions() as session:
         due, oldest = await repository.due_backlog(session)
-    runtime.metrics.delivery_backlog.set(due)
+    metrics.backlog.set(due)
     waited = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
-    runtime.metrics.delivery_oldest_due.set(max(waited, 0.0))
+    metrics.oldest_due.set(max(waited, 0.0))
 
 
-async def _sample_stream(group: ConsumerGroup, runtime: Runtime) -> None:
+async def _sample_stream(group: ConsumerGroup, metrics: WorkerMetrics) -> None:
     lag, pending = await group.lag()
     if lag is not None:
-        runtime.metrics.stream_lag.labels(CONSUMER_GROUP).set(lag)
-    runtime.metrics.stream_pending.labels(CONSUMER_GROUP).set(pending)
+        metrics.stream_lag.labels(CONSUMER_GROUP).set(lag)
+    metrics.stream_pending.labels(CONSUMER_GROUP).set(pending)
 
 
 async def _claim(
@@ -137,6 +138,7 @@ async def _claim(
 
 async def deliver_forever(runtime: Runtime) -> None:
     """Deliver due notifications until shutdown, then hand back anything still claimed."""
+    metrics = runtime.metrics.part(WorkerMetrics)
     settings = notifications_settings(runtime.settings)
     deliverer = Deliverer(settings, tracer_provider=runtime.tracer_provider)
     tracer = runtime.tracer("regatta.notifications")
@@ -151,7 +153,7 @@ async def deliver_forever(runtime: Runtime) -> None:
                 worker,
                 settings,
                 notification,
-                runtime.metrics,
+                metrics,
                 tracer,
             )
         except Exception:
@@ -164,7 +166,7 @@ async def deliver_forever(runtime: Runtime) -> None:
             claimed: Sequence[Notification] = []
             try:
                 if time.monotonic() >= next_sample:
-                    await _sample_backlog(runtime)
+                    await _sample_backlog(runtime, metrics)
                     next_sample = time.monotonic() + SAMPLE_SECONDS
                 # At most DELIVERY_BATCH_SIZE attempts in flight; claim as many as there is room.
                 room = settings.delivery_batch_size - len(in_flight)
@@ -197,9 +199,9 @@ async def _finish(
 
 async def consume_events(runtime: Runtime) -> None:
     """Turn platform events into webhook notifications, one per matching subscription."""
+    metrics = runtime.metrics.part(WorkerMetrics)
     stream = runtime.events
     tracer = runtime.tracer("regatta.notifications")
-    metrics = runtime.metrics
 
     async def handle(event: Event) -> None:
         with continue_trace(
@@ -232,7 +234,7 @@ async def consume_events(runtime: Runtime) -> None:
                 await group.ensure()
                 group_ready = True
             if time.monotonic() >= next_sample:
-                await _sample_stream(group, runtime)
+                await _sample_stream(group, metrics)
                 next_sample = time.monotonic() + SAMPLE_SECONDS
             entries = await group.claim_stale(
                 me, min_idle_ms=STALE_AFTER_MS, count=EVENTS_BATCH

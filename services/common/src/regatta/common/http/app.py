@@ -188,7 +188,6 @@ def create_app(
         metrics=observability.PlatformMetrics(
             service_name=name,
             services=[service.name for service in services],
-            runs_workers=run_workers or bool(workers),
         ),
         api_keys=ApiKeys.from_settings(settings),
         lifecycle=Lifecycle(),

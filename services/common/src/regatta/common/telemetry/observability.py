@@ -24,7 +24,7 @@ import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import prometheus_client
 from fastapi import FastAPI, Request
@@ -85,11 +85,10 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-# Lags and end-to-end delivery latency: from milliseconds to an hour of retries.
+# Lags (the outbox's; deliveries' end to end): from milliseconds to an hour of retries.
 LAG_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 )  # fmt: skip
-ATTEMPT_BUCKETS: Final = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50, 100)
 
 # Probes and scrapes are neither measured nor traced: they would drown the signal.
 UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
@@ -97,8 +96,6 @@ UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
 MAX_REMEMBERED_SERIES: Final = 1024
 MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 IDEMPOTENCY_OUTCOMES: Final = ("stored", "replayed", "conflict", "mismatch")
-DELIVERY_CHANNELS: Final = ("email", "webhook")
-DELIVERY_OUTCOMES: Final = ("delivered", "retry", "failed")
 TOO_MANY_REQUESTS: Final = "429"
 CACHE_OPERATIONS: Final = ("read", "write")
 STATEMENT_OPERATIONS: Final = ("select", "insert", "update", "delete")
@@ -111,6 +108,8 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROCESS_ENV) or None
 
 
+P = TypeVar("P")
+
 # A request series: its service name, its request counter and its duration histogram.
 _RequestSeries = tuple[str, Counter, Histogram]
 
@@ -120,7 +119,7 @@ KeyPrincipal = Callable[[str], "str | None"]
 
 
 class PlatformMetrics:
-    """Everything one app exports, registered in the app's own registry."""
+    """What every app exports, in the app's own registry (a service adds its own: part())."""
 
     def __init__(
         self,
@@ -128,7 +127,6 @@ class PlatformMetrics:
         service_name: str,
         services: Sequence[str] = (),
         registry: CollectorRegistry | None = None,
-        runs_workers: bool = False,
     ) -> None:
         self.service_name = service_name
         self.services = frozenset(services)
@@ -265,77 +263,6 @@ class PlatformMetrics:
             ["service_name"],
             registry=r,
         )
-        self.stream_lag = Gauge(
-            "regatta_stream_consumer_lag",
-            "Stream entries not yet read by the consumer group.",
-            ["group"],
-            multiprocess_mode="livemax",
-            registry=r,
-        )
-        self.stream_pending = Gauge(
-            "regatta_stream_pending",
-            "Stream entries read by the consumer group but not yet acknowledged.",
-            ["group"],
-            multiprocess_mode="livemax",
-            registry=r,
-        )
-        self.events_consumed = Counter(
-            "regatta_events_consumed_total",
-            "Platform events handled by a consumer group, by event type.",
-            ["group", "type"],
-            registry=r,
-        )
-        self.event_lag = Histogram(
-            "regatta_event_lag_seconds",
-            "Time from an event's commit to its handling by the consumer group.",
-            ["group"],
-            buckets=LAG_BUCKETS,
-            registry=r,
-        )
-        self.deliveries = Counter(
-            "regatta_deliveries_total",
-            "Delivery attempts, by channel and outcome (delivered, retry, failed).",
-            ["channel", "outcome"],
-            registry=r,
-        )
-        self.delivery_attempt_duration = Histogram(
-            "regatta_delivery_attempt_duration_seconds",
-            "Duration of one delivery attempt (SMTP conversation or webhook request).",
-            ["channel"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.delivery_latency = Histogram(
-            "regatta_delivery_latency_seconds",
-            "Time from a notification's acceptance to its final outcome (delivered or failed).",
-            ["channel", "outcome"],
-            buckets=LAG_BUCKETS,
-            registry=r,
-        )
-        self.delivery_attempts = Histogram(
-            "regatta_delivery_attempts",
-            "Attempts a notification took to reach its final outcome.",
-            ["channel", "outcome"],
-            buckets=ATTEMPT_BUCKETS,
-            registry=r,
-        )
-        # Set by delivery workers alone. A process running none exports neither, so that with
-        # every worker gone the series vanish (the dead-man alerts see it) instead of reading 0.
-        self.delivery_backlog: Gauge | Unexported = Unexported()
-        self.delivery_oldest_due: Gauge | Unexported = Unexported()
-        if runs_workers:
-            self.delivery_backlog = Gauge(
-                "regatta_delivery_backlog",
-                "Notifications due for delivery and waiting for a worker.",
-                multiprocess_mode="livemax",
-                registry=r,
-            )
-            self.delivery_oldest_due = Gauge(
-                "regatta_delivery_oldest_due_seconds",
-                "How long the longest-waiting due notification has waited (0 when none).",
-                multiprocess_mode="livemax",
-                registry=r,
-            )
         self.up = Gauge(
             "regatta_up",
             "1 while this process serves: the dead-man alerts watch it disappear.",
@@ -344,6 +271,8 @@ class PlatformMetrics:
             registry=r,
         )
         self.up.labels(service_name).set(1)
+        # Metrics a service declares for itself (part()), made once each.
+        self._parts: dict[Callable[[CollectorRegistry], Any], Any] = {}
         # Zero is an answer ("nothing was refused"), so these exist before the first event.
         for name in services:
             self.rate_limited.labels(name)
@@ -351,12 +280,19 @@ class PlatformMetrics:
                 self.cache_errors.labels(name, operation)
             for outcome in IDEMPOTENCY_OUTCOMES:
                 self.idempotency.labels(name, outcome)
-        for channel in DELIVERY_CHANNELS:
-            for outcome in DELIVERY_OUTCOMES:
-                self.deliveries.labels(channel, outcome)
         if multiprocess_dir() is None:
             # Per-process CPU and memory; in multiprocess mode only files are aggregated.
             r.register(_WithLabels(prometheus_client.ProcessCollector(registry=None), service_name))
+
+    def part(self, declare: Callable[[CollectorRegistry], P]) -> P:
+        """The metrics ``declare`` registers in this app's registry, declared at the first call.
+
+        A service's own families (the notifications workers') stay in the service.
+        """
+        made = self._parts.get(declare)
+        if made is None:
+            made = self._parts[declare] = declare(self.registry)
+        return cast("P", made)
 
     def start_at_zero(self, handler: str, method: str, statuses: Iterable[str]) -> None:
         """Make a route's request series before its first request, at 0.
@@ -552,17 +488,6 @@ def statement_operation(statement: str) -> str:
     head = statement.lstrip()[:8].split(None, 1)
     keyword = head[0].lower() if head else ""
     return keyword if keyword in STATEMENT_OPERATIONS else "other"
-
-
-class Unexported:
-    """Stands in for a gauge this process does not export: setting it changes nothing."""
-
-    def set(self, value: float) -> None:
-        """Forget ``value``."""
-
-    def labels(self, *_values: str) -> Unexported:
-        """Itself: every child of an unexported gauge is unexported too."""
-        return self
 
 
 class _WithLabels(Collector):

@@ -15,14 +15,11 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
-    GetCoreSchemaHandler,
-    GetJsonSchemaHandler,
     UrlConstraints,
 )
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+from pydantic_core import PydanticCustomError
 
-from regatta.common.http.schemas import CreateSchema, Storable, storable_text
+from regatta.common.http.schemas import CheckedText, CreateSchema, Storable, storable_text
 
 EVENT_TYPES = (
     "item.created",
@@ -60,24 +57,8 @@ def header_text(value: str) -> str:
     return value
 
 
-class _HeaderText:
-    """Validate with ``header_text`` and say in the JSON schema what is refused."""
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> CoreSchema:
-        return core_schema.no_info_after_validator_function(header_text, handler(source))
-
-    def __get_pydantic_json_schema__(
-        self, schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        json_schema = handler(schema)
-        json_schema["pattern"] = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
-        return json_schema
-
-
 # A field that becomes (part of) a mail header: the subject, the addresses.
-HeaderText = _HeaderText()
+HeaderText = CheckedText(header_text, "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$")
 
 
 class EmailCreate(CreateSchema):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar
@@ -40,24 +41,29 @@ def storable_text(value: str) -> str:
 NO_NUL_PATTERN = "^[^\\x00]*$"
 
 
-class _StorableText:
-    """Validate with ``storable_text`` and say in the JSON schema that NUL is refused."""
+class CheckedText:
+    """A text field's extra check: ``check`` validates, ``pattern`` documents it in the schema.
+
+    Use as ``Annotated[str, Field(max_length=200), Storable]``.
+    """
+
+    def __init__(self, check: Callable[[str], str], pattern: str) -> None:
+        self.check = check
+        self.pattern = pattern
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> CoreSchema:
-        return core_schema.no_info_after_validator_function(storable_text, handler(source))
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
 
     def __get_pydantic_json_schema__(
         self, schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        json_schema = handler(schema)
-        json_schema["pattern"] = "^[^\\u0000]*$"
-        return json_schema
+        return {**handler(schema), "pattern": self.pattern}
 
 
-# Use as ``Annotated[str, Field(min_length=1, max_length=200), Storable]``.
-Storable = _StorableText()
+# Text any database stores (no NUL, valid Unicode).
+Storable = CheckedText(storable_text, "^[^\\u0000]*$")
 
 
 def _json_number(value: Any) -> Any:

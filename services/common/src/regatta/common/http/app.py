@@ -21,11 +21,7 @@ from regatta.common.data.idempotency import IdempotencyStore
 from regatta.common.http.auth import ApiKeys
 from regatta.common.http.context import Platform, platform_of, set_platform
 from regatta.common.http.health import Lifecycle, health_router
-from regatta.common.http.middleware import (
-    BodySizeLimitMiddleware,
-    JsonContentTypeMiddleware,
-    RequestIdMiddleware,
-)
+from regatta.common.http.middleware import RequestBodyMiddleware, RequestIdMiddleware
 from regatta.common.http.problems import UnhandledErrorMiddleware, install_problem_handlers
 from regatta.common.http.ratelimit import install_rate_limit
 from regatta.common.http.readcache import CachedReads
@@ -216,8 +212,7 @@ def create_app(
     if cached and settings.cache_enabled:  # with the cache off, every look-up would miss
         app.add_middleware(CachedReads, resources=cached, cache=lambda: platform.cache)
     app.add_middleware(UnhandledErrorMiddleware)
-    app.add_middleware(JsonContentTypeMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES)
     # Rate limit (ratelimit.py): inside CORS and metrics, so a 429 is still counted and readable
     # by a browser; outside everything that reads the body or the cache.

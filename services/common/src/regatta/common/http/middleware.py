@@ -1,4 +1,4 @@
-"""Pure ASGI middleware (never BaseHTTPMiddleware): request id, body size limit, content type."""
+"""Pure ASGI middleware (never BaseHTTPMiddleware): the request id, and judging request bodies."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import itertools
 import re
 import secrets
 from contextvars import ContextVar
+from http import HTTPStatus
 
 from opentelemetry import trace
 from starlette.datastructures import Headers
@@ -65,109 +66,6 @@ def _supplied_request_id(scope: Scope) -> str | None:
     return None
 
 
-# How much of a refused body is read and dropped, in multiples of the limit (see _drain).
-DRAIN_FACTOR = 4
-
-
-class _BodyTooLargeError(Exception):
-    pass
-
-
-class BodySizeLimitMiddleware:
-    """Answer 413 for bodies over the limit, by Content-Length up front or while streaming."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: C901 -- one flow, read top to bottom
-        """Handle one ASGI connection."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        declared = headers.get("content-length")
-        if declared is None and "transfer-encoding" not in headers:
-            await self.app(scope, receive, send)  # no body at all (most GETs): nothing to count
-            return
-        if declared is not None and not (declared.isdigit() and int(declared) <= self.max_bytes):
-            await self._refuse_declared(declared, scope, receive, send)
-            return
-        received = 0
-        started = exceeded = ended = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, exceeded, ended
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                ended = not message.get("more_body", False)
-                if received > self.max_bytes:
-                    exceeded = True
-                    raise _BodyTooLargeError
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if exceeded:
-                # The app turned our exception into its own error response (FastAPI answers
-                # 400 for any failure while reading a body): answer 413 instead, once.
-                if not started:
-                    started = True
-                    await self._refuse(scope, receive, send, ended=ended)
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except _BodyTooLargeError:
-            if started:
-                raise
-            await self._refuse(scope, receive, send, ended=ended)
-
-    async def _refuse_declared(
-        self, declared: str, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        if not declared.isdigit():
-            await problem_response(400, "Content-Length is not a number.")(scope, receive, send)
-            return
-        # A body beyond what _drain would read is refused at once: waiting for it would let a
-        # client hold the connection by declaring gigabytes and sending nothing.
-        if int(declared) <= DRAIN_FACTOR * self.max_bytes:
-            await self._drain(receive)
-        await self._too_large()(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, *, ended: bool) -> None:
-        if not ended:  # after the last part, receive() waits for the client to leave
-            await self._drain(receive)
-        await self._too_large()(scope, receive, send)
-
-    async def _drain(self, receive: Receive) -> None:
-        """Read and drop the rest of a refused body, up to a bound, before answering.
-
-        Closing a socket with unread bytes in it makes the kernel reset the connection, and a
-        proxy in front (nginx, an ingress) that is still sending then reports a 502 instead of
-        our 413. A body a few times over the limit is read to its end; a larger one is cut off.
-        """
-        remaining = DRAIN_FACTOR * self.max_bytes
-        while remaining > 0:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            remaining -= len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
-
-    def _too_large(self) -> Response:
-        return problem_response(
-            413,
-            f"The request body exceeds the limit of {self.max_bytes} bytes.",
-            slug="body-too-large",
-            headers={"Connection": "close"},
-        )
-
-
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -207,86 +105,170 @@ def _charset(content_type: str) -> str | None:
     return None
 
 
+# How much of a refused body is read and dropped, in multiples of the limit (see drain).
+DRAIN_FACTOR = 4
+
+
 class _RefusedBodyError(Exception):
     def __init__(self, response: Response) -> None:
         super().__init__(response.status_code)
         self.response = response
 
 
-class JsonContentTypeMiddleware:
-    """Answer 415 when a write's body is not JSON in UTF-8, 422 when it cannot be decoded.
+class RequestBodyMiddleware:
+    """Judge a request's body as it arrives, before any route parses it.
 
-    The body is judged as it arrives, before any route parses it: not UTF-8 (RFC 8259 allows
-    no other encoding in an exchange) → 422; nested deeper than ``MAX_JSON_DEPTH`` → 422.
+    Over ``max_bytes`` → 413, by Content-Length up front or while the body streams. A write
+    (POST, PUT, PATCH) carries JSON in UTF-8 or gets 415; bytes that are not UTF-8 (RFC 8259
+    allows no other encoding in an exchange) or arrays and objects nested deeper than
+    ``MAX_JSON_DEPTH`` → 422. The app never parses a refused body: whatever it makes of the
+    failed read (FastAPI answers 400) is replaced by the refusal.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
+        self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
-        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        declared = headers.get("content-length")
         content_type = headers.get("content-type")
-        if content_type is None and not has_body:
-            await self.app(scope, receive, send)
+        has_body = (declared or "0") != "0" or "transfer-encoding" in headers
+        json_write = scope["method"] in _BODY_METHODS and (has_body or content_type is not None)
+        if declared is None and not has_body and not json_write:
+            await self.app(scope, receive, send)  # no body at all (most GETs): nothing to judge
             return
-        if not _is_json(content_type or "") or _charset(content_type or "") not in _UTF_8:
-            response = problem_response(
+        refusal = self._refusal_up_front(declared, content_type, json_write=json_write)
+        if refusal is not None:
+            if (
+                refusal.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+                and int(declared or 0) <= DRAIN_FACTOR * self.max_bytes
+            ):
+                await self.drain(receive)
+            await refusal(scope, receive, send)
+            return
+        await self._judged(scope, receive, send, json_write=json_write)
+
+    def _refusal_up_front(
+        self, declared: str | None, content_type: str | None, *, json_write: bool
+    ) -> Response | None:
+        # What the headers alone refuse. A body declared beyond what drain() would read is
+        # refused at once: waiting for it would let a client hold the connection by declaring
+        # gigabytes and sending nothing.
+        if declared is not None and not declared.isdigit():
+            return problem_response(400, "Content-Length is not a number.")
+        if declared is not None and int(declared) > self.max_bytes:
+            return self.too_large()
+        if json_write and (
+            not _is_json(content_type or "") or _charset(content_type or "") not in _UTF_8
+        ):
+            return problem_response(
                 415,
                 "Request bodies must be JSON in UTF-8, sent with Content-Type: application/json.",
                 slug="unsupported-media-type",
                 headers={"Accept-Post": "application/json"},
             )
-            await response(scope, receive, send)
-            return
-        await self._checked(scope, receive, send)
+        return None
 
-    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
-        chunks: list[bytes] = []
-        openers = 0
-        refused: Response | None = None
-        started = False
+    async def _judged(
+        self, scope: Scope, receive: Receive, send: Send, *, json_write: bool
+    ) -> None:
+        judge = _BodyJudge(self, scope, receive, send, json_write=json_write)
+        try:
+            await self.app(scope, judge.receive, judge.send)
+        except _RefusedBodyError:
+            if judge.started:
+                raise
+            await judge.refuse()
 
-        async def checking_receive() -> Message:
-            nonlocal openers, refused
+    async def drain(self, receive: Receive) -> None:
+        """Read and drop the rest of a refused body, up to a bound, before answering.
+
+        Closing a socket with unread bytes in it makes the kernel reset the connection, and a
+        proxy in front (nginx, an ingress) that is still sending then reports a 502 instead of
+        our 413. A body a few times over the limit is read to its end; a larger one is cut off.
+        """
+        remaining = DRAIN_FACTOR * self.max_bytes
+        while remaining > 0:
             message = await receive()
             if message["type"] != "http.request":
-                return message
-            chunk: bytes = message.get("body", b"")
-            chunks.append(chunk)
+                return  # the client went away
+            remaining -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    def too_large(self) -> Response:
+        """The 413 for a body over the limit."""
+        return problem_response(
+            413,
+            f"The request body exceeds the limit of {self.max_bytes} bytes.",
+            slug="body-too-large",
+            headers={"Connection": "close"},
+        )
+
+
+class _BodyJudge:
+    """One request's body as the app receives it: counted, and judged when it ends."""
+
+    def __init__(
+        self,
+        middleware: RequestBodyMiddleware,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        json_write: bool,
+    ) -> None:
+        self.middleware, self.scope = middleware, scope
+        self._receive, self._send = receive, send
+        self.json_write = json_write
+        self.chunks: list[bytes] = []
+        self.received = self.openers = 0
+        self.refused: Response | None = None
+        self.started = self.ended = False
+
+    async def receive(self) -> Message:
+        """The next part of the body; raises once the body is refused."""
+        message = await self._receive()
+        if message["type"] != "http.request":
+            return message
+        chunk: bytes = message.get("body", b"")
+        self.received += len(chunk)
+        self.ended = not message.get("more_body", False)
+        if self.received > self.middleware.max_bytes:
+            self.refused = self.middleware.too_large()
+        elif self.json_write:
+            self.chunks.append(chunk)
             # Counting brackets costs next to nothing and bounds the depth: only a body with
             # more of them than the limit is scanned.
-            openers += chunk.count(b"[") + chunk.count(b"{")
-            if not message.get("more_body", False):
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                refused = _judge(body, scan=openers > MAX_JSON_DEPTH)
-                if refused is not None:
-                    raise _RefusedBodyError(refused)
-            return message
+            self.openers += chunk.count(b"[") + chunk.count(b"{")
+            if self.ended:
+                body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+                self.refused = _judge(body, scan=self.openers > MAX_JSON_DEPTH)
+        if self.refused is not None:
+            raise _RefusedBodyError(self.refused)
+        return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if refused is not None:
-                # The app turned our exception into its own error (FastAPI answers 400 for any
-                # failure while reading a body): send ours instead, once.
-                if not started:
-                    started = True
-                    await refused(scope, receive, send)
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+    async def send(self, message: Message) -> None:
+        """Pass the app's response on, unless the body was refused: then send the refusal."""
+        if self.refused is not None:
+            if not self.started:  # the app answered the failed read with an error of its own
+                await self.refuse()
+            return
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
 
-        try:
-            await self.app(scope, checking_receive, guarded_send)
-        except _RefusedBodyError as exc:
-            if started:
-                raise
-            started = True
-            await exc.response(scope, receive, send)
+    async def refuse(self) -> None:
+        """Send the refusal, once the rest of the body is read (up to a bound)."""
+        self.started = True
+        if not self.ended:  # after the last part, receive() waits for the client to leave
+            await self.middleware.drain(self._receive)
+        if self.refused is not None:
+            await self.refused(self.scope, self._receive, self._send)
 
 
 _UTF_8 = {None, "utf-8", "utf8"}

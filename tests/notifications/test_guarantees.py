@@ -14,7 +14,7 @@ from regatta.common.data.columns import utcnow
 from regatta.common.data.db import Database
 from regatta.common.http.context import platform_of
 from regatta.common.redis.events import Event, RedisEventStream
-from regatta.common.telemetry.observability import tracer as tracer_for
+from regatta.common.telemetry.tracing import tracer as tracer_for
 from regatta.notifications import repository, worker
 from regatta.notifications.delivery import Deliverer
 from regatta.notifications.main import create_app as create_notifications_app

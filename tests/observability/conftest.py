@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from regatta.common.http.app import create_app
 from regatta.common.telemetry.logs import JsonFormatter
-from regatta.common.telemetry.observability import sampler_from_environment
+from regatta.common.telemetry.tracing import sampler_from_environment
 from regatta.heroes.main import SERVICE as HEROES
 from regatta.items.main import SERVICE as ITEMS
 from regatta.notifications.main import SERVICE as NOTIFICATIONS

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import dashboards
 from regatta.common.telemetry.logs import JsonFormatter
-from regatta.common.telemetry.observability import PlatformMetrics
+from regatta.common.telemetry.metrics import PlatformMetrics
 from regatta.notifications.metrics import WorkerMetrics
 from tests.observability.conftest import OBSERVABILITY, ROOT
 

@@ -30,7 +30,8 @@ from regatta.common.data.db import Database, create_database
 from regatta.common.redis.cache import MeteredCache, RedisCache
 from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 from regatta.common.settings import Environment, ServiceSettings
-from regatta.common.telemetry import observability
+from regatta.common.telemetry import tracing
+from regatta.common.telemetry.metrics import PlatformMetrics
 from regatta.heroes.main import create_app as create_heroes
 from regatta.heroes.settings import HeroesSettings
 from regatta.items.main import create_app as create_items
@@ -230,23 +231,23 @@ async def test_openmetrics_scrapes_get_trace_exemplars(
 
 def test_tracing_is_asked_for_only_by_the_standard_variables() -> None:
     endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
-    assert not observability.tracing_requested({})
-    assert observability.tracing_requested(endpoint)
-    assert observability.tracing_requested({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c"})
-    assert observability.tracing_requested({"OTEL_TRACES_EXPORTER": "console"})
-    assert not observability.tracing_requested({**endpoint, "OTEL_TRACES_EXPORTER": "none"})
-    assert not observability.tracing_requested({**endpoint, "OTEL_SDK_DISABLED": "true"})
+    assert not tracing.tracing_requested({})
+    assert tracing.tracing_requested(endpoint)
+    assert tracing.tracing_requested({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c"})
+    assert tracing.tracing_requested({"OTEL_TRACES_EXPORTER": "console"})
+    assert not tracing.tracing_requested({**endpoint, "OTEL_TRACES_EXPORTER": "none"})
+    assert not tracing.tracing_requested({**endpoint, "OTEL_SDK_DISABLED": "true"})
     # Only OTLP over HTTP/protobuf ships: asking for gRPC leaves tracing off, loudly.
-    assert observability.exporters_from_environment({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}) is None
-    assert observability.exporters_from_environment({"OTEL_TRACES_EXPORTER": "zipkin"}) is None
+    assert tracing.exporters_from_environment({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}) is None
+    assert tracing.exporters_from_environment({"OTEL_TRACES_EXPORTER": "zipkin"}) is None
 
 
 def test_the_sampler_is_parent_based_by_ratio_and_never_roots_a_trace_in_a_client_span() -> None:
     from opentelemetry import trace  # noqa: PLC0415
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags  # noqa: PLC0415
 
-    never = observability.sampler_from_environment({"OTEL_TRACES_SAMPLER_ARG": "0"})
-    always = observability.sampler_from_environment({"OTEL_TRACES_SAMPLER_ARG": "1"})
+    never = tracing.sampler_from_environment({"OTEL_TRACES_SAMPLER_ARG": "0"})
+    always = tracing.sampler_from_environment({"OTEL_TRACES_SAMPLER_ARG": "1"})
     trace_id = 0x4BF92F3577B34DA6A3CE929D0E0E4736
     sampled_parent = trace.set_span_in_context(
         NonRecordingSpan(SpanContext(trace_id, 1, is_remote=True, trace_flags=TraceFlags(1)))
@@ -317,7 +318,7 @@ def test_processes_serving_together_report_their_sum(tmp_path: Path) -> None:
 
 async def test_statements_pool_waits_and_pool_timeouts_are_measured(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    metrics = observability.PlatformMetrics(service_name="items", registry=registry)
+    metrics = PlatformMetrics(service_name="items", registry=registry)
     engine = create_async_engine(
         f"sqlite+aiosqlite:///{tmp_path}/pool.db", pool_size=1, max_overflow=0, pool_timeout=0.05
     )
@@ -340,7 +341,7 @@ async def test_statements_pool_waits_and_pool_timeouts_are_measured(tmp_path: Pa
 
 
 async def test_cache_failures_and_redis_round_trips_are_counted(tmp_path: Path) -> None:
-    metrics = observability.PlatformMetrics(service_name="regatta", services=["items"])
+    metrics = PlatformMetrics(service_name="regatta", services=["items"])
     unreachable = PipelinedRedis(Endpoint("127.0.0.1", free_port()), connect_timeout=0.2)
     cache = MeteredCache(
         RedisCache(unreachable, ttl_seconds=60, observer=metrics), metrics.count_cache
@@ -371,7 +372,7 @@ async def test_single_statements_their_waits_and_connections_are_measured(
         db_pool_timeout_seconds=0.1,
     )
     database = create_database(settings)
-    metrics = observability.PlatformMetrics(service_name="items")
+    metrics = PlatformMetrics(service_name="items")
     metrics.sample_pool(database)
     items = {"service_name": "items"}
     statement: Select[Any] = select(literal_column("1").label("one"))

@@ -14,7 +14,7 @@ from regatta.common.data.db import create_database
 from regatta.common.data.executor import AsyncpgExecutor
 from regatta.common.http.context import platform_of
 from regatta.common.settings import Environment, ServiceSettings
-from regatta.common.telemetry import observability
+from regatta.common.telemetry import tracing
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import client_for
 from tests.eventually import eventually
@@ -149,7 +149,7 @@ async def test_statements_run_the_same_way_traced_or_not(postgres_url: str, span
     for traced in (False, True):
         database = create_database(settings)
         if traced:
-            observability.trace_database(database, spans.provider)
+            tracing.trace_database(database, spans.provider)
         ran: list[str] = []
         event.listen(database.engine.sync_engine, "before_cursor_execute", ran.append)
         try:

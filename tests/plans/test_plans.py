@@ -24,7 +24,7 @@ from regatta.common.data.migrations import upgrade
 from regatta.common.http.pagination import PageRequest
 from regatta.common.redis.events import RELAY_BATCH, Event, InProcessEventStream, _Relay
 from regatta.common.settings import Environment
-from regatta.common.telemetry.observability import PlatformMetrics
+from regatta.common.telemetry.metrics import PlatformMetrics
 from regatta.heroes.main import SERVICE as HEROES
 from regatta.items import service as items
 from regatta.items.main import SERVICE as ITEMS

@@ -24,7 +24,8 @@ from regatta.common.redis.cache import (
 from regatta.common.redis.events import EventStream, InProcessEventStream, RedisEventStream
 from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 from regatta.common.settings import ServiceSettings
-from regatta.common.telemetry import observability
+from regatta.common.telemetry import tracing
+from regatta.common.telemetry.metrics import PlatformMetrics
 
 logger = logging.getLogger("regatta.runtime")
 
@@ -76,7 +77,7 @@ class Runtime:
     redis: Redis | None
     cache: ResponseCache
     events: EventStream
-    metrics: observability.PlatformMetrics
+    metrics: PlatformMetrics
     # None while tracing is off: then nothing is instrumented.
     tracer_provider: TracerProvider | None = None
     # One pipelined Redis connection for per-request commands (pipelined.py), with Redis.
@@ -89,7 +90,7 @@ class Runtime:
 
     def tracer(self, name: str) -> Tracer:
         """A tracer for background work (a no-op one, passing context on, while tracing is off)."""
-        return observability.tracer(self.tracer_provider, name)
+        return tracing.tracer(self.tracer_provider, name)
 
     def wake(self, name: str) -> None:
         """Nudge whoever waits in :meth:`pause` on ``name``."""
@@ -147,7 +148,7 @@ class Runtime:
 async def open_runtime(
     settings: ServiceSettings,
     *,
-    metrics: observability.PlatformMetrics,
+    metrics: PlatformMetrics,
     tracer_provider: TracerProvider | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the pools the settings call for; close them (tasks first) on the way out."""
@@ -155,14 +156,14 @@ async def open_runtime(
     generation = cache_generation(settings)
     redis = create_redis(settings, generation)
     reader = create_pipelined(
-        settings, observability.tracer(tracer_provider, "opentelemetry.instrumentation.redis")
+        settings, tracing.tracer(tracer_provider, "opentelemetry.instrumentation.redis")
     )
     if reader is not None and redis is not None and generation is not None:
         reader.on_connect = partial(generation.advance, redis)
     if tracer_provider is not None:
-        observability.trace_database(database, tracer_provider)
+        tracing.trace_database(database, tracer_provider)
         if redis is not None:
-            observability.instrument_redis(redis, tracer_provider)
+            tracing.instrument_redis(redis, tracer_provider)
     cache: ResponseCache
     if not settings.cache_enabled:
         cache = NullCache()

@@ -12,7 +12,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from regatta.common.telemetry.observability import LAG_BUCKETS, LATENCY_BUCKETS
+from regatta.common.telemetry.metrics import LAG_BUCKETS, LATENCY_BUCKETS
 
 ATTEMPT_BUCKETS: Final = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50, 100)
 CHANNELS: Final = ("email", "webhook")

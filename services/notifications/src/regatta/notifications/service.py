@@ -26,11 +26,8 @@ from regatta.common.http.problems import ProblemError, invalid_field
 from regatta.common.redis.cache import CachedResponse
 from regatta.common.redis.events import Event
 from regatta.common.settings import ServiceSettings
-from regatta.common.telemetry.observability import (
-    continue_trace,
-    current_trace_context,
-    trace_exemplar,
-)
+from regatta.common.telemetry.metrics import trace_exemplar
+from regatta.common.telemetry.tracing import continue_trace, current_trace_context
 from regatta.notifications import repository
 from regatta.notifications.delivery import Deliverer, Outcome
 from regatta.notifications.metrics import WorkerMetrics

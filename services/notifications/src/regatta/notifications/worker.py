@@ -30,7 +30,7 @@ from regatta.common.http.app import create_app
 from regatta.common.http.serve import serve
 from regatta.common.redis.events import Event, InProcessEventStream, RedisEventStream
 from regatta.common.runtime import Runtime
-from regatta.common.telemetry.observability import continue_trace
+from regatta.common.telemetry.tracing import continue_trace
 from regatta.notifications import repository
 from regatta.notifications.delivery import Deliverer
 from regatta.notifications.metrics import WorkerMetrics

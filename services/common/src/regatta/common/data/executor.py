@@ -106,7 +106,7 @@ class EngineExecutor:
     def __init__(self, engine: AsyncEngine) -> None:
         self._transactional = engine
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        # SQLAlchemy's own instrumentation traces and times these: see observability.py.
+        # SQLAlchemy's own instrumentation traces and times these: see telemetry/metrics.py.
         self.tracer: Tracer = _UNTRACED
         self.observe: Callable[[str, float], None] | None = None
         self.observe_wait: Callable[[float, bool], None] | None = None

@@ -30,7 +30,8 @@ from regatta.common.http.routing import add_routes
 from regatta.common.redis.events import relay_outbox
 from regatta.common.runtime import Runtime, open_runtime
 from regatta.common.settings import ServiceSettings
-from regatta.common.telemetry import observability
+from regatta.common.telemetry import tracing
+from regatta.common.telemetry.metrics import PlatformMetrics, instrument_http, leave_on_exit
 
 logger = logging.getLogger("regatta.app")
 
@@ -111,7 +112,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await migrations.upgrade(settings, [service.migrations for service in services])
     lifecycle, metrics = platform.lifecycle, platform.metrics
     async with (
-        observability.flush_on_exit(platform.tracer_provider),
+        leave_on_exit(),
+        tracing.flush_on_exit(platform.tracer_provider),
         open_runtime(
             settings, metrics=metrics, tracer_provider=platform.tracer_provider
         ) as runtime,
@@ -172,7 +174,7 @@ def create_app(
         version="0.1.0",
         lifespan=_lifespan,
         # The platform measures requests with Prometheus and traces them with OpenTelemetry's
-        # FastAPI instrumentation (observability.py). FastAPI's own telemetry would add metrics
+        # FastAPI instrumentation (telemetry/). FastAPI's own telemetry would add metrics
         # and spans of its own whenever a global OpenTelemetry provider exists and the
         # platform's tracing is off, and asks on every request whether one does (8 µs).
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -181,13 +183,13 @@ def create_app(
     platform = Platform(
         settings=settings,
         service_name=name,
-        metrics=observability.PlatformMetrics(
+        metrics=PlatformMetrics(
             service_name=name,
             services=[service.name for service in services],
         ),
         api_keys=ApiKeys.from_settings(settings),
         lifecycle=Lifecycle(),
-        tracer_provider=tracer_provider or observability.tracer_provider_from_environment(name),
+        tracer_provider=tracer_provider or tracing.tracer_provider_from_environment(name),
         services=list(services),
         run_workers=run_workers,
         workers=list(workers),
@@ -240,7 +242,7 @@ def create_app(
                 "RateLimit-Policy",
             ],
         )
-    observability.instrument_http(
+    instrument_http(
         app,
         platform.metrics,
         key_principal=platform.api_keys.principal,
@@ -248,5 +250,5 @@ def create_app(
     )
     app.add_middleware(RequestIdMiddleware)
     if platform.tracer_provider is not None:
-        observability.instrument_app(app, platform.tracer_provider)
+        tracing.instrument_app(app, platform.tracer_provider)
     return app

@@ -26,7 +26,7 @@ from regatta.common.http.health import Lifecycle
 from regatta.common.http.routing import check_query
 from regatta.common.redis.cache import ResponseCache
 from regatta.common.settings import ServiceSettings
-from regatta.common.telemetry.observability import PlatformMetrics
+from regatta.common.telemetry.metrics import PlatformMetrics
 
 if TYPE_CHECKING:
     from regatta.common.http.app import ServiceSpec, Worker

@@ -40,11 +40,7 @@ from regatta.common.http.context import platform_of
 from regatta.common.http.problems import problem_response
 from regatta.common.redis.pipelined import PipelinedRedis, Script
 from regatta.common.settings import ServiceSettings
-from regatta.common.telemetry.observability import (
-    API_KEY_ID_STATE,
-    UNOBSERVED_PATHS,
-    PlatformMetrics,
-)
+from regatta.common.telemetry.metrics import API_KEY_ID_STATE, UNOBSERVED_PATHS, PlatformMetrics
 
 logger = logging.getLogger("regatta.ratelimit")
 

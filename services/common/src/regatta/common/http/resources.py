@@ -36,7 +36,7 @@ from regatta.common.http.pagination import PageRequest, next_cursor
 from regatta.common.http.problems import ProblemError
 from regatta.common.redis.cache import DELETED, CachedResponse, ResponseCache
 from regatta.common.redis.events import record_event
-from regatta.common.telemetry.observability import current_trace_context
+from regatta.common.telemetry.tracing import current_trace_context
 
 R = TypeVar("R", bound=BaseModel)
 

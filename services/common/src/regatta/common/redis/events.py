@@ -25,12 +25,8 @@ from sqlalchemy import Column, Index, MetaData, String, Table, Text, func, inser
 from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
 from regatta.common.data.db import Database
 from regatta.common.data.executor import Statements
-from regatta.common.telemetry.observability import (
-    PlatformMetrics,
-    carrier_of,
-    current_trace_context,
-    parent_context,
-)
+from regatta.common.telemetry.metrics import PlatformMetrics
+from regatta.common.telemetry.tracing import carrier_of, current_trace_context, parent_context
 
 logger = logging.getLogger("regatta.events")
 

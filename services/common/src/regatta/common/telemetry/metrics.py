@@ -1,55 +1,27 @@
-"""Metrics and traces of a Regatta process: what it exports and how trace context travels.
+"""Metrics of a Regatta process: what it exports to Prometheus, and how.
 
-Metrics: every app owns a ``CollectorRegistry`` (tests build many apps in one process) served at
+Every app owns a ``CollectorRegistry`` (tests build many apps in one process) served at
 ``/metrics`` — the Prometheus text format, or OpenMetrics with trace exemplars when the scraper
 asks for it. Route templates, never paths, label HTTP metrics, so ids cannot explode cardinality.
 With ``PROMETHEUS_MULTIPROC_DIR`` set, the processes serving together write their values to files
 there and ``/metrics`` adds them up (prometheus_client's multiprocess mode).
-
-Traces: off unless the standard ``OTEL_*`` variables ask for them (an OTLP endpoint, or
-``OTEL_TRACES_EXPORTER``). Then FastAPI, SQLAlchemy, Redis and httpx spans go out over OTLP/HTTP,
-sampled parent-based by trace-id ratio. When off nothing is instrumented: the only cost left is
-a context lookup where trace context is stored. Trace context travels with platform events (in
-the outbox row, the stream entry and the notification row), so a webhook delivery's span belongs
-to the trace of the request that caused it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from opentelemetry import propagate, trace
-from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-    TraceIdRatioBased,
-)
-from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -65,18 +37,13 @@ from regatta.common.http.route_templates import TemplatedMetricsMiddleware
 from regatta.common.telemetry.logs import log_request, request_logged
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.trace import Link
-    from opentelemetry.trace.span import TraceState
-    from opentelemetry.util.types import Attributes
-    from redis.asyncio import Redis
     from sqlalchemy.engine import ExceptionContext
     from sqlalchemy.pool import Pool
 
     from regatta.common.data.db import Database
     from regatta.common.data.executor import Executor
 
-logger = logging.getLogger("regatta.observability")
+logger = logging.getLogger("regatta.metrics")
 
 # `foo_created` series double what Prometheus stores and no panel reads them.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -577,12 +544,9 @@ def statuses_of(route: APIRoute) -> list[str]:
     return [success, SERVER_ERROR] if success != SERVER_ERROR else [success]
 
 
-FLUSH_TIMEOUT_MILLIS: Final = 5000
-
-
 @contextlib.asynccontextmanager
-async def flush_on_exit(provider: TracerProvider | None) -> AsyncIterator[None]:
-    """When the app stops: send the spans still queued, and leave the multiprocess sums.
+async def leave_on_exit() -> AsyncIterator[None]:
+    """When the app stops, in multiprocess mode: live gauges stop counting this process.
 
     Done at the end of the lifespan, because uvicorn ends the process by re-raising the
     signal that stopped it, and then no ``atexit`` hook runs.
@@ -590,239 +554,5 @@ async def flush_on_exit(provider: TracerProvider | None) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        force_flush = getattr(provider, "force_flush", None)
-        if callable(force_flush):
-            await asyncio.to_thread(force_flush, FLUSH_TIMEOUT_MILLIS)
         if multiprocess_dir() is not None:
-            # Live gauges (pool connections, backlogs) stop counting this process.
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-
-
-# --- Traces -----------------------------------------------------------------------------------
-
-_TRUE = {"true", "1", "yes", "on"}
-SUPPORTED_OTLP_PROTOCOL: Final = "http/protobuf"
-
-
-def tracing_requested(environ: Mapping[str, str]) -> bool:
-    """Whether the standard ``OTEL_*`` variables ask for traces."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
-        return False
-    exporters = environ.get("OTEL_TRACES_EXPORTER")
-    if exporters is not None:
-        return any(name.strip() not in {"", "none"} for name in exporters.split(","))
-    return bool(
-        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
-
-
-class DropOrphanClientSpans(Sampler):
-    """Never start a trace with a client span: a background poll's query is noise, not a trace.
-
-    Spans of requests, deliveries and events, and everything under them, are sampled by the
-    delegate (parent-based trace-id ratio unless ``OTEL_TRACES_SAMPLER`` says otherwise).
-    """
-
-    def __init__(self, delegate: Sampler) -> None:
-        self.delegate = delegate
-
-    def should_sample(  # noqa: PLR0917 -- the SDK's Sampler signature
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: TraceState | None = None,
-    ) -> SamplingResult:
-        """Drop a client span without a parent; ask the delegate about everything else."""
-        parent = trace.get_current_span(parent_context).get_span_context()
-        if kind is SpanKind.CLIENT and not parent.is_valid:
-            return SamplingResult(Decision.DROP)
-        return self.delegate.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-
-    def get_description(self) -> str:
-        """How the sampler decides."""
-        return f"DropOrphanClientSpans{{{self.delegate.get_description()}}}"
-
-
-def sampler_from_environment(environ: Mapping[str, str]) -> Sampler:
-    """``OTEL_TRACES_SAMPLER`` / ``_ARG``, parent-based trace-id ratio by default."""
-    name = environ.get("OTEL_TRACES_SAMPLER", "parentbased_traceidratio").strip().lower()
-    try:
-        ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
-    except ValueError:
-        ratio = 1.0
-    ratio = min(max(ratio, 0.0), 1.0)
-    samplers: dict[str, Sampler] = {
-        "always_on": ALWAYS_ON,
-        "always_off": ALWAYS_OFF,
-        "traceidratio": TraceIdRatioBased(ratio),
-        "parentbased_always_on": ParentBased(ALWAYS_ON),
-        "parentbased_always_off": ParentBased(ALWAYS_OFF),
-        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
-    }
-    if name not in samplers:
-        logger.warning("unknown OTEL_TRACES_SAMPLER %r; using parentbased_traceidratio", name)
-    return DropOrphanClientSpans(samplers.get(name, samplers["parentbased_traceidratio"]))
-
-
-def exporters_from_environment(environ: Mapping[str, str]) -> list[SpanExporter] | None:
-    """The span exporters ``OTEL_TRACES_EXPORTER`` names; None when one cannot be honoured."""
-    names = [
-        name.strip().lower()
-        for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")
-        if name.strip() not in {"", "none"}
-    ]
-    exporters: list[SpanExporter] = []
-    for name in names:
-        if name == "console":
-            exporters.append(ConsoleSpanExporter())
-        elif name == "otlp":
-            protocol = environ.get(
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", SUPPORTED_OTLP_PROTOCOL),
-            )
-            if protocol.strip() != SUPPORTED_OTLP_PROTOCOL:
-                logger.error(
-                    "OTLP protocol %r is not supported, only %s (port 4318): tracing stays off",
-                    protocol,
-                    SUPPORTED_OTLP_PROTOCOL,
-                )
-                return None
-            # Imported here: the exporter pulls in requests, needless while tracing is off.
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-                OTLPSpanExporter,
-            )
-
-            exporters.append(OTLPSpanExporter())
-        else:
-            logger.error("unknown OTEL_TRACES_EXPORTER %r: tracing stays off", name)
-            return None
-    return exporters
-
-
-class _ProcessTracing:
-    """Tracing is decided once per process (the SDK allows one global provider)."""
-
-    decided = False
-    provider: TracerProvider | None = None
-
-
-def tracer_provider_from_environment(service_name: str) -> TracerProvider | None:
-    """This process's tracer provider, built once from ``OTEL_*``; None while tracing is off.
-
-    A provider someone else installed first (``opentelemetry-instrument``, an embedding program)
-    is used as it is. ``service_name`` names the process unless ``OTEL_SERVICE_NAME`` or
-    ``OTEL_RESOURCE_ATTRIBUTES`` does.
-    """
-    if _ProcessTracing.decided:
-        return _ProcessTracing.provider
-    _ProcessTracing.decided = True
-    installed = trace.get_tracer_provider()
-    if isinstance(installed, SdkTracerProvider):
-        _ProcessTracing.provider = installed
-        return installed
-    if not tracing_requested(os.environ):
-        return None
-    exporters = exporters_from_environment(os.environ)
-    if not exporters:
-        return None
-    resource = Resource.create()
-    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        resource = resource.merge(Resource({SERVICE_NAME: service_name}))
-    provider = SdkTracerProvider(resource=resource, sampler=sampler_from_environment(os.environ))
-    for exporter in exporters:
-        if isinstance(exporter, ConsoleSpanExporter):
-            provider.add_span_processor(SimpleSpanProcessor(exporter))
-        else:
-            # Batches leave from a background thread: the event loop never waits on export.
-            provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    _ProcessTracing.provider = provider
-    return provider
-
-
-def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
-    """A server span per request (named by route template), outermost, probes excluded."""
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: PLC0415
-
-    FastAPIInstrumentor.instrument_app(
-        app,
-        tracer_provider=provider,
-        meter_provider=NoOpMeterProvider(),
-        excluded_urls=",".join(f"{path}$" for path in UNOBSERVED_PATHS),
-        exclude_spans=["receive", "send"],
-    )
-
-
-def trace_database(database: Database, provider: TracerProvider) -> None:
-    """A client span per SQL statement of this database (and no other)."""
-    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer  # noqa: PLC0415
-
-    unused = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
-    sql_tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
-    EngineTracer(sql_tracer, database.engine.sync_engine, unused)  # type: ignore[no-untyped-call]
-    # The statements asyncpg runs itself (executor.py) span through the same tracer.
-    database.statements.tracer = sql_tracer
-
-
-def instrument_redis(client: Redis, provider: TracerProvider) -> None:
-    """A client span per Redis command or pipeline of this client (and no other)."""
-    from opentelemetry.instrumentation.redis import RedisInstrumentor  # noqa: PLC0415
-
-    RedisInstrumentor.instrument_client(client, tracer_provider=provider)
-
-
-def tracer(provider: TracerProvider | None, name: str) -> Tracer:
-    """A tracer from ``provider``; without one, a no-op tracer that still passes context on."""
-    if provider is None:
-        return trace.NoOpTracer()
-    return provider.get_tracer(name)
-
-
-def current_trace_context() -> str | None:
-    """The current trace context as a JSON carrier to store beside work done later, or None."""
-    return carrier_of(trace.get_current_span())
-
-
-def carrier_of(span: Span) -> str | None:
-    """The trace context of ``span`` as a JSON carrier (what :func:`parent_context` reads)."""
-    if not span.get_span_context().is_valid:
-        return None
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
-    return json.dumps(carrier, separators=(",", ":")) if carrier else None
-
-
-def parent_context(carrier: str | None) -> Context | None:
-    """The context stored in a JSON carrier, to start a span under; None without one."""
-    if not carrier:
-        return None
-    try:
-        fields: Any = json.loads(carrier)
-    except ValueError:
-        return None
-    if not isinstance(fields, dict):
-        return None
-    return propagate.extract({str(key): str(value) for key, value in fields.items()})
-
-
-@contextlib.contextmanager
-def continue_trace(
-    tracer: Tracer,
-    name: str,
-    carrier: str | None,
-    *,
-    kind: SpanKind = SpanKind.INTERNAL,
-    attributes: Mapping[str, str | int] | None = None,
-) -> Iterator[Span]:
-    """A current span continuing the trace stored in ``carrier`` (a new trace without one)."""
-    with tracer.start_as_current_span(
-        name, context=parent_context(carrier), kind=kind, attributes=dict(attributes or {})
-    ) as span:
-        yield span

@@ -2,35 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import Field
 
-from fastapi import Query
-
-from regatta.common.http.resource_routes import ResourceRoutes, Where
+from regatta.common.http.resource_routes import ListQuery, ResourceRoutes, Where
 from regatta.common.http.schemas import NO_NUL_PATTERN
 from regatta.heroes import service
 from regatta.heroes.schemas import AgeParameter, HeroCreate, HeroPage, HeroUpdate
 
 
-async def hero_filters(
-    name: Annotated[
-        str | None, Query(max_length=100, pattern=NO_NUL_PATTERN, description="Exact name.")
-    ] = None,
-    name_prefix: Annotated[
-        str | None,
-        Query(
-            max_length=100,
-            pattern=NO_NUL_PATTERN,
-            description="Name starts with (case-sensitive).",
-        ),
-    ] = None,
-    min_age: Annotated[AgeParameter | None, Query()] = None,
-    max_age: Annotated[AgeParameter | None, Query()] = None,
-) -> Where:
-    """The list's filters (dependency)."""
-    return service.list_filters(
-        name=name, name_prefix=name_prefix, min_age=min_age, max_age=max_age
+class HeroQuery(ListQuery):
+    """The heroes list's query: a page, a name or its start, and an age range."""
+
+    name: str | None = Field(
+        None, max_length=100, pattern=NO_NUL_PATTERN, description="Exact name."
     )
+    name_prefix: str | None = Field(
+        None,
+        max_length=100,
+        pattern=NO_NUL_PATTERN,
+        description="Name starts with (case-sensitive).",
+    )
+    min_age: AgeParameter | None = None
+    max_age: AgeParameter | None = None
+
+    def where(self) -> Where:
+        """The filters' WHERE clauses (checked: a 422 for a reversed age range)."""
+        return service.list_filters(
+            name=self.name, name_prefix=self.name_prefix, min_age=self.min_age, max_age=self.max_age
+        )
 
 
 HEROES = ResourceRoutes(
@@ -39,5 +38,5 @@ HEROES = ResourceRoutes(
     update_schema=HeroUpdate,
     page_schema=HeroPage,
     id_description="The hero's id.",
-    filters=hero_filters,
+    query=HeroQuery,
 )

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
+from pydantic import Field
 
 from regatta.common.http.conditional import (
     IF_NONE_MATCH_DOCUMENTED,
@@ -13,7 +14,7 @@ from regatta.common.http.conditional import (
     if_none_match,
 )
 from regatta.common.http.context import ContextFactory, RequestContext
-from regatta.common.http.pagination import UuidPageDep
+from regatta.common.http.pagination import PageQuery
 from regatta.common.http.problems import problem_responses
 from regatta.common.http.resources import (
     IdempotencyKeyHeader,
@@ -76,15 +77,21 @@ async def create_notification(
 READ_ERRORS = problem_responses(401, 403)
 
 
+class NotificationQuery(PageQuery):
+    """The notifications list's query: a page, and a delivery status."""
+
+    status: Status | None = Field(None, description="Only this delivery status.")
+
+
 @router.get("", response_model=NotificationPage, responses=READ_ERRORS)
 async def list_notifications(
-    context: Reading,
-    page: UuidPageDep,
-    status: Annotated[Status | None, Query(description="Only this delivery status.")] = None,
+    context: Reading, query: Annotated[NotificationQuery, Query()]
 ) -> NotificationPage:
     """List notifications, oldest first (a key is needed when keys are configured)."""
     async with context.database.sessions() as session:
-        return await service.list_notifications(session=session, page=page, status=status)
+        return await service.list_notifications(
+            session=session, page=query.uuid_page(), status=query.status
+        )
 
 
 @router.post(
@@ -113,10 +120,12 @@ async def create_subscription(
 
 
 @router.get("/subscriptions", response_model=SubscriptionPage, responses=READ_ERRORS)
-async def list_subscriptions(context: Reading, page: UuidPageDep) -> SubscriptionPage:
+async def list_subscriptions(
+    context: Reading, query: Annotated[PageQuery, Query()]
+) -> SubscriptionPage:
     """List subscriptions, oldest first (a key is needed when keys are configured)."""
     async with context.database.sessions() as session:
-        return await service.list_subscriptions(session=session, page=page)
+        return await service.list_subscriptions(session=session, page=query.uuid_page())
 
 
 @router.get(

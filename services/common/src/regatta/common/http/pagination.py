@@ -7,10 +7,9 @@ import binascii
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
-from fastapi import Depends, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from regatta.common.http.problems import invalid_field
 
@@ -91,32 +90,31 @@ class UuidPageRequest(BaseModel):
     after: uuid.UUID | None
 
 
-LimitQuery = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
-CursorQuery = Annotated[
-    str | None,
-    Query(
+class PageQuery(BaseModel):
+    """A list's query: ``limit`` and ``cursor``, and the filters a subclass declares.
+
+    A route takes it as one parameter (``Annotated[ItemQuery, Query()]``): FastAPI validates
+    the whole query in one step, and documents each field as a parameter of its own.
+    """
+
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Page size.")
+    cursor: str | None = Field(
+        None,
         description="The next_cursor of the previous page.",
         pattern=r"^[A-Za-z0-9_-]{1,200}$",  # base64url, as encode_cursor writes it
-    ),
-]
+    )
 
+    def page(self) -> PageRequest:
+        """The page asked for, over integer ids (a malformed cursor is a 422)."""
+        return PageRequest(
+            limit=self.limit, after=decode_cursor(self.cursor) if self.cursor else None
+        )
 
-async def page_request(
-    limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
-) -> PageRequest:
-    """Parse paging parameters (dependency)."""
-    return PageRequest(limit=limit, after=decode_cursor(cursor) if cursor else None)
-
-
-async def uuid_page_request(
-    limit: LimitQuery = DEFAULT_LIMIT, cursor: CursorQuery = None
-) -> UuidPageRequest:
-    """Parse paging parameters over UUID ids (dependency)."""
-    return UuidPageRequest(limit=limit, after=decode_uuid_cursor(cursor) if cursor else None)
-
-
-PageDep = Annotated[PageRequest, Depends(page_request)]
-UuidPageDep = Annotated[UuidPageRequest, Depends(uuid_page_request)]
+    def uuid_page(self) -> UuidPageRequest:
+        """The page asked for, over UUIDs (a malformed cursor is a 422)."""
+        return UuidPageRequest(
+            limit=self.limit, after=decode_uuid_cursor(self.cursor) if self.cursor else None
+        )
 
 
 def next_cursor(ids: Sequence[int | uuid.UUID], limit: int) -> str | None:

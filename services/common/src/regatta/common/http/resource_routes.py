@@ -12,11 +12,11 @@ Each handler takes one :class:`RequestContext` (context.py); a write's context c
 schemas, which FastAPI must see as objects.)
 """
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import Response
 from pydantic import BaseModel
@@ -31,7 +31,7 @@ from regatta.common.http.conditional import (
     parse_if_match,
 )
 from regatta.common.http.context import ContextFactory, RequestContext
-from regatta.common.http.pagination import PageDep
+from regatta.common.http.pagination import PageQuery
 from regatta.common.http.problems import problem_responses
 from regatta.common.http.resources import (
     IdempotencyKeyHeader,
@@ -45,16 +45,18 @@ from regatta.common.http.schemas import UpdateSchema
 
 # Given the database's dialect, the WHERE clauses of a list's filters.
 Where = Callable[[str], Sequence[ColumnElement[bool]]]
-# A dependency taking the list's filters as query parameters and returning its Where.
-Filters = Callable[..., Awaitable[Where]]
+
+
+class ListQuery(PageQuery):
+    """A list's query parameters: the page, and the filters a resource adds as fields."""
+
+    def where(self) -> Where:
+        """The filters' WHERE clauses, checked (a 422 for a range out of order); none here."""
+        return lambda _dialect: ()
+
 
 ROUTER_ERRORS = problem_responses(400, 413, 415, 422, 429, 500, 503)
 WRITE_ERRORS = problem_responses(401, 403, 404, 409, 412)
-
-
-async def no_filters() -> Where:
-    """A list without filters (dependency)."""
-    return lambda _dialect: ()
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,9 @@ class ResourceRoutes:
     page_schema: type[BaseModel]
     # "The item's id." — the id path parameter's description.
     id_description: str
-    # The list's query parameters (besides limit and cursor) → WHERE clauses; its own rules
-    # (a range, a minimum length) answered with a 422 here.
-    filters: Filters = no_filters
+    # The list's query parameters: limit and cursor, and the filters as fields whose
+    # ``where()`` gives the WHERE clauses (its own rules, a range in order, answered with a 422).
+    query: type[ListQuery] = ListQuery
     tags: Sequence[str] | None = None  # default: the resource's name
     # More dependencies for every route (run before the handler, on every request: a
     # resource that declares any is not answered by the read cache).
@@ -106,7 +108,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     RowId = Annotated[int, Path(alias=id_name, description=routes.id_description)]  # noqa: N806
     Create = routes.create_schema  # noqa: N806
     Update = routes.update_schema  # noqa: N806
-    Filtered = Annotated[Callable[[str], Any], Depends(routes.filters)]  # noqa: N806
+    Listing = Annotated[routes.query, Query()]  # type: ignore[name-defined]  # noqa: N806
 
     async def create(
         body: Create,  # type: ignore[valid-type]
@@ -124,8 +126,9 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         )
         return stored_response(stored)
 
-    async def list_(context: Reading, where: Filtered, page: PageDep) -> Response:
-        clauses = where(context.database.dialect)
+    async def list_(context: Reading, query: Listing) -> Response:
+        clauses = query.where()(context.database.dialect)
+        page = query.page()
         return json_response(
             await resource.list(database=context.database, page=page, where=clauses)
         )

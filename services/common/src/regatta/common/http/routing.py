@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from regatta.common.http.problems import invalid_fields
@@ -77,7 +78,13 @@ def route_head(router: APIRouter) -> None:
 
 
 def _query_names(dependant: Dependant) -> set[str]:
-    names = {field.alias for field in dependant.query_params}
+    names: set[str] = set()
+    for field in dependant.query_params:
+        model = field.field_info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):  # a query model's fields
+            names |= {info.alias or name for name, info in model.model_fields.items()}
+        else:
+            names.add(field.alias)
     for dependency in dependant.dependencies:
         names |= _query_names(dependency)
     return names

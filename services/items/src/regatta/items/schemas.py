@@ -6,7 +6,16 @@ from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, Field
 
-from regatta.common.http.schemas import CreateSchema, Price, ReadSchema, Storable, Tax, UpdateSchema
+from regatta.common.http.schemas import (
+    CreateSchema,
+    Price,
+    ReadSchema,
+    Storable,
+    StoredPrice,
+    StoredTax,
+    Tax,
+    UpdateSchema,
+)
 
 # The shortest text ``q`` searches for: the trigram index serves three characters or more;
 # anything shorter would read every row.
@@ -41,8 +50,8 @@ class ItemRead(ReadSchema):
 
     name: str
     description: str | None
-    price: Price
-    tax: Tax | None
+    price: StoredPrice
+    tax: StoredTax | None
 
 
 class ItemPage(BaseModel):

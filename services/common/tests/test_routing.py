@@ -9,6 +9,7 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
 
 from regatta.common.http.problems import install_problem_handlers
 from regatta.common.http.routing import add_routes, check_query, route_head
@@ -64,6 +65,32 @@ async def test_unknown_query_parameters_are_422_naming_them() -> None:
     assert [e["field"] for e in refused.json()["errors"]] == ["color", "limit"]
     assert "colour" in refused.json()["errors"][0]["message"]
     assert created.status_code == 422
+
+
+class _ThingQuery(BaseModel):
+    size: int = 1
+    shade: str | None = Field(None, alias="colour-shade")
+
+
+async def test_a_query_models_fields_are_the_parameters_it_takes() -> None:
+    router = APIRouter(dependencies=[Depends(_strict_query)])
+
+    @router.get("/things")
+    async def list_things(query: Annotated[_ThingQuery, Query()]) -> Response:
+        return Response(f"{query.size} {query.shade}")
+
+    app = FastAPI()
+    install_problem_handlers(app)
+    add_routes(app, router)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        taken = await client.get("/things", params={"size": 2, "colour-shade": "dark"})
+        refused = await client.get("/things", params={"size": 2, "query": "x", "shade": "dark"})
+    assert taken.text == "2 dark"
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json()["errors"]] == ["query", "shade"]
+    assert "colour-shade, size" in refused.json()["errors"][0]["message"]
 
 
 async def test_add_routes_puts_a_routers_routes_on_the_app_itself() -> None:

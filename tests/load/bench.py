@@ -48,6 +48,10 @@ SOAK_SECONDS = int(os.environ.get("BENCH_SOAK_SECONDS", "60"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 SCALE = os.environ.get("BENCH_SCALE", "1") != "0"
+# Which client carries the items servers' per-request Redis commands: the service's own
+# (redis/pipelined.py), or redis-py for comparison (redis_py_serve.py).
+REDIS_CLIENTS = {"pipelined": "regatta.items", "redis-py": "redis_py_serve"}
+REDIS_CLIENT = os.environ.get("BENCH_REDIS_CLIENT", "pipelined")
 API_KEY = "bench-key"
 SEED_ITEMS = 200
 
@@ -309,10 +313,21 @@ def measure(endpoint: Endpoint, f_url: str, round_: int, probe: Probe) -> Triple
     return Triple(f=figures["f"], ours=figures["ours"], naive=figures["naive"], cost=costs[0])
 
 
-def main() -> int:
-    """Run every figure and print the table."""
+def _items_module() -> str | None:
+    """The module the items servers run, or None after saying what is missing."""
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install wrk")
+        return None
+    module = REDIS_CLIENTS.get(REDIS_CLIENT)
+    if module is None:
+        print(f"BENCH_REDIS_CLIENT is one of {', '.join(REDIS_CLIENTS)}, not {REDIS_CLIENT!r}")
+    return module
+
+
+def main() -> int:
+    """Run every figure and print the table."""
+    module = _items_module()
+    if module is None:
         return 1
     work = Path(tempfile.mkdtemp(prefix="regatta-bench-"))
     with ExitStack() as stack:
@@ -357,16 +372,13 @@ def main() -> int:
             processes[name] = process
             stack.callback(stop_child, process)
 
-        start("regatta", [sys.executable, "-m", "regatta.items"], {"PORT": str(ports["regatta"])})
+        items = [sys.executable, "-m", module]
+        start("regatta", items, {"PORT": str(ports["regatta"])})
         seed(f"http://127.0.0.1:{ports['regatta']}")
         # The baselines and the naive implementation have no /readyz: the read they serve.
         start("B", uvicorn_argv("baselines:bare", ports["B"]), ready="/items/1")
         start("F", uvicorn_argv("baselines:minimal", ports["F"]), ready="/items/1")
-        start(
-            "nocache",
-            [sys.executable, "-m", "regatta.items"],
-            {"PORT": str(ports["nocache"]), "CACHE_ENABLED": "false"},
-        )
+        start("nocache", items, {"PORT": str(ports["nocache"]), "CACHE_ENABLED": "false"})
         start("naive", uvicorn_argv("naive:app", ports["naive"]), ready="/items/1")
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
@@ -456,6 +468,7 @@ def report(  # noqa: PLR0917
         f"{rounds} rounds, each endpoint measured back to back with F and the naive "
         "implementation; medians (lowest-highest)"
     )
+    print(f"per-request Redis commands of the items servers through {REDIS_CLIENT}")
     latency = f"p50 {b.p50_ms:6.2f} ms  p99 {b.p99_ms:6.2f} ms"
     print(f"{'B (bare Starlette)':22} {b.rps:8.0f} req/s  {latency}")
     f_rps = [t.f.rps for runs in triples.values() for t in runs]

@@ -1,4 +1,5 @@
-"""The layers of regatta.common import one way: the data and Redis layers know nothing of HTTP.
+"""The layers of regatta.common import one way: the data and Redis layers know nothing of HTTP,
+and statements are built in the data layer only.
 
 ``data/`` (engine, repositories, idempotency) and ``redis/`` (cache, events) raise their own
 exceptions (data/errors.py) and take plain values; ``http/`` turns those into problems and
@@ -38,5 +39,31 @@ def test_the_layer_imports_nothing_of_http(layer: str) -> None:
         for path in modules
         for name in _imports(path)
         if any(name == prefix or name.startswith(prefix + ".") for prefix in FORBIDDEN)
+    }
+    assert not offending, sorted(offending)
+
+
+# What builds a statement. Types (Table, ColumnElement) may cross the layers; statements not.
+STATEMENT_BUILDERS = frozenset(
+    {"select", "insert", "update", "delete", "text", "func", "literal", "bindparam", "case"}
+)
+
+
+def _statement_builders(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy"):
+            if (node.module or "").startswith("sqlalchemy.dialects"):
+                found.add(str(node.module))
+            found.update(alias.name for alias in node.names if alias.name in STATEMENT_BUILDERS)
+    return found
+
+
+def test_sql_is_built_in_the_data_layer_only() -> None:
+    outside = [path for path in COMMON.rglob("*.py") if path.parent.name != "data"]
+    offending = {
+        f"{path.relative_to(COMMON)}: {name}"
+        for path in outside
+        for name in _statement_builders(path)
     }
     assert not offending, sorted(offending)

@@ -6,8 +6,8 @@ from sqlalchemy import Index, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from regatta.common.data.idempotency import idempotency_table
+from regatta.common.data.outbox import outbox_table
 from regatta.common.data.repository import VersionedMixin
-from regatta.common.redis.events import outbox_table
 
 
 class Base(DeclarativeBase):

@@ -9,8 +9,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from regatta.common.data.columns import Money
 from regatta.common.data.idempotency import idempotency_table
+from regatta.common.data.outbox import outbox_table
 from regatta.common.data.repository import VersionedMixin
-from regatta.common.redis.events import outbox_table
 
 # The collation under which searches compare lower case on Postgres: ICU's root locale, which
 # every Postgres built with ICU has, whatever locale the database was created with.

@@ -25,6 +25,7 @@ from regatta.common.data.idempotency import (
     StoredResponse,
     keyed_request,
 )
+from regatta.common.data.outbox import record_event
 from regatta.common.data.repository import MAX_ID, M, Precondition, VersionedRepository
 from regatta.common.http.conditional import (
     CACHE_CONTROL,
@@ -35,7 +36,6 @@ from regatta.common.http.conditional import (
 from regatta.common.http.pagination import PageRequest, next_cursor
 from regatta.common.http.problems import ProblemError
 from regatta.common.redis.cache import DELETED, CachedResponse, ResponseCache
-from regatta.common.redis.events import record_event
 from regatta.common.telemetry.tracing import current_trace_context
 
 R = TypeVar("R", bound=BaseModel)
@@ -265,7 +265,13 @@ class Resource(Generic[M, R]):
 
     async def _record(self, connection: Statements, action: str, entry: CachedResponse) -> None:
         if self.outbox is not None:
-            await record_event(connection, self.outbox, f"{self.singular}.{action}", entry.body)
+            await record_event(
+                connection,
+                self.outbox,
+                f"{self.singular}.{action}",
+                entry.body,
+                current_trace_context(),
+            )
 
     def _write_refused(self, row_id: int, current_version: int | None) -> ProblemError:
         if current_version is None:

@@ -1,11 +1,12 @@
 """Platform events: an outbox written with the change, relayed to a stream.
 
-A service that publishes events inserts an outbox row in the same transaction as the change it
-describes, so an event exists exactly when its change does. A relay task in every replica of
-that service moves unpublished rows to the stream (a Redis Stream shared by every service; in
-the single-process embedded default, straight to the in-process consumer) and only then marks
-them published. If Redis is down the rows wait; nothing is lost, and a row published twice
-(a crash between the publish and the mark) is de-duplicated by its event id downstream.
+A service that publishes events inserts an outbox row (``data/outbox.py``) in the same
+transaction as the change it describes, so an event exists exactly when its change does. A
+relay task in every replica of that service moves unpublished rows to the stream (a Redis
+Stream shared by every service; in the single-process embedded default, straight to the
+in-process consumer) and only then marks them published. If Redis is down the rows wait;
+nothing is lost, and a row published twice (a crash between the publish and the mark) is
+de-duplicated by its event id downstream.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from typing import Any, Protocol
 
 from opentelemetry.trace import SpanKind, Tracer
 from redis.asyncio import Redis
-from sqlalchemy import Column, Index, MetaData, String, Table, Text, func, insert, select, update
+from sqlalchemy import Table
 
-from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
+from regatta.common.data.columns import utcnow
 from regatta.common.data.db import Database
-from regatta.common.data.executor import Statements
+from regatta.common.data.outbox import backlog, mark_published, take_unpublished
 from regatta.common.telemetry.metrics import PlatformMetrics
-from regatta.common.telemetry.tracing import carrier_of, current_trace_context, parent_context
+from regatta.common.telemetry.tracing import carrier_of, parent_context
 
 logger = logging.getLogger("regatta.events")
 
@@ -35,30 +36,6 @@ RELAY_BATCH = 100
 RELAY_IDLE_SECONDS = 0.2
 RELAY_MAX_BACKOFF_SECONDS = 10.0
 BACKLOG_SAMPLE_SECONDS = 5.0
-
-
-def outbox_table(metadata: MetaData, name: str) -> Table:
-    """The outbox a service writes its events to (one per service)."""
-    table = Table(
-        name,
-        metadata,
-        Column("id", BigIntPK, primary_key=True),
-        Column("event_type", String(64), nullable=False),
-        Column("payload", Text, nullable=False),
-        Column("occurred_at", UTCDateTime, nullable=False),
-        Column("published_at", UTCDateTime),
-        # The W3C trace context of the change (JSON), so the event's consumers join its trace.
-        Column("trace_context", Text),
-        sqlite_autoincrement=True,
-    )
-    # The relay only ever looks for unpublished rows: keep that index tiny.
-    Index(
-        f"ix_{name}_unpublished",
-        table.c.id,
-        postgresql_where=table.c.published_at.is_(None),
-        sqlite_where=table.c.published_at.is_(None),
-    )
-    return table
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,20 +76,6 @@ class Event:
         """How long ago the change behind the event was committed."""
         occurred = datetime.fromisoformat(self.occurred_at)
         return max((utcnow() - occurred).total_seconds(), 0.0)
-
-
-async def record_event(
-    connection: Statements, outbox: Table, event_type: str, payload: bytes
-) -> None:
-    """Add an event to the outbox, inside the caller's transaction."""
-    await connection.rows(
-        insert(outbox).values(
-            event_type=event_type,
-            payload=payload.decode(),
-            occurred_at=utcnow(),
-            trace_context=current_trace_context(),
-        )
-    )
 
 
 EventHandler = Callable[[Event], Awaitable[None]]
@@ -219,18 +182,8 @@ class _Relay:
     tracer: Tracer
 
     async def relay_batch(self) -> int:
-        outbox = self.outbox
         async with self.database.sessions() as session, session.begin():
-            query = (
-                select(outbox)
-                .where(outbox.c.published_at.is_(None))
-                .order_by(outbox.c.id)
-                .limit(RELAY_BATCH)
-            )
-            if self.database.dialect == "postgresql":
-                # Replicas relay side by side without taking the same rows.
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.execute(query)).all()
+            rows = await take_unpublished(session, self.outbox, RELAY_BATCH)
             if not rows:
                 return 0
             # One producer span per event, in the trace of the change that wrote it.
@@ -259,11 +212,7 @@ class _Relay:
                 for span in spans:
                     span.end()
             published_at = utcnow()
-            await session.execute(
-                update(outbox)
-                .where(outbox.c.id.in_([row.id for row in rows]))
-                .values(published_at=published_at)
-            )
+            await mark_published(session, self.outbox, [row.id for row in rows], published_at)
         self.metrics.outbox_relayed.labels(self.source).inc(len(rows))
         lag = self.metrics.outbox_relay_lag.labels(self.source)
         for row in rows:
@@ -271,22 +220,8 @@ class _Relay:
         return len(rows)
 
     async def sample_backlog(self) -> None:
-        outbox = self.outbox
         async with self.database.sessions() as session:
-            # The oldest event is the first unpublished one by id: one row of the partial
-            # index, where min(occurred_at) would read every waiting row.
-            first = (
-                select(outbox.c.occurred_at)
-                .where(outbox.c.published_at.is_(None))
-                .order_by(outbox.c.id)
-                .limit(1)
-                .scalar_subquery()
-            )
-            count, oldest = (
-                await session.execute(
-                    select(func.count(), first).where(outbox.c.published_at.is_(None))
-                )
-            ).one()
+            count, oldest = await backlog(session, self.outbox)
         self.metrics.outbox_backlog.labels(self.source).set(count)
         age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
         self.metrics.outbox_oldest_age.labels(self.source).set(max(age, 0.0))

@@ -1,0 +1,114 @@
+"""The outbox: a service's events, written in the transaction of the change they describe.
+
+A change records its event with :func:`record_event` on the connection of its own transaction,
+so an event exists exactly when its change does. The relay (``redis/events.py``) takes the
+oldest unpublished rows, publishes them and marks them published in one transaction
+(:func:`take_unpublished`, :func:`mark_published`); :func:`backlog` is what its gauges report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Index,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
+from regatta.common.data.executor import Statements
+
+
+def outbox_table(metadata: MetaData, name: str) -> Table:
+    """The outbox a service writes its events to (one per service)."""
+    table = Table(
+        name,
+        metadata,
+        Column("id", BigIntPK, primary_key=True),
+        Column("event_type", String(64), nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("occurred_at", UTCDateTime, nullable=False),
+        Column("published_at", UTCDateTime),
+        # The W3C trace context of the change (JSON), so the event's consumers join its trace.
+        Column("trace_context", Text),
+        sqlite_autoincrement=True,
+    )
+    # The relay only ever looks for unpublished rows: keep that index tiny.
+    Index(
+        f"ix_{name}_unpublished",
+        table.c.id,
+        postgresql_where=table.c.published_at.is_(None),
+        sqlite_where=table.c.published_at.is_(None),
+    )
+    return table
+
+
+async def record_event(
+    connection: Statements,
+    outbox: Table,
+    event_type: str,
+    payload: bytes,
+    trace_context: str | None,
+) -> None:
+    """Add an event to the outbox, inside the caller's transaction.
+
+    ``trace_context`` is the change's trace as a JSON carrier (telemetry/tracing.py), so that
+    the event's consumers join it.
+    """
+    await connection.rows(
+        insert(outbox).values(
+            event_type=event_type,
+            payload=payload.decode(),
+            occurred_at=utcnow(),
+            trace_context=trace_context,
+        )
+    )
+
+
+async def take_unpublished(session: AsyncSession, outbox: Table, limit: int) -> Sequence[Row[Any]]:
+    """The oldest ``limit`` unpublished events, held until the session's transaction ends.
+
+    On Postgres, rows another replica's relay holds are skipped, so relays work side by side
+    without taking the same rows.
+    """
+    query = select(outbox).where(outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return (await session.execute(query)).all()
+
+
+async def mark_published(
+    session: AsyncSession, outbox: Table, ids: Sequence[int], published_at: datetime
+) -> None:
+    """Mark the events ``ids`` published at ``published_at``."""
+    await session.execute(
+        update(outbox).where(outbox.c.id.in_(ids)).values(published_at=published_at)
+    )
+
+
+async def backlog(session: AsyncSession, outbox: Table) -> tuple[int, datetime | None]:
+    """How many events wait, and when the oldest of them occurred (None when none waits)."""
+    # The oldest event is the first unpublished one by id: one row of the partial index,
+    # where min(occurred_at) would read every waiting row.
+    first = (
+        select(outbox.c.occurred_at)
+        .where(outbox.c.published_at.is_(None))
+        .order_by(outbox.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    waiting = select(func.count(), first).where(outbox.c.published_at.is_(None))
+    count, oldest = (await session.execute(waiting)).one()
+    return int(count), oldest

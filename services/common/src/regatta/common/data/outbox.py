@@ -1,7 +1,8 @@
 """The outbox: a service's events, written in the transaction of the change they describe.
 
-A change records its event with :func:`record_event` on the connection of its own transaction,
-so an event exists exactly when its change does. The relay (``redis/events.py``) takes the
+A change records its event with :func:`record_event` on the connection of its own transaction
+(or, in a create of one statement, with :func:`event_for_each`), so an event exists exactly when
+its change does. The relay (``redis/events.py``) takes the
 oldest unpublished rows, publishes them and marks them published in one transaction
 (:func:`take_unpublished`, :func:`mark_published`); :func:`backlog` is what its gauges report.
 """
@@ -13,6 +14,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    CTE,
+    BindParameter,
     Column,
     Index,
     MetaData,
@@ -20,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     func,
     insert,
     select,
@@ -55,6 +59,35 @@ def outbox_table(metadata: MetaData, name: str) -> Table:
     return table
 
 
+def event_parameters(
+    event_type: str,
+    payload: bytes,
+    trace_context: str | None,
+    occurred_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The parameters of an event's row (:func:`record_event`, :func:`event_for_each`).
+
+    ``trace_context`` is the change's trace as a JSON carrier (telemetry/tracing.py), so that
+    the event's consumers join it; ``occurred_at`` is now unless given.
+    """
+    return {
+        "event_type": event_type,
+        "event_payload": payload.decode(),
+        "event_occurred_at": occurred_at or utcnow(),
+        "event_trace_context": trace_context,
+    }
+
+
+def _event_values(outbox: Table) -> dict[str, BindParameter[Any]]:
+    # An event's columns, each from its parameter in event_parameters.
+    return {
+        "event_type": bindparam("event_type", type_=outbox.c.event_type.type),
+        "payload": bindparam("event_payload", type_=outbox.c.payload.type),
+        "occurred_at": bindparam("event_occurred_at", type_=outbox.c.occurred_at.type),
+        "trace_context": bindparam("event_trace_context", type_=outbox.c.trace_context.type),
+    }
+
+
 async def record_event(
     connection: Statements,
     outbox: Table,
@@ -62,19 +95,21 @@ async def record_event(
     payload: bytes,
     trace_context: str | None,
 ) -> None:
-    """Add an event to the outbox, inside the caller's transaction.
-
-    ``trace_context`` is the change's trace as a JSON carrier (telemetry/tracing.py), so that
-    the event's consumers join it.
-    """
+    """Add an event to the outbox, inside the caller's transaction."""
     await connection.rows(
-        insert(outbox).values(
-            event_type=event_type,
-            payload=payload.decode(),
-            occurred_at=utcnow(),
-            trace_context=trace_context,
-        )
+        insert(outbox).values(_event_values(outbox)),
+        event_parameters(event_type, payload, trace_context),
     )
+
+
+def event_for_each(outbox: Table, written: CTE) -> CTE:
+    """Postgres: an event for each row ``written`` yields, as a CTE of the same statement.
+
+    Its parameters are :func:`event_parameters`' (the repository's one-statement create).
+    """
+    values = _event_values(outbox)
+    event = select(*values.values()).select_from(written)
+    return insert(outbox).from_select(list(values), event).cte("event")
 
 
 async def take_unpublished(session: AsyncSession, outbox: Table, limit: int) -> Sequence[Row[Any]]:

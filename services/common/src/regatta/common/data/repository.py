@@ -35,6 +35,7 @@ from sqlalchemy.sql import Executable
 from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
 from regatta.common.data.db import Database
 from regatta.common.data.executor import Statements
+from regatta.common.data.outbox import event_for_each
 
 # Ids are BIGINT; anything outside this range cannot exist (404, never a database error).
 MAX_ID = 2**63 - 1
@@ -90,8 +91,8 @@ class VersionedRepository(Generic[M]):
         """Postgres: INSERT a row of ``names`` (parameters ``row_<name>``), and its event.
 
         The row is inserted only if ``claim`` (idempotency.py) yields a row; the event
-        (parameters ``event_type``, ``event_payload``, ``event_occurred_at``,
-        ``event_trace_context``) goes to ``outbox`` from the inserted row; the statement counts
+        (parameters: outbox.py's ``event_parameters``) goes to ``outbox`` from the inserted
+        row; the statement counts
         the rows inserted. Data-modifying CTEs all run, referenced or not: one statement, one
         transaction. Built once per shape, with parameters, so SQLAlchemy's compiled cache
         serves it.
@@ -109,14 +110,7 @@ class VersionedRepository(Generic[M]):
         item = inserted.returning(table.c.id).cte("item")
         statement = select(func.count()).select_from(item)
         if outbox is not None:
-            event = select(
-                bindparam("event_type", type_=outbox.c.event_type.type),
-                bindparam("event_payload", type_=outbox.c.payload.type),
-                bindparam("event_occurred_at", type_=outbox.c.occurred_at.type),
-                bindparam("event_trace_context", type_=outbox.c.trace_context.type),
-            ).select_from(item)
-            columns = ["event_type", "payload", "occurred_at", "trace_context"]
-            statement = statement.add_cte(insert(outbox).from_select(columns, event).cte("event"))
+            statement = statement.add_cte(event_for_each(outbox, item))
         self._creates[(names, claim, outbox)] = statement
         return statement
 

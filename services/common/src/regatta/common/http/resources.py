@@ -25,7 +25,7 @@ from regatta.common.data.idempotency import (
     StoredResponse,
     keyed_request,
 )
-from regatta.common.data.outbox import record_event
+from regatta.common.data.outbox import event_parameters, record_event
 from regatta.common.data.repository import MAX_ID, M, Precondition, VersionedRepository
 from regatta.common.http.conditional import (
     CACHE_CONTROL,
@@ -207,12 +207,9 @@ class Resource(Generic[M, R]):
                     headers={"Location": self.location(row_id), "ETag": entry.etag},
                 )
                 parameters = {f"row_{name}": value for name, value in row.items()}
-                parameters |= {
-                    "event_type": f"{self.singular}.created",
-                    "event_payload": entry.body.decode(),
-                    "event_occurred_at": now,
-                    "event_trace_context": current_trace_context(),
-                }
+                parameters |= event_parameters(
+                    f"{self.singular}.created", entry.body, current_trace_context(), now
+                )
                 return response, self.repository.create(tuple(row), claim, self.outbox), parameters
 
             if keyed is not None:

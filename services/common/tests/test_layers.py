@@ -52,9 +52,11 @@ STATEMENT_BUILDERS = frozenset(
 def _statement_builders(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy"):
-            if (node.module or "").startswith("sqlalchemy.dialects"):
-                found.add(str(node.module))
+        if not isinstance(node, ast.ImportFrom) or not node.module:
+            continue
+        if node.module.startswith("sqlalchemy.dialects"):
+            found.add(node.module)
+        if node.module.startswith("sqlalchemy"):
             found.update(alias.name for alias in node.names if alias.name in STATEMENT_BUILDERS)
     return found
 

@@ -2,10 +2,10 @@
 
 A service describes its resource — the :class:`Resource`, its create and update schemas, its
 page schema, its list's query (a :class:`ListQuery` with its filters), how its id is
-described — and :func:`resource_router` builds
-``POST /{name}``, ``GET /{name}``, ``GET/PATCH/DELETE /{name}/{id}`` (HEAD with each GET) with
-the contract's behaviour and OpenAPI description. The read cache in front of the routes
-(readcache.py) is built from the same declarations.
+described — and :func:`resource_router` builds ``POST /{name}``, ``GET /{name}``,
+``GET/PATCH/DELETE /{name}/{id}`` (HEAD with each GET) with the contract's behaviour and
+OpenAPI description. The read cache in front of the routes (readcache.py) is built from the
+same declarations.
 
 Each handler takes one :class:`RequestContext` (context.py); a write's context checks the key.
 The list takes its whole query as one model, which FastAPI validates in one step.

@@ -7,6 +7,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -21,6 +22,9 @@ from embedded import create_embedded_app
 from regatta.common.data.db import Database
 from regatta.common.http.context import platform_of
 from regatta.common.settings import Environment
+from regatta.items.main import create_app as create_items_app
+from regatta.items.settings import ItemsSettings
+from regatta.notifications.main import create_app as create_notifications_app
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
 from tests.lifespan import lifespan
@@ -298,3 +302,29 @@ async def test_a_database_out_of_connection_slots_is_503_not_500(
         assert answer.headers["retry-after"]
     assert after.status_code == 200
     assert after.json()["name"] == "Seen"
+
+
+@pytest.mark.postgres
+async def test_the_database_pool_is_split_by_where_requests_run(
+    postgres_url: str, redis_url: str
+) -> None:
+    # DB_POOL_SIZE is one budget per process (the chart sums them against max_connections):
+    # items' requests all run on the executor, notifications' all in sessions.
+    common: dict[str, Any] = {
+        "environment": Environment.TEST,
+        "database_url": postgres_url,
+        "redis_url": redis_url,
+        "redis_key_prefix": f"t{uuid.uuid4().hex[:8]}:",
+        "db_pool_size": 15,
+    }
+    apps = {
+        "items": create_items_app(ItemsSettings(**common)),
+        "notifications": create_notifications_app(NotificationsSettings(**common)),
+        "embedded": create_embedded_app(NotificationsSettings(**common)),
+    }
+    split: dict[str, tuple[int, int]] = {}
+    for name, app in apps.items():
+        async with lifespan(app):
+            database = platform_of(app).serving.database
+            split[name] = (database.statements.size(), database.engine.pool.size())  # type: ignore[attr-defined]
+    assert split == {"items": (13, 2), "notifications": (0, 15), "embedded": (7, 8)}

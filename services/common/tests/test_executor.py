@@ -8,6 +8,7 @@ converts them; a write that may have happened never run twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -81,10 +82,19 @@ def observed(database: db.Database) -> list[str]:
     return ran
 
 
-def test_the_pool_is_split_between_statements_and_sessions() -> None:
+def test_the_pool_is_split_by_where_requests_run() -> None:
+    # Requests on both: half each.
     assert db.split_pool(15) == (7, 8)
     assert db.split_pool(4) == (2, 2)
     assert db.split_pool(1) == (1, 1)  # at least one each
+    # Requests on the executor only (items, heroes): sessions keep what background work needs.
+    only = functools.partial(db.split_pool, sessions=False)
+    assert only(15) == (13, 2)
+    assert only(5) == (3, 2)
+    assert only(3) == (2, 1)
+    assert only(1) == (1, 1)
+    # Requests in sessions only (notifications): no executor, the whole pool for sessions.
+    assert db.split_pool(5, statements=False) == (0, 5)
 
 
 @pytest.mark.postgres

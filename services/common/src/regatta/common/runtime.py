@@ -150,9 +150,14 @@ async def open_runtime(
     *,
     metrics: PlatformMetrics,
     tracer_provider: TracerProvider | None = None,
+    statements: bool = True,
+    sessions: bool = True,
 ) -> AsyncIterator[Runtime]:
-    """Open the pools the settings call for; close them (tasks first) on the way out."""
-    database = create_database(settings)
+    """Open the pools the settings call for; close them (tasks first) on the way out.
+
+    ``statements`` and ``sessions`` say where requests run, to split the database's pool.
+    """
+    database = create_database(settings, statements=statements, sessions=sessions)
     generation = cache_generation(settings)
     redis = create_redis(settings, generation)
     reader = create_pipelined(

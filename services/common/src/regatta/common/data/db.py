@@ -28,14 +28,25 @@ from regatta.common.settings import ServiceSettings
 PLANNER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "max_parallel_workers_per_gather": "0"}
 
 
-def split_pool(size: int) -> tuple[int, int]:
+# Sessions beside the executor's requests run only background work: the outbox relay, the purge
+# of expired idempotency keys, the readiness probe.
+BACKGROUND_SESSIONS = 2
+
+
+def split_pool(size: int, *, statements: bool = True, sessions: bool = True) -> tuple[int, int]:
     """``DB_POOL_SIZE`` on Postgres: connections for the executor, and for sessions.
 
-    Half (rounded down) serve the executor (executor.py), the rest the sessions, at
-    least one each, so that neither kind can take the other's when the database is slow.
+    ``statements``: requests run on the executor (a service with resources); ``sessions``:
+    requests run in sessions (a service with routes of its own, as notifications). Both: half
+    (rounded down) for the executor. Statements only: sessions keep
+    :data:`BACKGROUND_SESSIONS` at most, the executor takes the rest. Sessions only: they
+    take the whole pool. Each kind in use keeps at least one, so that neither can take the
+    other's when the database is slow.
     """
-    statements = max(1, size // 2)
-    return statements, max(1, size - statements)
+    if not statements:
+        return 0, size
+    executor = size // 2 if sessions else size - min(BACKGROUND_SESSIONS, size // 2)
+    return max(1, executor), max(1, size - executor)
 
 
 def connect_args(settings: ServiceSettings) -> dict[str, Any]:
@@ -78,19 +89,23 @@ def create_engine(settings: ServiceSettings, *, pool_size: int | None = None) ->
     return engine
 
 
-def create_database(settings: ServiceSettings) -> Database:
+def create_database(
+    settings: ServiceSettings, *, statements: bool = True, sessions: bool = True
+) -> Database:
     """The process's database, its executor chosen by the backend.
 
-    On Postgres, asyncpg's pool for the executor beside the engine's for sessions
-    (:func:`split_pool`); on SQLite, the engine for both.
+    On Postgres, asyncpg's pool for the executor beside the engine's for sessions, split by
+    where requests run (:func:`split_pool`); on SQLite, the engine for both.
     """
-    if settings.uses_sqlite:
-        return Database(create_engine(settings))
-    statements, sessions = split_pool(settings.db_pool_size)
-    engine = create_engine(settings, pool_size=sessions)
+    executor_size, sessions_size = split_pool(
+        settings.db_pool_size, statements=statements, sessions=sessions
+    )
+    if settings.uses_sqlite or not executor_size:
+        return Database(create_engine(settings, pool_size=sessions_size))
+    engine = create_engine(settings, pool_size=sessions_size)
     executor = AsyncpgExecutor(
         engine,
-        size=statements,
+        size=executor_size,
         acquire_timeout=settings.db_pool_timeout_seconds,
         connect_args=connect_args(settings),
     )

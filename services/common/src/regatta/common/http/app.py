@@ -115,7 +115,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         leave_on_exit(),
         tracing.flush_on_exit(platform.tracer_provider),
         open_runtime(
-            settings, metrics=metrics, tracer_provider=platform.tracer_provider
+            settings,
+            metrics=metrics,
+            tracer_provider=platform.tracer_provider,
+            statements=any(service.resources for service in services),
+            sessions=any(service.router is not None for service in services),
         ) as runtime,
     ):
         lifecycle.checks["database"] = runtime.database.ping

@@ -2,8 +2,9 @@
 
 It runs an asyncio loop in a thread of the test process and forwards one loopback port to one
 server. On demand it adds latency, cuts every connection, refuses connections (the server is
-"down"), black-holes traffic (connections open, nothing arrives: a network partition), and
-recovers. Black-holed bytes are held, not dropped, so connections that outlive a short
+"down"), black-holes traffic (connections open, nothing arrives: a network partition),
+strands the open connections (a firewall forgot them: their bytes vanish, new connections
+pass), and recovers. Black-holed bytes are held, not dropped, so connections that outlive a short
 partition carry on like TCP does once the network heals.
 """
 
@@ -56,6 +57,7 @@ class _Link:
     tail: bytes = b""
     client_closed: bool = False
     aborted: bool = False
+    stranded: bool = False  # its path is gone: bytes vanish both ways, nobody is told
 
     def abort(self) -> None:
         self.aborted = True
@@ -130,6 +132,11 @@ class FaultProxy:
         """Reset every open connection; new ones are accepted as before."""
         self._call(self._cut)
 
+    def strand(self) -> None:
+        """Lose the path of every open connection silently (a firewall forgot them); new ones
+        are forwarded as before."""
+        self._call(self._strand)
+
     def blackhole(self) -> None:
         """Partition: connections are accepted and kept open, but no byte gets through."""
         self._call(self._blackhole)
@@ -183,6 +190,10 @@ class FaultProxy:
         self._flowing.set()
         await self._cut()
 
+    async def _strand(self) -> None:
+        for link in self._links:
+            link.stranded = True
+
     async def _blackhole(self) -> None:
         self.mode = Mode.BLACKHOLE
         self._flowing.clear()
@@ -228,6 +239,8 @@ class FaultProxy:
                 if self.latency_seconds:
                     await asyncio.sleep(self.latency_seconds)
                 await self._flowing.wait()
+                if link.stranded:
+                    continue
                 if from_client:
                     link.tail = (link.tail + chunk)[-TAIL_BYTES:]
                 writer.write(chunk)

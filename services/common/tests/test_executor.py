@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from daemons import PostgresServer
 from pydantic import SecretStr
 from sqlalchemy import (
     JSON,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from regatta.common.data import db, executor
@@ -40,6 +42,7 @@ from regatta.common.data.columns import Money, UTCDateTime
 from regatta.common.data.errors import IdempotencyKeyInFlightError
 from regatta.common.data.failures import DatabaseUnavailableError, cut
 from regatta.common.settings import Environment, ServiceSettings
+from tests.reliability.faultproxy import FaultProxy
 from tests.servers import Terminate
 
 PID = select(func.pg_backend_pid().label("pid"))
@@ -226,7 +229,59 @@ async def test_a_client_error_inside_keeps_the_connection(database: db.Database)
 
 
 @pytest.mark.postgres
-async def test_a_connection_idle_too_long_is_closed_not_trusted(
+async def test_a_connection_idle_for_a_while_is_pinged_and_kept(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(executor, "IDLE_PING_SECONDS", 0.1)
+    pings: list[str] = []
+    execute = asyncpg.Connection.execute
+
+    async def counted(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        pings.append(query)
+        return await execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", counted)
+    database = database_of(postgres_url)
+    try:
+        first = await pid(database)
+        assert await pid(database) == first
+        assert pings == []  # in steady use, no ping
+        await asyncio.sleep(0.3)
+        assert await pid(database) == first  # a new connection would cost a backend process
+        assert pings == ["SELECT 1"]
+    finally:
+        await database.close()
+
+
+@pytest.mark.postgres
+async def test_an_idle_connection_whose_path_was_lost_is_replaced_after_its_ping(
+    postgres_server: PostgresServer, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A firewall or NAT that forgets an idle connection tells neither end: a statement sent on
+    # it would wait for its whole timeout. The ping finds out in a second, and a request
+    # (a write too: writes are never repeated) runs on a new connection.
+    monkeypatch.setattr(executor, "IDLE_PING_SECONDS", 0.1)
+    monkeypatch.setattr(executor, "PING_TIMEOUT_SECONDS", 0.3)
+    database_name = make_url(postgres_url).database
+    assert database_name
+    with FaultProxy(postgres_server.port, name="postgres-proxy") as proxy:
+        database = database_of(
+            postgres_server.url(database_name, port=proxy.port), db_command_timeout_seconds=5
+        )
+        try:
+            first = await pid(database)
+            proxy.strand()
+            await asyncio.sleep(0.3)
+            async with asyncio.timeout(2):
+                async with database.connect() as connection:
+                    second = (await connection.rows(PID))[0]["pid"]
+            assert second != first
+        finally:
+            await database.close()
+
+
+@pytest.mark.postgres
+async def test_a_connection_idle_too_long_is_closed(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(executor, "IDLE_SECONDS", 0.1)

@@ -24,6 +24,7 @@ so that neither kind can take them all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -45,9 +46,15 @@ from regatta.common.data.failures import DatabaseUnavailableError, cut, unavaila
 
 logger = logging.getLogger("regatta.db")
 
-# A pooled connection idle this long is closed rather than trusted (a proxy or firewall may
-# have dropped it silently); the engine's pool pings its own after as long (db.py).
-IDLE_SECONDS = 10.0
+# A connection idle this long is pinged before it serves again (a proxy or firewall may have
+# dropped it silently), as the engine's pool pings its own (db.py). A ping is one round trip; a
+# new connection is several and a backend process: a read after 11 s idle took 2.0 ms pinged,
+# 7.0 ms on a new connection (1.4 ms after 5 s idle, not pinged).
+IDLE_PING_SECONDS = 10.0
+# How long a ping may take before its connection is given up for another.
+PING_TIMEOUT_SECONDS = 1.0
+# A connection idle this long is closed (asyncpg's default): a quiet process lets go of them.
+IDLE_SECONDS = 300.0
 
 _UNTRACED = trace.NoOpTracer()
 _NO_PARAMETERS: Mapping[str, Any] = {}
@@ -164,8 +171,9 @@ class AsyncpgExecutor:
     """Statements run by asyncpg itself, on asyncpg's pool of up to ``size`` connections.
 
     ``connect_args`` are asyncpg's (server settings, timeouts), as for the engine; the address
-    and credentials are the engine's URL's. A connection idle for :data:`IDLE_SECONDS` is
-    closed; one the server or a proxy closed is replaced when next taken; one left
+    and credentials are the engine's URL's. A connection idle for :data:`IDLE_PING_SECONDS`
+    is pinged when next taken, and one that does not answer is replaced; one idle for
+    :data:`IDLE_SECONDS` is closed; one the server closed is replaced when next taken; one left
     mid-statement (cancelled, timed out) is cancelled on the server before it serves again.
     Waiting longer than ``acquire_timeout`` for a free connection is a 503, as with the pool.
 
@@ -199,6 +207,8 @@ class AsyncpgExecutor:
         self._turns = asyncio.Semaphore(size)
         self._opened: asyncio.Task[Any] | None = None
         self._compiled: dict[Any, _Compiled] = {}
+        # Server process id → when its connection went back to the pool, oldest first.
+        self._idle_since: dict[int, float] = {}
         self.tracer: Tracer = _UNTRACED
         self.observe: Callable[[str, float], None] | None = None
         self.observe_wait: Callable[[float, bool], None] | None = None
@@ -221,7 +231,7 @@ class AsyncpgExecutor:
             async with asyncio.timeout(self._acquire_timeout):
                 await self._turns.acquire()
                 try:
-                    connection: asyncpg.Connection = await self._pool.acquire()
+                    connection = await self._answering()
                 except BaseException:
                     self._turns.release()
                     raise
@@ -235,6 +245,24 @@ class AsyncpgExecutor:
             if self.observe_wait is not None:
                 self.observe_wait(time.perf_counter() - started, timed_out)
         return connection
+
+    async def _answering(self) -> asyncpg.Connection:
+        """A connection of the pool; one that has been idle answers a ping first."""
+        while True:
+            connection: asyncpg.Connection = await self._pool.acquire()
+            idle_since = self._idle_since.pop(connection.get_server_pid(), None)
+            if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+                return connection
+            try:
+                await connection.execute("SELECT 1", timeout=PING_TIMEOUT_SECONDS)
+            except BaseException as exc:
+                connection.terminate()
+                await self._pool.release(connection)
+                if not isinstance(exc, Exception):
+                    raise
+                logger.info("an idle connection did not answer (%r); taking another", exc)
+            else:
+                return connection
 
     async def _open(self) -> None:
         await self._pool
@@ -262,10 +290,21 @@ class AsyncpgExecutor:
             await self._release(connection)
 
     async def _release(self, connection: asyncpg.Connection) -> None:
+        # A connection that broke is back in the pool already, which opens another for it.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            self._note_idle(connection.get_server_pid())
         try:
             await self._pool.release(connection)
         finally:
             self._turns.release()  # the connection is back in the pool: the next in turn
+
+    def _note_idle(self, pid: int) -> None:
+        now, idle = time.monotonic(), self._idle_since
+        idle.pop(pid, None)
+        idle[pid] = now
+        # Entries older than the pool keeps an idle connection are of connections it closed.
+        while next(iter(idle.values())) < now - IDLE_SECONDS:
+            del idle[next(iter(idle))]
 
     async def read(
         self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS

@@ -281,6 +281,19 @@ async def test_an_idle_connection_whose_path_was_lost_is_replaced_after_its_ping
 
 
 @pytest.mark.postgres
+async def test_the_server_keeps_both_pools_connections_alive(database: db.Database) -> None:
+    keepalives = select(
+        func.current_setting("tcp_keepalives_idle").label("idle"),
+        func.current_setting("tcp_keepalives_interval").label("interval"),
+        func.current_setting("tcp_keepalives_count").label("count"),
+    )
+    expected = [{"idle": "60", "interval": "10", "count": "3"}]
+    assert await database.read(keepalives) == expected
+    async with database.sessions() as session:
+        assert [dict(row._mapping) for row in await session.execute(keepalives)] == expected
+
+
+@pytest.mark.postgres
 async def test_a_connection_idle_too_long_is_closed(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

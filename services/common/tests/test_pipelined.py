@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -82,6 +83,19 @@ async def test_commands_of_one_turn_of_the_loop_leave_in_one_write(
     assert results == [b"v"] * 50
     assert len(writes) == 1
     assert writes[0].count(b"GET") == 50
+
+
+@pytest.mark.postgres
+async def test_the_shared_connection_keeps_itself_alive(
+    pair: tuple[Redis, PipelinedRedis],
+) -> None:
+    _, reader = pair
+    assert await reader.get(b"k") is None  # connected
+    sock = reader._replies.transport.get_extra_info("socket")  # type: ignore[union-attr]
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
 
 
 @pytest.mark.postgres

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
 import ssl
 import time
 from collections import deque
@@ -91,6 +92,27 @@ class Script:
         return cls(encoded, hashlib.sha1(encoded, usedforsecurity=False).hexdigest().encode())
 
 
+# TCP keepalives on the shared connection: a probe after 60 s of silence, then every 10 s,
+# three unanswered and it is closed. They keep a NAT or firewall from forgetting a quiet
+# connection (the common idle timeouts are 4 minutes and more), and find a peer that vanished
+# before a request waits its timeout on it.
+KEEPALIVE_IDLE_SECONDS = 60
+KEEPALIVE_INTERVAL_SECONDS = 10
+KEEPALIVE_PROBES = 3
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """Turn TCP keepalives on for ``sock``, with the timings above where the OS takes them."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, option):  # Linux has all three; macOS names the first differently
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 def _command(*args: bytes) -> bytes:
     parts = [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]
     return b"*%d\r\n" % len(args) + b"".join(parts)
@@ -119,6 +141,9 @@ class _Replies(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            keep_alive(sock)
 
     def send(self, command: bytes) -> None:
         """Queue ``command``; everything queued in this turn of the loop is written together."""

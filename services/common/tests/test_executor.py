@@ -287,7 +287,7 @@ async def test_the_server_keeps_both_pools_connections_alive(database: db.Databa
         func.current_setting("tcp_keepalives_interval").label("interval"),
         func.current_setting("tcp_keepalives_count").label("count"),
     )
-    expected = [{"idle": "60", "interval": "10", "count": "3"}]
+    expected = [{"idle": "30", "interval": "5", "count": "3"}]
     assert await database.read(keepalives) == expected
     async with database.sessions() as session:
         assert [dict(row._mapping) for row in await session.execute(keepalives)] == expected

@@ -26,12 +26,12 @@ from regatta.common.settings import ServiceSettings
 #   tests/load/README.md), less than preparing each statement anew would.
 # - A request reads one page: starting parallel workers costs more than the page itself.
 PLANNER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "max_parallel_workers_per_gather": "0"}
-# The server probes a silent connection after 60 s, then every 10 s, three times: a NAT or
+# The server probes a silent connection after 30 s, then every 5 s, three times: a NAT or
 # firewall between pod and database never sees a pooled connection idle long enough to forget
 # it (the common timeouts are 4 minutes and more), as with Redis (pipelined.py).
 KEEPALIVE_SETTINGS = {
-    "tcp_keepalives_idle": "60",
-    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "5",
     "tcp_keepalives_count": "3",
 }
 

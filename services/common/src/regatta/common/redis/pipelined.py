@@ -92,12 +92,12 @@ class Script:
         return cls(encoded, hashlib.sha1(encoded, usedforsecurity=False).hexdigest().encode())
 
 
-# TCP keepalives on the shared connection: a probe after 60 s of silence, then every 10 s,
-# three unanswered and it is closed. They keep a NAT or firewall from forgetting a quiet
-# connection (the common idle timeouts are 4 minutes and more), and find a peer that vanished
-# before a request waits its timeout on it.
-KEEPALIVE_IDLE_SECONDS = 60
-KEEPALIVE_INTERVAL_SECONDS = 10
+# TCP keepalives on the shared connection: a probe after 30 s of silence, then every 5 s,
+# three unanswered and it is closed (what redis-py gives the other client by default). They
+# keep a NAT or firewall from forgetting a quiet connection (the common idle timeouts are 4
+# minutes and more), and find a peer that vanished before a request waits its timeout on it.
+KEEPALIVE_IDLE_SECONDS = 30
+KEEPALIVE_INTERVAL_SECONDS = 5
 KEEPALIVE_PROBES = 3
 
 

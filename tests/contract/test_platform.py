@@ -93,6 +93,11 @@ async def test_large_responses_are_gzipped_small_ones_not(client: httpx.AsyncCli
     big = await client.get("/items", headers={"Accept-Encoding": "gzip"})
     assert big.headers["content-encoding"] == "gzip"
     assert len(big.json()["data"]) == 15  # httpx decoded it
+    request = client.build_request("GET", "/items", headers={"Accept-Encoding": "gzip"})
+    compressed = await client.send(request, stream=True)
+    header = b"".join([chunk async for chunk in compressed.aiter_raw()])[:10]
+    await compressed.aclose()
+    assert header[8] == 0  # the gzip header's XFL: 2 would mean the slowest level (9)
     small = await client.get("/items/1", headers={"Accept-Encoding": "gzip"})
     assert "content-encoding" not in small.headers
     raw = await client.get("/items", headers={"Accept-Encoding": "identity"})

@@ -4,8 +4,8 @@ It runs an asyncio loop in a thread of the test process and forwards one loopbac
 server. On demand it adds latency, cuts every connection, refuses connections (the server is
 "down"), black-holes traffic (connections open, nothing arrives: a network partition),
 strands the open connections (a firewall forgot them: their bytes vanish, new connections
-pass), and recovers. Black-holed bytes are held, not dropped, so connections that outlive a short
-partition carry on like TCP does once the network heals.
+pass), and recovers. Black-holed bytes are held, not dropped, so connections that outlive a
+short partition carry on like TCP does once the network heals.
 """
 
 from __future__ import annotations

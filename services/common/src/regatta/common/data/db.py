@@ -109,9 +109,9 @@ def create_database(
     executor_size, sessions_size = split_pool(
         settings.db_pool_size, statements=statements, sessions=sessions
     )
-    if settings.uses_sqlite or not executor_size:
-        return Database(create_engine(settings, pool_size=sessions_size))
     engine = create_engine(settings, pool_size=sessions_size)
+    if settings.uses_sqlite or not executor_size:
+        return Database(engine)
     executor = AsyncpgExecutor(
         engine,
         size=executor_size,

@@ -376,8 +376,49 @@ async def test_a_read_past_the_statement_timeout_is_unavailable(postgres_url: st
                 await connection.rows(select(func.pg_sleep(1).label("slept")))
             # The statement was cancelled, the connection is fine.
             assert await connection.rows(select(literal(1).label("one"))) == [{"one": 1}]
+        first = await pid(database)
+        with pytest.raises(DatabaseUnavailableError):
+            await database.read(select(func.pg_sleep(1).label("slept")))
+        assert await pid(database) == first  # and it serves on
     finally:
         await database.close()
+
+
+@pytest.mark.postgres
+async def test_a_read_past_its_command_timeout_does_not_hand_its_connection_on(
+    postgres_url: str,
+) -> None:
+    # The client gave up mid-statement: the connection may still be busy on the server.
+    database = database_of(postgres_url, pool=2, db_command_timeout_seconds=0.1)
+    try:
+        first = await pid(database)
+        with pytest.raises(DatabaseUnavailableError):
+            await database.read(sleeping(1))
+        async with asyncio.timeout(0.5):
+            assert await pid(database) != first
+        assert database.statements.in_use() == 0
+    finally:
+        await database.close()
+
+
+@pytest.mark.postgres
+async def test_a_request_waiting_when_the_executor_closes_is_unavailable(
+    postgres_url: str,
+) -> None:
+    database = database_of(postgres_url, pool=2)  # one connection for statements
+    statements = database.statements
+    holding = asyncio.create_task(database.read(sleeping(0.3), {}))
+    await asyncio.sleep(0.1)
+    waiting = asyncio.create_task(pid(database))
+    await asyncio.sleep(0.05)
+    await statements.close()  # waits for the lent connection
+    assert (await holding)[0]["pid"]
+    with pytest.raises(DatabaseUnavailableError):
+        await waiting
+    with pytest.raises(DatabaseUnavailableError):
+        await pid(database)
+    assert statements.in_use() == 0
+    await database.close()
 
 
 @pytest.mark.postgres

@@ -103,7 +103,7 @@ def create_database(
 ) -> Database:
     """The process's database, its executor chosen by the backend.
 
-    On Postgres, asyncpg's pool for the executor beside the engine's for sessions, split by
+    On Postgres, the executor's connections beside the engine's for sessions, split by
     where requests run (:func:`split_pool`); on SQLite, the engine for both.
     """
     executor_size, sessions_size = split_pool(

@@ -5,7 +5,7 @@ connection from :meth:`Executor.connect`; a PATCH or DELETE and its event are tw
 statements in one :meth:`Executor.transaction`. Either runs:
 
 - on Postgres (:class:`AsyncpgExecutor`): asyncpg runs each statement itself, on a connection
-  of asyncpg's own pool. SQLAlchemy compiles the statement once per shape (cached by its cache
+  of the executor's own. SQLAlchemy compiles the statement once per shape (cached by its cache
   key, as SQLAlchemy caches its own) and the column types convert the values both ways; no
   execution context, cursor or greenlet is built per call. On a point read that machinery
   costs more than the query (tests/load/statements.py measures both).
@@ -24,11 +24,12 @@ so that neither kind can take them all.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from types import SimpleNamespace
 from typing import Any, Protocol, cast
 
@@ -168,20 +169,21 @@ class _EngineStatements:
 
 
 class AsyncpgExecutor:
-    """Statements run by asyncpg itself, on asyncpg's pool of up to ``size`` connections.
+    """Statements run by asyncpg itself, on up to ``size`` connections of the executor's own.
 
     ``connect_args`` are asyncpg's (server settings, timeouts), as for the engine; the address
-    and credentials are the engine's URL's. A connection idle for :data:`IDLE_PING_SECONDS`
-    is pinged when next taken, and one that does not answer is replaced; one idle for
-    :data:`IDLE_SECONDS` is closed; one the server closed is replaced when next taken; one left
-    mid-statement (cancelled, timed out) is cancelled on the server before it serves again.
-    Waiting longer than ``acquire_timeout`` for a free connection is a 503, as with the pool.
+    and credentials are the engine's URL's. Connections open when first needed. Requests take
+    them in turn, behind a FIFO semaphore of ``size`` permits, and waiting longer than
+    ``acquire_timeout`` for one is a 503, as with the engine's pool. A free connection is
+    taken with no await, the one given back last first (the others may go idle). asyncpg's
+    own pool cost about 20 µs of CPU a request to take and give back a connection, and lets a
+    request that has just arrived take one released for a request already waiting (32
+    requests on 7 connections, 4 s: p99 101 ms through it, 10 ms in turn).
 
-    Requests wait for a connection in turn, behind a FIFO semaphore of ``size`` permits:
-    asyncpg's pool lets a request that has just arrived take a connection released for one
-    already waiting, which, with every connection busy, starves a few requests for hundreds of
-    milliseconds (32 requests on 7 connections, 4 s: p99 101 ms through the pool alone, 10 ms
-    in turn; the same throughput).
+    A connection idle for :data:`IDLE_PING_SECONDS` is pinged when next taken, and one that
+    does not answer is replaced; one idle for :data:`IDLE_SECONDS` is closed; one the server
+    closed is dropped when next taken; one given back mid-statement (a cancelled or timed-out
+    request) or after its connection failed is closed, never handed on.
     """
 
     def __init__(
@@ -194,47 +196,37 @@ class AsyncpgExecutor:
     ) -> None:
         self.dialect = engine.dialect
         _, address = self.dialect.create_connect_args(engine.url)
-        self._pool = asyncpg.create_pool(
-            min_size=0,
-            max_size=size,
-            max_inactive_connection_lifetime=IDLE_SECONDS,
-            init=self._set_up,
-            reset=_keep_as_is,
-            **address,
-            **connect_args,
-        )
+        self._connect = partial(asyncpg.connect, **address, **connect_args)
+        self._size = size
         self._acquire_timeout = acquire_timeout
         self._turns = asyncio.Semaphore(size)
-        self._opened: asyncio.Task[Any] | None = None
+        # Free connections and when each was given back, oldest first.
+        self._idle: deque[tuple[asyncpg.Connection, float]] = deque()
+        self._lent = 0
+        self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
         self._compiled: dict[Any, _Compiled] = {}
-        # Server process id → when its connection went back to the pool, oldest first.
-        self._idle_since: dict[int, float] = {}
         self.tracer: Tracer = _UNTRACED
         self.observe: Callable[[str, float], None] | None = None
         self.observe_wait: Callable[[float, bool], None] | None = None
 
-    async def _set_up(self, connection: asyncpg.Connection) -> None:
-        # JSON values decoded and encoded as the dialect's connections have them.
-        adapted = SimpleNamespace(_connection=connection)
-        await self.dialect.setup_asyncpg_json_codec(adapted)  # type: ignore[attr-defined]
-        await self.dialect.setup_asyncpg_jsonb_codec(adapted)  # type: ignore[attr-defined]
-
     async def acquire(self) -> asyncpg.Connection:
-        """A free connection (opening one if fewer than ``size`` are open), or a 503 in time."""
-        if self._opened is None:  # the pool opens no connection yet (min_size=0)
-            self._opened = asyncio.ensure_future(self._open())
-        if not self._opened.done():
-            await asyncio.shield(self._opened)
+        """A connection in turn (a free one, else a new one), or a 503 in time."""
+        if self._closed:
+            raise _failure(None, _closed())
         started = time.perf_counter()
         timed_out = False
         try:
-            async with asyncio.timeout(self._acquire_timeout):
-                await self._turns.acquire()
-                try:
-                    connection = await self._answering()
-                except BaseException:
-                    self._turns.release()
-                    raise
+            if self._turns.locked():  # wait in turn, for no longer than the pool timeout
+                async with asyncio.timeout(self._acquire_timeout):
+                    await self._turns.acquire()
+            else:
+                await self._turns.acquire()  # free: returns at once
+            try:
+                connection = await self._answering()
+            except BaseException:
+                self._turns.release()
+                raise
         except TimeoutError:
             timed_out = True
             msg = f"no connection was free within {self._acquire_timeout:g} s"
@@ -244,67 +236,92 @@ class AsyncpgExecutor:
         finally:
             if self.observe_wait is not None:
                 self.observe_wait(time.perf_counter() - started, timed_out)
+        self._lent += 1
         return connection
 
     async def _answering(self) -> asyncpg.Connection:
-        """A connection of the pool; one that has been idle answers a ping first."""
-        while True:
-            connection: asyncpg.Connection = await self._pool.acquire()
-            idle_since = self._idle_since.pop(connection.get_server_pid(), None)
-            if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+        """The free connection given back last (one idle a while answers a ping), or a new one."""
+        if self._closed:  # also for a request that waited in turn while it closed
+            raise _closed()
+        while self._idle:
+            connection, since = self._idle.pop()
+            if connection.is_closed():  # the server (or the path to it) closed it
+                continue
+            if time.monotonic() - since < IDLE_PING_SECONDS:
                 return connection
             try:
                 await connection.execute("SELECT 1", timeout=PING_TIMEOUT_SECONDS)
             except BaseException as exc:
                 connection.terminate()
-                await self._pool.release(connection)
                 if not isinstance(exc, Exception):
                     raise
                 logger.info("an idle connection did not answer (%r); taking another", exc)
             else:
                 return connection
+        async with asyncio.timeout(self._acquire_timeout):
+            connection = await self._connect()
+        try:
+            # JSON values decoded and encoded as the dialect's connections have them.
+            adapted = SimpleNamespace(_connection=connection)
+            await self.dialect.setup_asyncpg_json_codec(adapted)  # type: ignore[attr-defined]
+            await self.dialect.setup_asyncpg_jsonb_codec(adapted)  # type: ignore[attr-defined]
+        except BaseException:
+            connection.terminate()
+            raise
+        return connection
 
-    async def _open(self) -> None:
-        await self._pool
+    def release(self, connection: asyncpg.Connection, *, reusable: bool = True) -> None:
+        """Give ``connection`` back: kept for the next in turn, or closed if not ``reusable``.
+
+        A connection is not reusable when its request ended mid-statement or its connection
+        failed; one the server closed, or left in a transaction, is not kept either.
+        """
+        self._lent -= 1
+        if (
+            reusable
+            and not self._closed
+            and not connection.is_closed()
+            and not connection.is_in_transaction()
+        ):
+            self._idle.append((connection, time.monotonic()))
+            if self._sweep is None:
+                self._sweep = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._close_idle)
+        else:
+            connection.terminate()
+        self._turns.release()  # the next in turn
+
+    def _close_idle(self) -> None:
+        # Close the connections idle for IDLE_SECONDS; look again when the next one will be.
+        self._sweep = None
+        now = time.monotonic()
+        while self._idle and now - self._idle[0][1] >= IDLE_SECONDS:
+            connection, _ = self._idle.popleft()
+            _background(connection.close(timeout=PING_TIMEOUT_SECONDS))
+        if self._idle:
+            wait = self._idle[0][1] + IDLE_SECONDS - now
+            self._sweep = asyncio.get_running_loop().call_later(wait, self._close_idle)
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Statements]:
-        """A connection of the pool, released on exit."""
+        """A connection in turn, given back on exit."""
         connection = await self.acquire()
         try:
             yield _AsyncpgStatements(self, connection)
-        finally:
-            await self._release(connection)
+        except BaseException as exc:
+            self.release(connection, reusable=_reusable_after(exc))
+            raise
+        self.release(connection)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Statements]:
-        """A connection of the pool in a transaction (BEGIN and COMMIT: two round trips more)."""
-        connection = await self.acquire()
-        try:
+        """A connection in a transaction (BEGIN and COMMIT: two round trips more)."""
+        async with self.connect() as statements:
+            connection = cast("_AsyncpgStatements", statements).connection
             try:
                 async with connection.transaction():
-                    yield _AsyncpgStatements(self, connection)
+                    yield statements
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 raise _failure("BEGIN/COMMIT", exc) from exc
-        finally:
-            await self._release(connection)
-
-    async def _release(self, connection: asyncpg.Connection) -> None:
-        # A connection that broke is back in the pool already, which opens another for it.
-        with contextlib.suppress(asyncpg.InterfaceError):
-            self._note_idle(connection.get_server_pid())
-        try:
-            await self._pool.release(connection)
-        finally:
-            self._turns.release()  # the connection is back in the pool: the next in turn
-
-    def _note_idle(self, pid: int) -> None:
-        now, idle = time.monotonic(), self._idle_since
-        idle.pop(pid, None)
-        idle[pid] = now
-        # Entries older than the pool keeps an idle connection are of connections it closed.
-        while next(iter(idle.values())) < now - IDLE_SECONDS:
-            del idle[next(iter(idle))]
 
     async def read(
         self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
@@ -339,28 +356,47 @@ class AsyncpgExecutor:
         return found, key.bindparams
 
     def in_use(self) -> int:
-        """Connections taken from the pool and not yet released."""
-        if self._opened is None or not self._opened.done():
-            return 0
-        return int(self._pool.get_size() - self._pool.get_idle_size())
+        """Connections lent out right now."""
+        return self._lent
 
     def size(self) -> int:
-        """The most connections the pool opens."""
-        return int(self._pool.get_max_size())
+        """The most connections the executor opens."""
+        return self._size
 
     async def close(self) -> None:
-        """Close the pool's connections (waiting for the lent ones, as asyncpg does)."""
-        if self._opened is None:
-            return
-        await self._opened
-        await self._pool.close()
+        """Close every connection, once the lent ones are given back."""
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for _ in range(self._size):  # every turn back: nothing is lent any more
+            await self._turns.acquire()
+        while self._idle:
+            connection, _ = self._idle.popleft()
+            await connection.close(timeout=PING_TIMEOUT_SECONDS)
+        for _ in range(self._size):  # for a second close
+            self._turns.release()
 
 
-async def _keep_as_is(_connection: asyncpg.Connection) -> None:
-    # What asyncpg's default reset undoes (SET, LISTEN, advisory locks, cursors) is never done
-    # on these connections, and the reset would cost a round trip on every release. asyncpg
-    # still rolls back a transaction left open.
-    return
+def _closed() -> ConnectionError:
+    return ConnectionError("the executor is closed")
+
+
+def _reusable_after(error: BaseException) -> bool:
+    # A connection whose request failed on its own (a constraint, a statement timeout, a
+    # client error) serves on; one cancelled mid-statement, or that broke or a client-side
+    # timeout left mid-statement, is closed.
+    return isinstance(error, Exception) and not unavailability(error)[1]
+
+
+_closing: set[asyncio.Task[Any]] = set()
+
+
+def _background(closing: Coroutine[Any, Any, None]) -> None:
+    # A connection closed politely, without holding up the one who closes it.
+    task = asyncio.ensure_future(closing)
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 # More shapes than a process's statements means statements built with varying structure:
@@ -436,7 +472,7 @@ class _Compiled:
 class _AsyncpgStatements:
     def __init__(self, executor: AsyncpgExecutor, connection: asyncpg.Connection) -> None:
         self._executor = executor
-        self._connection = connection
+        self.connection = connection
 
     async def rows(
         self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
@@ -452,7 +488,7 @@ class _AsyncpgStatements:
         )
         started = time.perf_counter()
         try:
-            records = await self._connection.fetch(compiled.sql, *arguments)
+            records = await self.connection.fetch(compiled.sql, *arguments)
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(StatusCode.ERROR)

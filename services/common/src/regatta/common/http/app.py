@@ -219,7 +219,9 @@ def create_app(
     # Added innermost first: the last one added sees the request first.
     cached = [r.resource for service in services for r in service.resources if r.cached]
     if cached and settings.cache_enabled:  # with the cache off, every look-up would miss
-        app.add_middleware(CachedReads, resources=cached, cache=lambda: platform.cache)
+        app.add_middleware(
+            CachedReads, resources=cached, routes=app.routes, cache=lambda: platform.cache
+        )
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)

@@ -9,7 +9,8 @@ other request, it does nothing but pass the request on: the route reads the data
 the response and stores it in the cache for the next reader.
 
 It sits inside the request id, metrics, tracing, CORS, rate-limit and body-size layers and the
-error guard, so a hit is counted, logged, traced and limited like any other request.
+error guard, so a hit is counted, logged, traced and limited like any other request; it leaves
+the route it answers for in the scope, as the router would (the metrics' label).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.datastructures import Headers
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from regatta.common.http.conditional import CACHE_CONTROL, if_none_match, none_match
@@ -39,32 +41,34 @@ class CachedReads:
         app: ASGIApp,
         *,
         resources: Iterable[Resource[Any, Any]],
+        routes: Iterable[BaseRoute],
         cache: Callable[[], ResponseCache | None],
     ) -> None:
         self.app = app
         self._resources = {resource.name: resource for resource in resources}
+        # The route each resource's hits answer for: resource_routes names it get_<singular>.
+        named = {getattr(route, "name", None): route for route in routes}
+        self._routes = {
+            resource.name: named[f"get_{resource.singular}"]
+            for resource in self._resources.values()
+        }
         self._cache = cache  # None until the lifespan has opened it: the route answers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the cached response, or pass the request on."""
         if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
-            key = self._cache_key(scope["path"])
+            # "/items/42": items declared, 42 a canonical id.
+            _, _, rest = scope["path"].partition("/")
+            name, slash, row_id = rest.partition("/")
+            resource = self._resources.get(name)
             cache = self._cache()
-            if key is not None and cache is not None:
-                entry = await cache.get(key)
+            if resource is not None and slash and _ID.fullmatch(row_id) and cache is not None:
+                entry = await cache.get(resource.cache_key(int(row_id)))
                 if entry is not None:
+                    scope["route"] = self._routes[name]
                     await _send(entry, scope, send)
                     return
         await self.app(scope, receive, send)
-
-    def _cache_key(self, path: str) -> str | None:
-        # "/items/42" → the entry's cache key, when items is declared and 42 a canonical id.
-        _, _, rest = path.partition("/")
-        name, slash, row_id = rest.partition("/")
-        resource = self._resources.get(name)
-        if resource is None or not slash or _ID.fullmatch(row_id) is None:
-            return None
-        return resource.cache_key(int(row_id))
 
 
 async def _send(entry: CachedResponse, scope: Scope, send: Send) -> None:

@@ -26,14 +26,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, mult
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from prometheus_fastapi_instrumentator import Instrumentator, routing
-from prometheus_fastapi_instrumentator.metrics import Info
-from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from regatta.common.http.route_templates import TemplatedMetricsMiddleware
 from regatta.common.telemetry.logs import log_request, request_logged
 
 if TYPE_CHECKING:
@@ -275,32 +271,39 @@ class PlatformMetrics:
         first = handler.split("/", 2)[1] if handler.startswith("/") else ""
         return first if first in self.services else self.service_name
 
-    def observe_request(self, info: Info) -> None:
-        """Count and time one HTTP request, and write its log line."""
-        handler = info.modified_handler
-        status = info.modified_status
-        series = self._request_series.get((handler, info.method, status))
+    def observe_request(
+        self, scope: Scope, handler: str, start: Message | None, seconds: float
+    ) -> None:
+        """Count and time one HTTP request, and write its log line.
+
+        ``handler`` is its route's template, ``start`` the response's start message (None:
+        the request failed before one was sent, a 500).
+        """
+        method = scope["method"]
+        code = start["status"] if start is not None else int(SERVER_ERROR)
+        status = str(code)
+        series = self._request_series.get((handler, method, status))
         if series is None:
-            series = self._series_of(handler, info.method, status)
+            series = self._series_of(handler, method, status)
         service, requests, duration = series
         requests.inc()
-        duration.observe(info.modified_duration, exemplar=trace_exemplar())
+        duration.observe(seconds, exemplar=trace_exemplar())
         if status == TOO_MANY_REQUESTS:
             self.rate_limited.labels(service).inc()
-        code = int(status) if status.isdigit() else 0
         if request_logged(code):  # building the URL costs more than the metrics above
-            request = info.request
-            length = info.response.headers.get("content-length") if info.response else None
+            request = Request(scope)
+            headers = start.get("headers", ()) if start is not None else ()
+            length = next((value for name, value in headers if name == b"content-length"), b"")
             log_request(
                 service=service,
                 route=handler,
-                method=info.method,
+                method=method,
                 path=request.url.path,
                 status=code,
-                duration_seconds=info.modified_duration,
+                duration_seconds=seconds,
                 client=request.client.host if request.client else None,
                 api_key_id=api_key_id(request, self.key_principal),
-                response_bytes=int(length) if length and length.isdigit() else None,
+                response_bytes=int(length) if length.isdigit() else None,
             )
 
     def _series_of(self, handler: str, method: str, status: str) -> _RequestSeries:
@@ -390,7 +393,7 @@ class PlatformMetrics:
         pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
 
     def _time_executor_waits(self, executor: Executor) -> None:
-        # The resources' statements on Postgres wait for a connection of asyncpg's pool
+        # The resources' statements on Postgres wait for a connection of the executor's
         # (executor.py): timed alike.
         waited = self.pool_wait.labels(self.service_name)
         timeouts = self.pool_timeouts.labels(self.service_name)
@@ -487,6 +490,42 @@ def trace_exemplar() -> dict[str, str] | None:
     return {"trace_id": trace.format_trace_id(context.trace_id)}
 
 
+class RequestMetricsMiddleware:
+    """Count, time and log every request (pure ASGI), labelled by its route's template.
+
+    The router leaves the route it matched in the scope (``scope["route"]``; a route whose
+    path matched but not its methods, for a 405), and so does the read cache for the route it
+    answers for: the label is the template (``/items/{item_id}``), never the path, and costs
+    no matching of its own. A request no route matched is counted under ``none``; probes and
+    scrapes (``UNOBSERVED_PATHS``) not at all.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: PlatformMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        start: Message | None = None
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        finally:
+            handler = getattr(scope.get("route"), "path", None) or "none"
+            if handler not in UNOBSERVED_PATHS:
+                self.metrics.observe_request(scope, handler, start, time.perf_counter() - started)
+
+
 def instrument_http(
     app: FastAPI,
     metrics: PlatformMetrics,
@@ -494,7 +533,7 @@ def instrument_http(
     key_principal: KeyPrincipal | None,
     database: Callable[[], Database | None],
 ) -> None:
-    """Measure and log every request (pure ASGI middleware) and serve ``/metrics``.
+    """Measure and log every request (:class:`RequestMetricsMiddleware`) and serve ``/metrics``.
 
     Every route's request series start at 0 for its own status and for 500 (so the first
     server error is seen by ``rate()``). Log lines name a request's API key by
@@ -502,28 +541,11 @@ def instrument_http(
     lifespan opens it).
     """
     metrics.key_principal = key_principal
-    for route in routing._effective_routes(list(app.routes)):  # noqa: SLF001 -- as route_templates
-        original = getattr(route, "original_route", route)
-        path = getattr(route, "path", None)
-        if (
-            isinstance(original, APIRoute)
-            and isinstance(path, str)
-            and path not in UNOBSERVED_PATHS
-        ):
-            for method in sorted(getattr(route, "methods", None) or ()):
-                metrics.start_at_zero(path, method, statuses_of(original))
-    Instrumentator(
-        should_group_status_codes=False,
-        excluded_handlers=[f"^{path}$" for path in UNOBSERVED_PATHS],
-        registry=metrics.registry,
-    ).add(metrics.observe_request).instrument(app)
-    # The same middleware with the same options, naming requests from a table (route_templates).
-    app.user_middleware = [
-        Middleware(TemplatedMetricsMiddleware, *entry.args, **entry.kwargs)
-        if entry.cls is PrometheusInstrumentatorMiddleware  # type: ignore[comparison-overlap]
-        else entry
-        for entry in app.user_middleware
-    ]
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path not in UNOBSERVED_PATHS:
+            for method in sorted(route.methods or ()):
+                metrics.start_at_zero(route.path, method, statuses_of(route))
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
     async def serve_metrics(request: Request) -> Response:

@@ -33,9 +33,9 @@ class Money(TypeDecorator[Decimal]):
         return int(value.scaleb(2).to_integral_exact())
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
-        """The stored form back to an exact Decimal."""
-        if value is None:
-            return None
+        """The stored form back to an exact Decimal (asyncpg's NUMERIC is one already)."""
+        if value is None or isinstance(value, Decimal):
+            return value
         if dialect.name == "sqlite":
             return Decimal(int(value)).scaleb(-2)
         return Decimal(value)
@@ -57,9 +57,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:  # noqa: ARG002
-        """Always an aware UTC datetime."""
-        if value is None:
-            return None
+        """Always an aware UTC datetime (asyncpg's timestamptz is one already)."""
+        if value is None or value.tzinfo is UTC:
+            return value  # type: ignore[no-any-return]
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
         return value.astimezone(UTC)  # type: ignore[no-any-return]

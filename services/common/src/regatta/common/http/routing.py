@@ -72,6 +72,7 @@ def route_head(router: APIRouter) -> None:
             # The router adds its own dependencies to every route it creates.
             dependencies=[d for d in route.dependencies if d not in router.dependencies],
             include_in_schema=False,
+            openapi_extra=route.openapi_extra,  # its documented query parameters are taken too
             name=f"{route.name}_head",
             route_class_override=_HeadRoute,
         )
@@ -97,10 +98,40 @@ def check_query(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    taken = _query_names(route.dependant)  # a few nodes: cheaper than any cache lookup
+    # A few nodes: cheaper than any cache lookup.
+    taken = _query_names(route.dependant) | _documented_query(route)
     unknown = sorted(set(request.query_params) - taken)
     if unknown:
         listed = ", ".join(sorted(taken)) or "none"
         raise invalid_fields(
             unknown, "query", f"unknown query parameter (this URL takes: {listed})", kind="extra"
         )
+
+
+def _documented_query(route: APIRoute) -> set[str]:
+    # The parameters of a query the handler validates itself (query_parameters).
+    parameters = (route.openapi_extra or {}).get("parameters", ())
+    return {parameter["name"] for parameter in parameters if parameter.get("in") == "query"}
+
+
+def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting ``model``'s fields as query parameters, as FastAPI would.
+
+    For a route whose handler validates its query itself (``PageQuery.of``): the parameters
+    documented this way are the ones :func:`check_query` lets through.
+    """
+    schema = model.model_json_schema()
+    if "$defs" in schema:
+        msg = f"{model.__name__}: only fields of plain types document as query parameters"
+        raise ValueError(msg)
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, field in schema["properties"].items():
+        # FastAPI leaves a default of null out of a parameter's schema.
+        documented = {key: v for key, v in field.items() if (key, v) != ("default", None)}
+        parameter = {"name": name, "in": "query", "required": name in required}
+        parameter["schema"] = documented
+        if "description" in documented:
+            parameter["description"] = documented["description"]
+        parameters.append(parameter)
+    return {"parameters": parameters}

@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from regatta.common.http.conditional import CACHE_CONTROL, if_none_match, none_match
+from regatta.common.http.resource_routes import read_route_name
 from regatta.common.http.resources import Resource
 from regatta.common.redis.cache import CachedResponse, ResponseCache
 
@@ -46,11 +47,10 @@ class CachedReads:
     ) -> None:
         self.app = app
         self._resources = {resource.name: resource for resource in resources}
-        # The route each resource's hits answer for: resource_routes names it get_<singular>.
+        # The route each resource's hits answer for, as the router would have matched it.
         named = {getattr(route, "name", None): route for route in routes}
         self._routes = {
-            resource.name: named[f"get_{resource.singular}"]
-            for resource in self._resources.values()
+            resource.name: named[read_route_name(resource)] for resource in self._resources.values()
         }
         self._cache = cache  # None until the lifespan has opened it: the route answers
 

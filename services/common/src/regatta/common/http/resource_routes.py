@@ -185,7 +185,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     router.add_api_route(
         f"/{{{id_name}}}",
         read,
-        name=f"get_{singular}",
+        name=read_route_name(resource),
         methods=["GET"],
         response_model=resource.read_schema,
         responses={**problem_responses(404), **NOT_MODIFIED},
@@ -216,6 +216,11 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     )
     route_head(router)
     return router
+
+
+def read_route_name(resource: Resource[Any, Any]) -> str:
+    """The name of ``resource``'s ``GET /{name}/{id}`` route (readcache.py answers for it)."""
+    return f"get_{resource.singular}"
 
 
 def _article(noun: str) -> str:

@@ -264,16 +264,18 @@ class AsyncpgExecutor:
                 logger.info("an idle connection did not answer (%r); taking another", exc)
             else:
                 return connection
+        # asyncpg's connect timeout bounds the connection; this bounds its set-up too, as the
+        # pool timeout bounds opening one for the engine.
         async with asyncio.timeout(self._acquire_timeout):
             connection = await self._connect()
-        try:
-            # JSON values decoded and encoded as the dialect's connections have them.
-            adapted = SimpleNamespace(_connection=connection)
-            await self.dialect.setup_asyncpg_json_codec(adapted)  # type: ignore[attr-defined]
-            await self.dialect.setup_asyncpg_jsonb_codec(adapted)  # type: ignore[attr-defined]
-        except BaseException:
-            connection.terminate()
-            raise
+            try:
+                # JSON values decoded and encoded as the dialect's connections have them.
+                adapted = SimpleNamespace(_connection=connection)
+                await self.dialect.setup_asyncpg_json_codec(adapted)  # type: ignore[attr-defined]
+                await self.dialect.setup_asyncpg_jsonb_codec(adapted)  # type: ignore[attr-defined]
+            except BaseException:
+                connection.terminate()
+                raise
         return connection
 
     def release(self, connection: asyncpg.Connection, *, reusable: bool = True) -> None:

@@ -57,7 +57,7 @@ async def measure(database_url: str) -> None:
     store = IdempotencyStore(idempotency_keys, ttl_seconds=86_400)
     values = {"name": "Bench", "description": None, "price": Decimal("9.99"), "tax": None}
     for _ in range(ROWS):
-        await items._create_in_one_statement(on_asyncpg, store, None, values, [])
+        await items._create_in_one_statement(on_asyncpg, store, None, values)
 
     async def built_per_call(row_id: int) -> object:
         async with through_sqlalchemy.engine.connect() as connection:
@@ -72,7 +72,7 @@ async def measure(database_url: str) -> None:
     def create(database: Database) -> Callable[[int], Awaitable[object]]:
         async def keyed_create(_: int) -> object:
             request = IdempotentRequest(key=uuid.uuid4().hex, scope="bench", fingerprint="f")
-            return await items._create_in_one_statement(database, store, request, values, [])
+            return await items._create_in_one_statement(database, store, request, values)
 
         return keyed_create
 

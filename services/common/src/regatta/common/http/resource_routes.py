@@ -119,7 +119,6 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         stored = await resource.create(
             request=context.request,
             database=context.database,
-            cache=context.cache,
             store=context.store,
             idempotency_key=idempotency_key,
             principal=context.writer,

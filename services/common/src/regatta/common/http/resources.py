@@ -6,7 +6,6 @@ HTTP contract promises; its own ``service.py`` adds only its rules.
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -143,26 +142,16 @@ class Resource(Generic[M, R]):
         *,
         request: Request,
         database: Database,
-        cache: ResponseCache,
         store: IdempotencyStore,
         idempotency_key: str | None,
         principal: str,
         values: Mapping[str, Any],
     ) -> StoredResponse:
-        """Insert a row (once per idempotency key) and return the 201 to send or replay."""
-        created: list[CachedResponse] = []
+        """Insert a row (once per idempotency key) and return the 201 to send or replay.
 
-        async def write(write_session: AsyncSession) -> StoredResponse:
-            row = await self.repository.insert(write_session, values)
-            entry = self.render(row)
-            await self._record(statements_of(write_session), "created", entry)
-            created.append(entry)
-            return StoredResponse(
-                status_code=201,
-                body=entry.body,
-                headers={"Location": self.location(row.id), "ETag": entry.etag},
-            )
-
+        The cache is left alone: the new id has no entry to replace (an id SQLite reuses has
+        only its deletion's tombstone), and the first read fills it.
+        """
         keyed = keyed_request(
             method=request.method,
             path=request.url.path,
@@ -171,14 +160,23 @@ class Resource(Generic[M, R]):
             payload=values,
         )
         if database.dialect == "postgresql":
-            response = await self._create_in_one_statement(database, store, keyed, values, created)
-        else:
-            async with database.sessions() as session:
-                response = await store.run(session, keyed, write)
-        if created and not response.replayed:
-            row_id = int(response.headers["Location"].rsplit("/", 1)[1])
-            await cache.put(self.cache_key(row_id), created[0])
-        return response
+            return await self._create_in_one_statement(database, store, keyed, values)
+
+        async def write(session: AsyncSession) -> StoredResponse:
+            row = await self.repository.insert(session, values)
+            entry = self.render(row)
+            await self._record(statements_of(session), "created", entry)
+            return self._created(row.id, entry)
+
+        async with database.sessions() as session:
+            return await store.run(session, keyed, write)
+
+    def _created(self, row_id: int, entry: CachedResponse) -> StoredResponse:
+        return StoredResponse(
+            status_code=201,
+            body=entry.body,
+            headers={"Location": self.location(row_id), "ETag": entry.etag},
+        )
 
     async def _create_in_one_statement(
         self,
@@ -186,7 +184,6 @@ class Resource(Generic[M, R]):
         store: IdempotencyStore,
         keyed: IdempotentRequest | None,
         values: Mapping[str, Any],
-        created: builtins.list[CachedResponse],
     ) -> StoredResponse:
         # Postgres: the id is drawn first (with the key's look-up), so that the response (and
         # the event, which carries it) is rendered before the write; then row, event and
@@ -200,17 +197,12 @@ class Resource(Generic[M, R]):
                 now = utcnow()
                 row = {**values, "id": row_id, "version": 1, "created_at": now, "updated_at": now}
                 entry = self.render(row)
-                created.append(entry)
-                response = StoredResponse(
-                    status_code=201,
-                    body=entry.body,
-                    headers={"Location": self.location(row_id), "ETag": entry.etag},
-                )
                 parameters = {f"row_{name}": value for name, value in row.items()}
                 parameters |= event_parameters(
                     f"{self.singular}.created", entry.body, current_trace_context(), now
                 )
-                return response, self.repository.create(tuple(row), claim, self.outbox), parameters
+                write = self.repository.create(tuple(row), claim, self.outbox)
+                return self._created(row_id, entry), write, parameters
 
             if keyed is not None:
                 return await store.run_claiming(connection, keyed, self.repository.next_id, prepare)

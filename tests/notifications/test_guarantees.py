@@ -94,7 +94,7 @@ def _event(event_id: str) -> Event:
     return Event(
         id=event_id,
         type="item.created",
-        payload={"id": 7, "name": "Lamp"},
+        payload='{"id":7,"name":"Lamp"}',
         occurred_at=utcnow().isoformat(),
     )
 

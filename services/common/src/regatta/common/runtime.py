@@ -185,8 +185,8 @@ async def open_runtime(
             ttl_seconds=settings.cache_ttl_seconds, max_entries=settings.cache_max_entries
         )
     events = (
-        RedisEventStream(redis, settings.redis_key_prefix + "events")
-        if redis is not None
+        RedisEventStream(redis, settings.redis_key_prefix + "events", reader)
+        if redis is not None and reader is not None
         else InProcessEventStream()
     )
     runtime = Runtime(

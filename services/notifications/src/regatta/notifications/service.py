@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import random
 import time
@@ -213,7 +214,7 @@ async def fan_out(database: Database, event: Event) -> int:
             "id": event.id,
             "type": event.type,
             "occurred_at": event.occurred_at,
-            "data": event.payload,
+            "data": json.loads(event.payload),
         }
         for subscription in subscriptions:
             await repository.insert_event_notification(

@@ -11,13 +11,13 @@ de-duplicated by its event id downstream.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from opentelemetry.trace import SpanKind, Tracer
 from redis.asyncio import Redis
@@ -26,6 +26,7 @@ from sqlalchemy import Table
 from regatta.common.data.columns import utcnow
 from regatta.common.data.db import Database
 from regatta.common.data.outbox import backlog, mark_published, take_unpublished
+from regatta.common.redis.pipelined import PipelinedRedis
 from regatta.common.telemetry.metrics import PlatformMetrics
 from regatta.common.telemetry.tracing import carrier_of, parent_context
 
@@ -44,7 +45,9 @@ class Event:
 
     id: str
     type: str
-    payload: dict[str, Any]
+    # The changed resource's representation, as the JSON text it was rendered to: relayed as
+    # it is, parsed only by a consumer that needs its values.
+    payload: str
     occurred_at: str
     trace_context: str | None = None
 
@@ -53,7 +56,7 @@ class Event:
         fields = {
             "id": self.id,
             "type": self.type,
-            "payload": json.dumps(self.payload, separators=(",", ":")),
+            "payload": self.payload,
             "occurred_at": self.occurred_at,
         }
         if self.trace_context:
@@ -67,7 +70,7 @@ class Event:
         return cls(
             id=text["id"],
             type=text["type"],
-            payload=json.loads(text["payload"]),
+            payload=text["payload"],
             occurred_at=text["occurred_at"],
             trace_context=text.get("trace_context"),
         )
@@ -114,25 +117,30 @@ class InProcessEventStream:
 class RedisEventStream:
     """A Redis Stream shared by every service; its consumers read it through consumer groups.
 
-    Only publishing is here: a consumer reads ``key`` on ``redis`` with a group of its own
-    (the notifications worker's ``ConsumerGroup``).
+    Events leave over the process's pipelined connection (pipelined.py): a relay's batch of
+    XADDs is one write. A consumer reads ``key`` on ``redis`` with a group of its own (the
+    notifications worker's ``ConsumerGroup``).
     """
 
-    def __init__(self, redis: Redis, key: str) -> None:
+    def __init__(self, redis: Redis, key: str, pipelined: PipelinedRedis) -> None:
         self.redis = redis
         self.key = key
+        self._pipelined = pipelined
+        self._xadd = (b"XADD", key.encode(), b"MAXLEN", b"~", b"%d" % STREAM_MAX_LENGTH, b"*")
 
     async def publish(self, events: Sequence[Event]) -> None:
-        """XADD every event in one round trip, trimming the stream approximately."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(
-                    self.key,
-                    event.fields(),  # type: ignore[arg-type]
-                    maxlen=STREAM_MAX_LENGTH,
-                    approximate=True,
-                )
-            await pipe.execute()
+        """XADD every event, trimming the stream approximately; raise if any was refused."""
+        added = await asyncio.gather(
+            *(self._pipelined.execute(*self._xadd, *_flat(event.fields())) for event in events),
+            return_exceptions=True,
+        )
+        failed = next((result for result in added if isinstance(result, BaseException)), None)
+        if failed is not None:
+            raise failed
+
+
+def _flat(fields: dict[str, str]) -> list[bytes]:
+    return [part.encode() for pair in fields.items() for part in pair]
 
 
 async def relay_outbox(
@@ -200,7 +208,7 @@ class _Relay:
                 Event(
                     id=f"{self.source}:{row.id}",
                     type=row.event_type,
-                    payload=json.loads(row.payload),
+                    payload=row.payload,
                     occurred_at=_rfc3339(row.occurred_at),
                     trace_context=carrier_of(span),
                 )

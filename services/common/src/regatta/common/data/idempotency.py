@@ -115,8 +115,11 @@ def fingerprint(method: str, path: str, payload: Any) -> str:
     Key order and whitespace do not count, nor how a number is spelled: ``3``, ``3.0``, ``3e0``
     (and the Decimal ``3.00``) are one value, so a client that re-serializes a retry replays.
     """
-    canonical = json.dumps([method, path, _canonical(payload)], separators=(",", ":"))
+    canonical = _COMPACT.encode([method, path, _canonical(payload)])
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def _canonical(value: Any) -> Any:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     CTE,
     BindParameter,
     Column,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    any_,
     bindparam,
     func,
     insert,
@@ -128,9 +130,12 @@ async def mark_published(
     session: AsyncSession, outbox: Table, ids: Sequence[int], published_at: datetime
 ) -> None:
     """Mark the events ``ids`` published at ``published_at``."""
-    await session.execute(
-        update(outbox).where(outbox.c.id.in_(ids)).values(published_at=published_at)
-    )
+    if session.get_bind().dialect.name == "postgresql":
+        # One array parameter: IN would render a parameter per id (and a statement per count).
+        taken = outbox.c.id == any_(bindparam("ids", list(ids), type_=ARRAY(outbox.c.id.type)))
+    else:
+        taken = outbox.c.id.in_(ids)
+    await session.execute(update(outbox).where(taken).values(published_at=published_at))
 
 
 async def backlog(session: AsyncSession, outbox: Table) -> tuple[int, datetime | None]:

@@ -203,12 +203,14 @@ def create_app(
     )
     set_platform(app, platform)
     install_problem_handlers(app)
-    add_routes(app, health_router(platform.lifecycle))
+    docs = len(app.router.routes)  # FastAPI's own: the OpenAPI document and the docs pages
     for service in services:
         for declared in service.resources:
             add_routes(app, resource_router(declared))
         if service.router is not None:
             add_routes(app, service.router)
+    served = app.router.routes[docs:]
+    add_routes(app, health_router(platform.lifecycle))
 
     @app.get("/", include_in_schema=False)
     async def index() -> JSONResponse:
@@ -268,4 +270,7 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     if platform.tracer_provider is not None:
         tracing.instrument_app(app, platform.tracer_provider)
+    # The router tries routes in turn: the services' come first, so that their requests are
+    # not matched against the docs, probe and metrics routes on the way (about 1 µs each).
+    app.router.routes.sort(key=lambda route: route not in served)
     return app

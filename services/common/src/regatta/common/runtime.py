@@ -16,7 +16,6 @@ from regatta.common.data.db import Database, create_database
 from regatta.common.redis.cache import (
     CacheGeneration,
     MemoryCache,
-    MeteredCache,
     NullCache,
     RedisCache,
     ResponseCache,
@@ -193,7 +192,7 @@ async def open_runtime(
         settings=settings,
         database=database,
         redis=redis,
-        cache=MeteredCache(cache, metrics.count_cache),
+        cache=cache,
         events=events,
         metrics=metrics,
         tracer_provider=tracer_provider,

@@ -222,7 +222,11 @@ def create_app(
     cached = [r.resource for service in services for r in service.resources if r.cached]
     if cached and settings.cache_enabled:  # with the cache off, every look-up would miss
         app.add_middleware(
-            CachedReads, resources=cached, routes=app.routes, cache=lambda: platform.cache
+            CachedReads,
+            resources=cached,
+            routes=app.routes,
+            cache=lambda: platform.cache,
+            count=platform.metrics.count_cache,
         )
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes)

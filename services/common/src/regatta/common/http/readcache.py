@@ -44,6 +44,7 @@ class CachedReads:
         resources: Iterable[Resource[Any, Any]],
         routes: Iterable[BaseRoute],
         cache: Callable[[], ResponseCache | None],
+        count: Callable[[str, bool], None],
     ) -> None:
         self.app = app
         self._resources = {resource.name: resource for resource in resources}
@@ -53,6 +54,7 @@ class CachedReads:
             resource.name: named[read_route_name(resource)] for resource in self._resources.values()
         }
         self._cache = cache  # None until the lifespan has opened it: the route answers
+        self._count = count  # each look-up's key, and whether it hit (metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the cached response, or pass the request on."""
@@ -63,7 +65,9 @@ class CachedReads:
             resource = self._resources.get(name)
             cache = self._cache()
             if resource is not None and slash and _ID.fullmatch(row_id) and cache is not None:
-                entry = await cache.get(resource.cache_key(int(row_id)))
+                key = resource.cache_key(int(row_id))
+                entry = await cache.get(key)
+                self._count(key, entry is not None)
                 if entry is not None:
                     scope["route"] = self._routes[name]
                     await _send(entry, scope, send)

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -260,25 +259,3 @@ def _decode(raw: bytes, generation: int) -> CachedResponse | None:
     if int(parts[2]) < generation:
         return None  # stored before this process's connections last came up: not trusted
     return CachedResponse(version=int(parts[0]), etag=parts[3].decode(), body=parts[4])
-
-
-class MeteredCache:
-    """Any cache, with every look-up reported as a hit or a miss."""
-
-    def __init__(self, inner: ResponseCache, count: Callable[[str, bool], None]) -> None:
-        self.inner = inner
-        self._count = count
-
-    async def get(self, key: str) -> CachedResponse | None:
-        """The entry under ``key``, or None; counted."""
-        found = await self.inner.get(key)
-        self._count(key, found is not None)
-        return found
-
-    async def put(self, key: str, entry: CachedResponse) -> None:
-        """Store unless a newer version is known."""
-        await self.inner.put(key, entry)
-
-    async def invalidate(self, key: str, version: int) -> None:
-        """Leave a tombstone at ``version``."""
-        await self.inner.invalidate(key, version)

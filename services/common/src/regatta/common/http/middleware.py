@@ -15,8 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regatta.common.http.problems import problem_response
 
-REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.encode()
+REQUEST_ID_HEADER = b"x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -45,7 +44,7 @@ class RequestIdMiddleware:
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute("regatta.request_id", request_id)  # find a trace by request id
-        header = (_REQUEST_ID_HEADER_BYTES, request_id.encode("latin-1"))
+        header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -60,7 +59,7 @@ class RequestIdMiddleware:
 
 def _supplied_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
-        if name == _REQUEST_ID_HEADER_BYTES:
+        if name == REQUEST_ID_HEADER:
             supplied = value.decode("latin-1")
             return supplied if _SANE_REQUEST_ID.fullmatch(supplied) else None
     return None
@@ -69,17 +68,23 @@ def _supplied_request_id(scope: Scope) -> str | None:
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def _is_json(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (
+def _is_utf8_json(content_type: str) -> bool:
+    media_type, *parameters = content_type.lower().split(";")
+    media_type = media_type.strip()
+    if media_type != "application/json" and not (
         media_type.startswith("application/") and media_type.endswith("+json")
-    )
+    ):
+        return False
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip() == "charset":
+            return value.strip().strip('"') in {"utf-8", "utf8"}
+    return True
 
 
 # Deepest nesting of arrays and objects a JSON body may have. Real documents stay far below it;
 # far deeper ones exhaust the parser's or the database driver's recursion (a 500 otherwise).
 MAX_JSON_DEPTH = 64
-_OPENERS = b"[{"
 # A JSON string, escapes included: brackets inside one do not nest anything. One left open runs
 # to the end of the body (the parser stops there too): were it not matched, the search would
 # start again at each later quote and a body of escaped quotes would cost quadratic time.
@@ -92,17 +97,9 @@ def json_depth(body: bytes) -> int:
     brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
     depth = deepest = 0
     for byte in brackets:
-        depth += 1 if byte in _OPENERS else -1
+        depth += 1 if byte in b"[{" else -1
         deepest = max(deepest, depth)
     return deepest
-
-
-def _charset(content_type: str) -> str | None:
-    for parameter in content_type.split(";")[1:]:
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower()
-    return None
 
 
 # How much of a refused body is read and dropped, in multiples of the limit (see drain).
@@ -110,9 +107,7 @@ DRAIN_FACTOR = 4
 
 
 class _RefusedBodyError(Exception):
-    def __init__(self, response: Response) -> None:
-        super().__init__(response.status_code)
-        self.response = response
+    """The body was refused (``_BodyJudge.refused``, whose status it carries): read no further."""
 
 
 class RequestBodyMiddleware:
@@ -151,7 +146,13 @@ class RequestBodyMiddleware:
                 await self.drain(receive)
             await refusal(scope, receive, send)
             return
-        await self._judged(scope, receive, send, json_write=json_write)
+        judge = _BodyJudge(self, scope, receive, send, json_write=json_write)
+        try:
+            await self.app(scope, judge.receive, judge.send)
+        except _RefusedBodyError:
+            if judge.started:
+                raise
+            await judge.refuse()
 
     def _refusal_up_front(
         self, declared: str | None, content_type: str | None, *, json_write: bool
@@ -163,9 +164,7 @@ class RequestBodyMiddleware:
             return problem_response(400, "Content-Length is not a number.")
         if declared is not None and int(declared) > self.max_bytes:
             return self.too_large()
-        if json_write and (
-            not _is_json(content_type or "") or _charset(content_type or "") not in _UTF_8
-        ):
+        if json_write and not _is_utf8_json(content_type or ""):
             return problem_response(
                 415,
                 "Request bodies must be JSON in UTF-8, sent with Content-Type: application/json.",
@@ -173,17 +172,6 @@ class RequestBodyMiddleware:
                 headers={"Accept-Post": "application/json"},
             )
         return None
-
-    async def _judged(
-        self, scope: Scope, receive: Receive, send: Send, *, json_write: bool
-    ) -> None:
-        judge = _BodyJudge(self, scope, receive, send, json_write=json_write)
-        try:
-            await self.app(scope, judge.receive, judge.send)
-        except _RefusedBodyError:
-            if judge.started:
-                raise
-            await judge.refuse()
 
     async def drain(self, receive: Receive) -> None:
         """Read and drop the rest of a refused body, up to a bound, before answering.
@@ -250,7 +238,7 @@ class _BodyJudge:
                 body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
                 self.refused = _judge(body, scan=self.openers > MAX_JSON_DEPTH)
         if self.refused is not None:
-            raise _RefusedBodyError(self.refused)
+            raise _RefusedBodyError(self.refused.status_code)
         return message
 
     async def send(self, message: Message) -> None:
@@ -269,9 +257,6 @@ class _BodyJudge:
             await self.middleware.drain(self._receive)
         if self.refused is not None:
             await self.refused(self.scope, self._receive, self._send)
-
-
-_UTF_8 = {None, "utf-8", "utf8"}
 
 
 def _judge(body: bytes, *, scan: bool) -> Response | None:

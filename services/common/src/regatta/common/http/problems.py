@@ -73,9 +73,10 @@ def problem_response(
     return Response(content, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
-def _field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 -- registered for this type only
     fields = []
-    for error in errors:
+    for error in exc.errors():
         location = [str(part) for part in error.get("loc", ())]
         # "body" / "query" / "path" say where; the rest names the field, dotted.
         source, path = (location[0], location[1:]) if location else ("body", [])
@@ -87,7 +88,7 @@ def _field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
                 "type": str(error.get("type", "value_error")),
             }
         )
-    return fields
+    return await _on_problem(request, _invalid_request(fields))
 
 
 def _invalid_request(errors: list[dict[str, str]]) -> ProblemError:
@@ -99,11 +100,6 @@ def _invalid_request(errors: list[dict[str, str]]) -> ProblemError:
         title="Invalid request",
         extra={"errors": errors},
     )
-
-
-async def _on_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)  # noqa: S101 -- registered for this type only
-    return await _on_problem(request, _invalid_request(_field_errors(exc.errors())))
 
 
 async def _on_problem(_request: Request, exc: Exception) -> Response:

@@ -53,8 +53,6 @@ _MAX_HOP_CHARS: Final = 64
 _READ_METHODS: Final = frozenset({"GET", "HEAD"})
 _EXEMPT_PATHS: Final = frozenset(UNOBSERVED_PATHS)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 # KEYS[1]: the client's bucket. ARGV[1]: emission interval (µs per request); ARGV[2]: capacity
 # (µs: quota intervals, the whole quota at once). The value is the theoretical arrival time of
 # the next request, in µs of Redis's clock. Returns {allowed, remaining, wait µs, reset µs}.
@@ -123,24 +121,13 @@ def gcra(now_us: int, tat_us: int | None, policy: Policy) -> tuple[Decision, int
     return decision, next_tat
 
 
-def monotonic_us() -> int:
-    """Microseconds of the monotonic clock."""
-    return time.monotonic_ns() // 1000
-
-
 class MemoryStore:
     """The algorithm in process, for one process (the embedded default)."""
 
-    def __init__(
-        self,
-        *,
-        max_window_seconds: int,
-        max_clients: int = MEMORY_MAX_CLIENTS,
-        clock: Callable[[], int] = monotonic_us,
-    ) -> None:
+    def __init__(self, *, max_window_seconds: int) -> None:
         # A bucket older than the longest window is full again: forgetting it changes nothing.
-        self._tats: TTLCache[str, int] = TTLCache(maxsize=max_clients, ttl=max_window_seconds)
-        self.clock = clock
+        self._tats: TTLCache[str, int] = TTLCache(MEMORY_MAX_CLIENTS, ttl=max_window_seconds)
+        self.clock: Callable[[], int] = lambda: time.monotonic_ns() // 1000  # µs
 
     async def acquire(self, key: str, policy: Policy) -> Decision:
         """Spend one request of ``key``'s quota, if it has one."""
@@ -172,7 +159,7 @@ class RedisStore:
 class TrustedProxies:
     """The networks whose X-Forwarded-For is believed."""
 
-    def __init__(self, networks: list[Network]) -> None:
+    def __init__(self, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
         self._networks = tuple(networks)
         self.trusts = functools.lru_cache(maxsize=1024)(self._trusts)
 
@@ -231,6 +218,7 @@ class RateLimiter:
         memory: MemoryStore | None = None,
         redis: Callable[[], PipelinedRedis | None] = lambda: None,
         unavailable: Counter | None = None,
+        round_trip: Histogram | None = None,
     ) -> None:
         self.reads = reads
         self.writes = writes
@@ -243,38 +231,10 @@ class RateLimiter:
         self._redis: PipelinedRedis | None = None
         self._redis_store: RedisStore | None = None
         self._unavailable = unavailable
-        # Times each check's round trip to Redis (install_rate_limit sets it).
-        self.round_trip: Histogram | None = None
+        self._round_trip = round_trip  # times each check's round trip to Redis
         self._paused_until = 0.0
         self._failing = False
         self._probing = False
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: ServiceSettings,
-        *,
-        service: str,
-        api_keys: ApiKeys | None,
-        redis: Callable[[], PipelinedRedis | None] = lambda: None,
-        unavailable: Counter | None = None,
-    ) -> RateLimiter:
-        """The limiter the settings describe, for one service (or the embedded app)."""
-        window = settings.rate_limit_window_seconds
-        return cls(
-            reads=Policy("reads", settings.rate_limit_reads, window)
-            if settings.rate_limit_reads
-            else None,
-            writes=Policy("writes", settings.rate_limit_writes, window)
-            if settings.rate_limit_writes
-            else None,
-            key_prefix=f"{settings.redis_key_prefix}ratelimit:{service}:",
-            proxies=TrustedProxies(settings.trusted_proxies),
-            api_keys=api_keys,
-            memory=MemoryStore(max_window_seconds=window) if settings.redis_url is None else None,
-            redis=redis,
-            unavailable=unavailable,
-        )
 
     def policy_for(self, method: str) -> Policy | None:
         """The route class of ``method`` (None: not limited)."""
@@ -333,8 +293,8 @@ class RateLimiter:
         finally:
             if probe:
                 self._probing = False
-            if self.round_trip is not None and isinstance(store, RedisStore):
-                self.round_trip.observe(time.perf_counter() - started)
+            if self._round_trip is not None and isinstance(store, RedisStore):
+                self._round_trip.observe(time.perf_counter() - started)
         if self._failing:
             self._failing = False
             logger.warning("rate limiter reaches Redis again; limits apply")
@@ -417,13 +377,20 @@ def install_rate_limit(app: FastAPI, settings: ServiceSettings) -> None:
         return
     platform = platform_of(app)
     metrics: PlatformMetrics = platform.metrics
-    unavailable = metrics.rate_limit_unavailable.labels(platform.service_name)
-    limiter = RateLimiter.from_settings(
-        settings,
-        service=platform.service_name,
+    service, window = platform.service_name, settings.rate_limit_window_seconds
+    limiter = RateLimiter(
+        reads=Policy("reads", settings.rate_limit_reads, window)
+        if settings.rate_limit_reads
+        else None,
+        writes=Policy("writes", settings.rate_limit_writes, window)
+        if settings.rate_limit_writes
+        else None,
+        key_prefix=f"{settings.redis_key_prefix}ratelimit:{service}:",
+        proxies=TrustedProxies(settings.trusted_proxies),
         api_keys=platform.api_keys,
+        memory=MemoryStore(max_window_seconds=window) if settings.redis_url is None else None,
         redis=lambda: platform.runtime.pipelined if platform.runtime is not None else None,
-        unavailable=unavailable,
+        unavailable=metrics.rate_limit_unavailable.labels(service),
+        round_trip=metrics.redis_command.labels(service, "rate_limit"),
     )
-    limiter.round_trip = metrics.redis_command.labels(platform.service_name, "rate_limit")
     app.add_middleware(RateLimitMiddleware, limiter=limiter)

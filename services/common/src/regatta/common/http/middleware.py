@@ -6,7 +6,6 @@ import itertools
 import re
 import secrets
 from contextvars import ContextVar
-from http import HTTPStatus
 
 from opentelemetry import trace
 from starlette.datastructures import Headers
@@ -137,41 +136,32 @@ class RequestBodyMiddleware:
         if declared is None and not has_body and not json_write:
             await self.app(scope, receive, send)  # no body at all (most GETs): nothing to judge
             return
-        refusal = self._refusal_up_front(declared, content_type, json_write=json_write)
-        if refusal is not None:
-            if (
-                refusal.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-                and int(declared or 0) <= DRAIN_FACTOR * self.max_bytes
-            ):
-                await self.drain(receive)
-            await refusal(scope, receive, send)
-            return
-        judge = _BodyJudge(self, scope, receive, send, json_write=json_write)
-        try:
-            await self.app(scope, judge.receive, judge.send)
-        except _RefusedBodyError:
-            if judge.started:
-                raise
-            await judge.refuse()
-
-    def _refusal_up_front(
-        self, declared: str | None, content_type: str | None, *, json_write: bool
-    ) -> Response | None:
         # What the headers alone refuse. A body declared beyond what drain() would read is
         # refused at once: waiting for it would let a client hold the connection by declaring
         # gigabytes and sending nothing.
         if declared is not None and not declared.isdigit():
-            return problem_response(400, "Content-Length is not a number.")
-        if declared is not None and int(declared) > self.max_bytes:
-            return self.too_large()
-        if json_write and not _is_utf8_json(content_type or ""):
-            return problem_response(
+            refusal = problem_response(400, "Content-Length is not a number.")
+        elif declared is not None and int(declared) > self.max_bytes:
+            if int(declared) <= DRAIN_FACTOR * self.max_bytes:
+                await self.drain(receive)
+            refusal = self.too_large()
+        elif json_write and not _is_utf8_json(content_type or ""):
+            refusal = problem_response(
                 415,
                 "Request bodies must be JSON in UTF-8, sent with Content-Type: application/json.",
                 slug="unsupported-media-type",
                 headers={"Accept-Post": "application/json"},
             )
-        return None
+        else:
+            judge = _BodyJudge(self, scope, receive, send, json_write=json_write)
+            try:
+                await self.app(scope, judge.receive, judge.send)
+            except _RefusedBodyError:
+                if judge.started:
+                    raise
+                await judge.refuse()
+            return
+        await refusal(scope, receive, send)
 
     async def drain(self, receive: Receive) -> None:
         """Read and drop the rest of a refused body, up to a bound, before answering.

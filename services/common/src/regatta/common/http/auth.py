@@ -76,32 +76,25 @@ class ApiKeys:
             return
         try:
             stat = self._path.stat()
-        except OSError as exc:
-            self._cannot_read(exc)
-            return
-        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if version == self._file_version:
-            return
-        self._file_version = version  # a broken file is read once, not on every request
-        try:
+            version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if version == self._file_version:
+                return
+            self._file_version = version  # a broken file is read once, not on every request
             digests = [d for d in map(_parse_line, self._path.read_text().splitlines()) if d]
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            self._cannot_read(exc)
+            # Once per failure, not once per request. No traceback: the message never holds a
+            # key, a traceback of the parse could.
+            if type(exc).__name__ != self._failure:
+                self._failure = type(exc).__name__
+                logger.error(  # noqa: TRY400
+                    "cannot read API_KEYS_FILE (%s); keeping the %d key(s) already loaded",
+                    self._failure,
+                    len(self._file_digests),
+                )
             return
         self._failure = None
         self._file_digests = digests
         logger.info("loaded %d API key(s) from file", len(digests))
-
-    def _cannot_read(self, exc: Exception) -> None:
-        # Once per failure, not once per request; the message never holds a key.
-        failure = type(exc).__name__
-        if failure != self._failure:
-            self._failure = failure
-            logger.error(
-                "cannot read API_KEYS_FILE (%s); keeping the %d key(s) already loaded",
-                failure,
-                len(self._file_digests),
-            )
 
     def principal(self, presented: str) -> str | None:
         """A stable, non-secret id for a valid key, or None."""

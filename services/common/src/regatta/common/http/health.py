@@ -17,14 +17,12 @@ logger = logging.getLogger("regatta.health")
 
 READINESS_TIMEOUT_SECONDS = 2.0
 
-Check = Callable[[], Awaitable[Any]]
-
 
 class Lifecycle:
     """What readiness needs to know: the dependency checks and whether shutdown has begun."""
 
     def __init__(self) -> None:
-        self.checks: dict[str, Check] = {}
+        self.checks: dict[str, Callable[[], Awaitable[Any]]] = {}
         self.shutting_down = False
         self._replaced: dict[int, Any] = {}
 

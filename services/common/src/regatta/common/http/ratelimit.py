@@ -102,10 +102,8 @@ class Decision:
 
     allowed: bool
     remaining: int
-    # Until the next request would be allowed (0 when this one was).
-    wait_us: int
-    # Until the whole quota is available again.
-    reset_us: int
+    wait_us: int  # until the next request would be allowed (0 when this one was)
+    reset_us: int  # until the whole quota is available again
 
 
 def gcra(now_us: int, tat_us: int | None, policy: Policy) -> tuple[Decision, int | None]:

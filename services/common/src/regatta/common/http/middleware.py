@@ -254,21 +254,12 @@ def _judge(body: bytes, *, scan: bool) -> Response | None:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return _undecodable(f"The request body is not valid UTF-8 (byte {exc.start}).")
-    if scan and json_depth(body) > MAX_JSON_DEPTH:
-        return _undecodable(
-            f"The request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels."
-        )
-    return None
-
-
-def _undecodable(detail: str) -> Response:
+        detail = f"The request body is not valid UTF-8 (byte {exc.start})."
+    else:
+        if not scan or json_depth(body) <= MAX_JSON_DEPTH:
+            return None
+        detail = f"The request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels."
+    error = {"field": "body", "in": "body", "message": detail, "type": "json_invalid"}
     return problem_response(
-        422,
-        detail,
-        slug="undecodable-body",
-        title="Invalid request",
-        extra={
-            "errors": [{"field": "body", "in": "body", "message": detail, "type": "json_invalid"}]
-        },
+        422, detail, slug="undecodable-body", title="Invalid request", extra={"errors": [error]}
     )

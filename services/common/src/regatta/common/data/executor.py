@@ -28,8 +28,8 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from functools import partial
 from types import SimpleNamespace
 from typing import Any, Protocol, cast
@@ -69,43 +69,6 @@ class Statements(Protocol):
         self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
     ) -> list[dict[str, Any]]:
         """The statement's result rows, by column name (none for a statement without)."""
-        ...
-
-
-class Executor(Protocol):
-    """Where single statements run: connections lent one request at a time."""
-
-    #: Statements' spans go through this tracer (a no-op one until tracing is set up).
-    tracer: Tracer
-    #: Called with each statement's SQL and seconds (metrics), when set.
-    observe: Callable[[str, float], None] | None
-    #: Called with each wait for a connection: seconds, and whether it timed out.
-    observe_wait: Callable[[float, bool], None] | None
-
-    def connect(self) -> AbstractAsyncContextManager[Statements]:
-        """A connection for one or a few statements, given back on exit."""
-        ...
-
-    def transaction(self) -> AbstractAsyncContextManager[Statements]:
-        """A connection in a transaction: committed on exit, rolled back on an error."""
-        ...
-
-    async def read(
-        self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
-    ) -> list[dict[str, Any]]:
-        """The rows of one read on a connection of its own."""
-        ...
-
-    def in_use(self) -> int:
-        """Connections lent out right now."""
-        ...
-
-    def size(self) -> int:
-        """Connections the executor may hold open."""
-        ...
-
-    async def close(self) -> None:
-        """Close every connection."""
         ...
 
 
@@ -212,8 +175,11 @@ class AsyncpgExecutor:
         self._by_statement: weakref.WeakKeyDictionary[Any, tuple[_Compiled, Any]] = (
             weakref.WeakKeyDictionary()
         )
+        # Statements' spans go through this tracer (a no-op one until tracing is set up).
         self.tracer: Tracer = _UNTRACED
+        # Called with each statement's SQL and seconds (metrics), when set.
         self.observe: Callable[[str, float], None] | None = None
+        # Called with each wait for a connection: seconds, and whether it timed out.
         self.observe_wait: Callable[[float, bool], None] | None = None
 
     async def acquire(self) -> asyncpg.Connection:
@@ -304,7 +270,10 @@ class AsyncpgExecutor:
         now = time.monotonic()
         while self._idle and now - self._idle[0][1] >= IDLE_SECONDS:
             connection, _ = self._idle.popleft()
-            _background(connection.close(timeout=PING_TIMEOUT_SECONDS))
+            # Closed politely, in the background: the sweep holds nobody up.
+            closing = asyncio.ensure_future(connection.close(timeout=PING_TIMEOUT_SECONDS))
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
         if self._idle:
             wait = self._idle[0][1] + IDLE_SECONDS - now
             self._sweep = asyncio.get_running_loop().call_later(wait, self._close_idle)
@@ -316,7 +285,11 @@ class AsyncpgExecutor:
         try:
             yield _AsyncpgStatements(self, connection)
         except BaseException as exc:
-            self.release(connection, reusable=_reusable_after(exc))
+            # A connection whose request failed on its own (a constraint, a statement timeout,
+            # a client error) serves on; one cancelled mid-statement, or that broke or a
+            # client-side timeout left mid-statement, is closed.
+            reusable = isinstance(exc, Exception) and not unavailability(exc)[1]
+            self.release(connection, reusable=reusable)
             raise
         self.release(connection)
 
@@ -390,26 +363,16 @@ class AsyncpgExecutor:
             self._turns.release()
 
 
+# The executor of the resources' statements, by backend (db.py chooses it).
+Executor = AsyncpgExecutor | EngineExecutor
+
+
 def _closed() -> ConnectionError:
     return ConnectionError("the executor is closed")
 
 
-def _reusable_after(error: BaseException) -> bool:
-    # A connection whose request failed on its own (a constraint, a statement timeout, a
-    # client error) serves on; one cancelled mid-statement, or that broke or a client-side
-    # timeout left mid-statement, is closed.
-    return isinstance(error, Exception) and not unavailability(error)[1]
-
-
-_closing: set[asyncio.Task[Any]] = set()
-
-
-def _background(closing: Coroutine[Any, Any, None]) -> None:
-    # A connection closed politely, without holding up the one who closes it.
-    task = asyncio.ensure_future(closing)
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
-
+# Idle connections being closed: referenced until done, as asyncio keeps only weak references.
+_closing: set[asyncio.Task[None]] = set()
 
 # More shapes than a process's statements means statements built with varying structure:
 # start again rather than grow.

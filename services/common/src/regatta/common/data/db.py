@@ -26,15 +26,6 @@ from regatta.common.settings import ServiceSettings
 #   tests/load/README.md), less than preparing each statement anew would.
 # - A request reads one page: starting parallel workers costs more than the page itself.
 PLANNER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "max_parallel_workers_per_gather": "0"}
-# The server probes a silent connection after 30 s, then every 5 s, three times: a NAT or
-# firewall between pod and database never sees a pooled connection idle long enough to forget
-# it (the common timeouts are 4 minutes and more), as with Redis (pipelined.py).
-KEEPALIVE_SETTINGS = {
-    "tcp_keepalives_idle": "30",
-    "tcp_keepalives_interval": "5",
-    "tcp_keepalives_count": "3",
-}
-
 
 # Sessions beside the executor's requests run only background work: the outbox relay, the purge
 # of expired idempotency keys, the readiness probe.
@@ -64,7 +55,12 @@ def connect_args(settings: ServiceSettings) -> dict[str, Any]:
             "statement_timeout": str(settings.db_statement_timeout_ms),
             "application_name": "regatta",
             **PLANNER_SETTINGS,
-            **KEEPALIVE_SETTINGS,
+            # Probed after 30 s of silence, then every 5 s, three times: a NAT or firewall on
+            # the way never sees a pooled connection idle long enough to forget it (the common
+            # timeouts are 4 minutes and more), as with Redis (pipelined.py).
+            "tcp_keepalives_idle": "30",
+            "tcp_keepalives_interval": "5",
+            "tcp_keepalives_count": "3",
         },
         # Connecting (and so reconnecting after an outage) may take no longer than waiting
         # for a pooled connection would.

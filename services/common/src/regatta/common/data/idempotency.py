@@ -19,8 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -46,16 +45,14 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.data.columns import UTCDateTime, utcnow
-from regatta.common.data.errors import (
-    DataError,
-    IdempotencyKeyInFlightError,
-    IdempotencyKeyReusedError,
-)
+from regatta.common.data.errors import IdempotencyKeyInFlightError, IdempotencyKeyReusedError
 from regatta.common.data.executor import Statements, statements_of
 
 logger = logging.getLogger("regatta.idempotency")
@@ -151,7 +148,9 @@ class IdempotencyStore:
         self.table = table
         self.ttl = timedelta(seconds=ttl_seconds)
         self._in_flight: set[tuple[str, str]] = set()
-        self._claim: CTE | None = None
+        self._claim = self._upsert(postgresql_insert).returning(table.c.key).cte("claim")
+        # The record stored in the session of a write (run()): on Postgres (True) or SQLite.
+        self._record = {True: self._upsert(postgresql_insert), False: self._upsert(sqlite_insert)}
         self._looked_up: dict[ColumnElement[Any], Select[Any]] = {}
         self._live = select(
             table.c.fingerprint, table.c.status_code, table.c.headers, table.c.body
@@ -201,43 +200,38 @@ class IdempotencyStore:
         # Count a keyed request's outcome: stored, replayed, conflict or mismatch.
         try:
             response = await outcome
-        except DataError as exc:
-            counted = _OUTCOMES.get(type(exc))
-            if counted is not None:
-                self._observe(counted)
+        except IdempotencyKeyInFlightError:
+            self._observe("conflict")
+            raise
+        except IdempotencyKeyReusedError:
+            self._observe("mismatch")
             raise
         self._observe("replayed" if response.replayed else "stored")
         return response
 
     def claim(self) -> CTE:
         """The Postgres CTE claiming a key (parameters: :meth:`claim_parameters`)."""
-        if self._claim is None:
-            table = self.table
-            record = {
-                "fingerprint": bindparam("claim_fingerprint", type_=table.c.fingerprint.type),
-                "status_code": bindparam("claim_status_code", type_=table.c.status_code.type),
-                "headers": bindparam("claim_headers", type_=table.c.headers.type),
-                "body": bindparam("claim_body", type_=table.c.body.type),
-                "created_at": bindparam("claim_created_at", type_=table.c.created_at.type),
-            }
-            self._claim = (
-                postgresql_insert(table)
-                .values(
-                    scope=bindparam("claim_scope", type_=table.c.scope.type),
-                    key=bindparam("claim_key", type_=table.c.key.type),
-                    **record,
-                )
-                .on_conflict_do_update(
-                    index_elements=[table.c.scope, table.c.key],
-                    set_=record,
-                    # An expired record frees its key: the new one replaces it.
-                    where=table.c.created_at
-                    <= bindparam("claim_expired_at", type_=table.c.created_at.type),
-                )
-                .returning(table.c.key)
-                .cte("claim")
-            )
         return self._claim
+
+    def _upsert(self, insert: Callable[[Table], PostgresInsert | SQLiteInsert]) -> Insert:
+        # A record of the key, from the parameters of claim_parameters. An expired record may
+        # still be there (the purge runs now and then): it frees the key, so the new record
+        # replaces it in the same statement.
+        table = self.table
+        values = {
+            column.key: bindparam(f"claim_{column.key}", type_=column.type) for column in table.c
+        }
+        record = {name: value for name, value in values.items() if name not in ("scope", "key")}
+        return (
+            insert(table)
+            .values(values)
+            .on_conflict_do_update(
+                index_elements=[table.c.scope, table.c.key],
+                set_=record,
+                where=table.c.created_at
+                <= bindparam("claim_expired_at", type_=table.c.created_at.type),
+            )
+        )
 
     def claim_parameters(
         self, request: IdempotentRequest, response: StoredResponse
@@ -282,64 +276,28 @@ class IdempotencyStore:
         request: IdempotentRequest,
         write: Callable[[AsyncSession], Awaitable[StoredResponse]],
     ) -> StoredResponse:
-        with self._claim_locally(session, request):
+        postgres = session.get_bind().dialect.name == "postgresql"
+        claim = (request.scope, request.key)
+        if not postgres:  # the single process of the SQLite default holds its keys in memory
+            if claim in self._in_flight:
+                raise IdempotencyKeyInFlightError
+            self._in_flight.add(claim)
+        try:
             async with session.begin():
-                await self._lock(session, request)
+                if postgres:  # an advisory lock, held to the commit: every replica sees it
+                    name = f"{self.table.name}\0{request.scope}\0{request.key}".encode()
+                    lock_id = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+                    if not await session.scalar(select(func.pg_try_advisory_xact_lock(lock_id))):
+                        raise IdempotencyKeyInFlightError
                 stored = await self._find(statements_of(session), request)
                 if stored is not None:
                     return stored
                 response = await write(session)
-                await session.execute(self._record(session, request, response))
+                record = self.claim_parameters(request, response)
+                await session.execute(self._record[postgres], record)
                 return response
-
-    def _record(
-        self, session: AsyncSession, request: IdempotentRequest, response: StoredResponse
-    ) -> Insert:
-        # An expired record of the key may still be there (the purge runs now and then): it
-        # frees the key, so the new record replaces it in the same statement.
-        dialect = session.get_bind().dialect.name
-        upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        now = utcnow()
-        values = {
-            "fingerprint": request.fingerprint,
-            "status_code": response.status_code,
-            "headers": response.headers,
-            "body": response.body,
-            "created_at": now,
-        }
-        table = self.table
-        return (
-            upsert(table)
-            .values(scope=request.scope, key=request.key, **values)
-            .on_conflict_do_update(
-                index_elements=[table.c.scope, table.c.key],
-                set_=values,
-                where=table.c.created_at <= now - self.ttl,
-            )
-        )
-
-    @contextmanager
-    def _claim_locally(self, session: AsyncSession, request: IdempotentRequest) -> Iterator[None]:
-        if session.get_bind().dialect.name == "postgresql":
-            yield  # the advisory lock below covers every replica
-            return
-        claim = (request.scope, request.key)
-        if claim in self._in_flight:
-            raise IdempotencyKeyInFlightError
-        self._in_flight.add(claim)
-        try:
-            yield
         finally:
             self._in_flight.discard(claim)
-
-    async def _lock(self, session: AsyncSession, request: IdempotentRequest) -> None:
-        if session.get_bind().dialect.name != "postgresql":
-            return
-        digest = hashlib.sha256(f"{self.table.name}\0{request.scope}\0{request.key}".encode())
-        lock_id = int.from_bytes(digest.digest()[:8], "big", signed=True)
-        acquired = await session.scalar(select(func.pg_try_advisory_xact_lock(lock_id)))
-        if not acquired:
-            raise IdempotencyKeyInFlightError
 
     async def _find(
         self, connection: Statements, request: IdempotentRequest
@@ -389,9 +347,3 @@ class IdempotencyStore:
                 delete(self.table).where(self.table.c.created_at <= utcnow() - self.ttl)
             )
         return int(getattr(result, "rowcount", 0) or 0)
-
-
-_OUTCOMES: dict[type[DataError], str] = {
-    IdempotencyKeyInFlightError: "conflict",
-    IdempotencyKeyReusedError: "mismatch",
-}

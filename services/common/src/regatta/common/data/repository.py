@@ -15,10 +15,12 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import (
     CTE,
     ColumnElement,
+    Delete,
     Integer,
     Row,
     Select,
     Table,
+    Update,
     bindparam,
     delete,
     false,
@@ -30,7 +32,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
-from sqlalchemy.sql import Executable
 
 from regatta.common.data.columns import BigIntPK, UTCDateTime, utcnow
 from regatta.common.data.db import Database
@@ -92,10 +93,9 @@ class VersionedRepository(Generic[M]):
 
         The row is inserted only if ``claim`` (idempotency.py) yields a row; the event
         (parameters: outbox.py's ``event_parameters``) goes to ``outbox`` from the inserted
-        row; the statement counts
-        the rows inserted. Data-modifying CTEs all run, referenced or not: one statement, one
-        transaction. Built once per shape, with parameters, so SQLAlchemy's compiled cache
-        serves it.
+        row; the statement counts the rows inserted. Data-modifying CTEs all run, referenced
+        or not: one statement, one transaction. Built once per shape, with parameters, so
+        SQLAlchemy's compiled cache serves it.
         """
         statement = self._creates.get((names, claim, outbox))
         if statement is not None:
@@ -154,42 +154,34 @@ class VersionedRepository(Generic[M]):
     ) -> WriteOutcome:
         """Apply ``values`` and bump the version, if the row exists and the precondition holds."""
         table = self.table
-        statement = (
-            update(table)
-            .where(table.c.id == row_id, *self._condition(precondition))
-            .values(**values, version=table.c.version + 1, updated_at=utcnow())
-            .returning(*table.c)
-        )
-        return await self._outcome(connection, statement, row_id)
+        statement = update(table).values(**values, version=table.c.version + 1, updated_at=utcnow())
+        return await self._write(connection, statement, row_id, precondition)
 
     async def delete(
         self, connection: Statements, row_id: int, precondition: Precondition | None
     ) -> WriteOutcome:
         """Delete the row if it exists and the precondition holds; ``row`` is the deleted row."""
-        table = self.table
-        statement = (
-            delete(table)
-            .where(table.c.id == row_id, *self._condition(precondition))
-            .returning(*table.c)
-        )
-        return await self._outcome(connection, statement, row_id)
+        return await self._write(connection, delete(self.table), row_id, precondition)
 
-    async def _outcome(
-        self, connection: Statements, statement: Executable, row_id: int
+    async def _write(
+        self,
+        connection: Statements,
+        statement: Update | Delete,
+        row_id: int,
+        precondition: Precondition | None,
     ) -> WriteOutcome:
         # The written row, or else the version that refused the write (None: no such row).
-        written = await connection.rows(statement)
+        table = self.table
+        condition: list[ColumnElement[bool]] = []
+        if precondition is not None and not precondition.any_version:
+            # One equality per version (rarely more than one): a statement of one shape per
+            # count, where IN would need a list parameter, which asyncpg runs as an array.
+            # No versions (only tags that are not ours): nothing matches.
+            versions = [table.c.version == known for known in sorted(precondition.versions)]
+            condition.append(or_(*versions) if versions else false())
+        statement = statement.where(table.c.id == row_id, *condition)
+        written = await connection.rows(statement.returning(*table.c))
         if written:
             return WriteOutcome(row=written[0], current_version=None)
         found = await connection.rows(self._version_of, {"id": row_id})
         return WriteOutcome(row=None, current_version=found[0]["version"] if found else None)
-
-    def _condition(self, precondition: Precondition | None) -> list[ColumnElement[bool]]:
-        if precondition is None or precondition.any_version:
-            return []
-        # One equality per version (rarely more than one): a statement of one shape per count,
-        # where IN would need a list parameter, which asyncpg runs as an array.
-        version = self.table.c.version
-        if not precondition.versions:  # only tags that are not ours: nothing matches
-            return [false()]
-        return [or_(*(version == known for known in sorted(precondition.versions)))]

@@ -100,20 +100,17 @@ class IdempotentRequest:
 def keyed_request(
     *, method: str, path: str, key: str | None, scope: str, payload: Any
 ) -> IdempotentRequest | None:
-    """What a creating request with ``payload`` asks for under its key, or None without one."""
+    """What a creating request with ``payload`` asks for under its key, or None without one.
+
+    Its fingerprint is a digest of the request's meaning, over its validated values. Key order
+    and whitespace do not count, nor how a number is spelled: ``3``, ``3.0``, ``3e0`` (and the
+    Decimal ``3.00``) are one value, so a client that re-serializes a retry replays.
+    """
     if key is None:
         return None
-    return IdempotentRequest(key=key, scope=scope, fingerprint=fingerprint(method, path, payload))
-
-
-def fingerprint(method: str, path: str, payload: Any) -> str:
-    """A digest of the request's meaning, over its validated values.
-
-    Key order and whitespace do not count, nor how a number is spelled: ``3``, ``3.0``, ``3e0``
-    (and the Decimal ``3.00``) are one value, so a client that re-serializes a retry replays.
-    """
     canonical = _COMPACT.encode([method, path, _canonical(payload)])
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return IdempotentRequest(key=key, scope=scope, fingerprint=digest)
 
 
 _COMPACT = json.JSONEncoder(separators=(",", ":"))

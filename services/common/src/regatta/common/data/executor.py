@@ -245,11 +245,7 @@ class AsyncpgExecutor:
         return connection
 
     def release(self, connection: asyncpg.Connection, *, reusable: bool = True) -> None:
-        """Give ``connection`` back: kept for the next in turn, or closed if not ``reusable``.
-
-        A connection is not reusable when its request ended mid-statement or its connection
-        failed; one the server closed, or left in a transaction, is not kept either.
-        """
+        """Give ``connection`` back: kept for the next in turn, or closed if not ``reusable``."""
         self._lent -= 1
         if (
             reusable

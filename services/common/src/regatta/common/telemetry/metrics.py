@@ -10,12 +10,11 @@ there and ``/metrics`` adds them up (prometheus_client's multiprocess mode).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 import prometheus_client
 from fastapi import FastAPI, Request
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
 
     from regatta.common.data.db import Database
     from regatta.common.data.executor import Executor
-
-logger = logging.getLogger("regatta.metrics")
 
 # `foo_created` series double what Prometheus stores and no panel reads them.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -98,140 +95,117 @@ class PlatformMetrics:
         self.key_principal: KeyPrincipal | None = None
         r = self.registry
 
-        self.http_requests = Counter(
+        # Every family is labelled by service_name first, and lives in this app's registry.
+        def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, documentation, ("service_name", *labels), registry=r)
+
+        def gauge(name: str, documentation: str, mode: Literal["livesum", "livemax"]) -> Gauge:
+            return Gauge(name, documentation, ("service_name",), multiprocess_mode=mode, registry=r)
+
+        def histogram(
+            name: str,
+            documentation: str,
+            labels: tuple[str, ...] = (),
+            buckets: Any = LATENCY_BUCKETS,
+        ) -> Histogram:
+            labelnames = ("service_name", *labels)
+            return Histogram(name, documentation, labelnames, buckets=buckets, registry=r)
+
+        self.http_requests = counter(
             "http_requests_total",
             "HTTP requests answered, by route template and status code.",
-            ["service_name", "handler", "method", "status"],
-            registry=r,
+            ("handler", "method", "status"),
         )
-        self.http_duration = Histogram(
+        self.http_duration = histogram(
             "http_request_duration_seconds",
             "Time from the request's arrival to the end of its response, by route template.",
-            ["service_name", "handler", "method"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ("handler", "method"),
         )
         # (handler, method, status) → its series, made once (see _series_of).
         self._request_series: dict[tuple[str, str, str], _RequestSeries] = {}
-        self.rate_limited = Counter(
-            "regatta_rate_limited_requests_total",
-            "Requests refused with 429 Too Many Requests.",
-            ["service_name"],
-            registry=r,
+        self.rate_limited = counter(
+            "regatta_rate_limited_requests_total", "Requests refused with 429 Too Many Requests."
         )
         # 0 where no limiter runs, or while Redis answers; the fail-open alert watches it.
-        self.rate_limit_unavailable = Counter(
+        self.rate_limit_unavailable = counter(
             "regatta_rate_limit_unavailable_total",
             "Requests served without a rate-limit check because Redis could not be reached.",
-            ["service_name"],
-            registry=r,
         )
         self.rate_limit_unavailable.labels(service_name)
-        self.cache_requests = Counter(
+        self.cache_requests = counter(
             "regatta_cache_requests_total",
             "Response cache look-ups, by result (hit or miss).",
-            ["service_name", "result"],
-            registry=r,
+            ("result",),
         )
-        self.pool_size = Gauge(
+        self.pool_size = gauge(
             "regatta_db_pool_size",
             "Connections the database pool keeps open (beyond them it may overflow).",
-            ["service_name"],
-            multiprocess_mode="livesum",
-            registry=r,
+            "livesum",
         )
-        self.pool_checked_out = Gauge(
-            "regatta_db_pool_checked_out",
-            "Database connections currently in use.",
-            ["service_name"],
-            multiprocess_mode="livesum",
-            registry=r,
+        self.pool_checked_out = gauge(
+            "regatta_db_pool_checked_out", "Database connections currently in use.", "livesum"
         )
         # Why is it slow: waiting for a pooled connection, the statements, Redis.
-        self.pool_wait = Histogram(
+        self.pool_wait = histogram(
             "regatta_db_pool_wait_seconds",
             "Time to get a connection from the database pool (waiting for a free one, or "
             "opening a new one).",
-            ["service_name"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.pool_timeouts = Counter(
+        self.pool_timeouts = counter(
             "regatta_db_pool_timeouts_total",
             "Requests for a pooled connection that gave up after the pool timeout (a 503).",
-            ["service_name"],
-            registry=r,
         )
         self.pool_timeouts.labels(service_name)
-        self.db_statement = Histogram(
+        self.db_statement = histogram(
             "regatta_db_statement_duration_seconds",
             "Duration of one SQL statement, by operation (select, insert, update, delete, other).",
-            ["service_name", "operation"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ("operation",),
         )
-        self.redis_command = Histogram(
+        self.redis_command = histogram(
             "regatta_redis_command_duration_seconds",
             "Duration of one Redis round trip, by operation (cache_get, cache_store, rate_limit).",
-            ["service_name", "operation"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ("operation",),
         )
-        self.cache_errors = Counter(
+        self.cache_errors = counter(
             "regatta_cache_errors_total",
             "Response cache operations that failed (Redis unreachable or refusing), by "
             "operation (read: served from the database; write: retried later).",
-            ["service_name", "operation"],
-            registry=r,
+            ("operation",),
         )
         # Engines whose statements and pool waits are measured (instrument_database).
         self._instrumented: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.idempotency = Counter(
+        self.idempotency = counter(
             "regatta_idempotency_requests_total",
             "Creating requests with an Idempotency-Key, by outcome "
             "(stored, replayed, conflict: still in flight, mismatch: key reused).",
-            ["service_name", "outcome"],
-            registry=r,
+            ("outcome",),
         )
-        self.outbox_backlog = Gauge(
+        self.outbox_backlog = gauge(
             "regatta_outbox_backlog",
             "Platform events written but not yet relayed to the stream.",
-            ["service_name"],
-            multiprocess_mode="livemax",
-            registry=r,
+            "livemax",
         )
-        self.outbox_oldest_age = Gauge(
+        self.outbox_oldest_age = gauge(
             "regatta_outbox_oldest_age_seconds",
             "Age of the oldest event still waiting in the outbox (0 when empty).",
-            ["service_name"],
-            multiprocess_mode="livemax",
-            registry=r,
+            "livemax",
         )
-        self.outbox_relayed = Counter(
-            "regatta_outbox_relayed_total",
-            "Platform events relayed from the outbox to the stream.",
-            ["service_name"],
-            registry=r,
+        self.outbox_relayed = counter(
+            "regatta_outbox_relayed_total", "Platform events relayed from the outbox to the stream."
         )
-        self.outbox_relay_lag = Histogram(
+        self.outbox_relay_lag = histogram(
             "regatta_outbox_relay_lag_seconds",
             "Time from an event's commit to its publication on the stream.",
-            ["service_name"],
             buckets=LAG_BUCKETS,
-            registry=r,
         )
-        self.outbox_relay_errors = Counter(
+        self.outbox_relay_errors = counter(
             "regatta_outbox_relay_errors_total",
             "Relay rounds that failed (the events wait in the outbox and are retried).",
-            ["service_name"],
-            registry=r,
         )
-        self.up = Gauge(
+        self.up = gauge(
             "regatta_up",
             "1 while this process serves: the dead-man alerts watch it disappear.",
-            ["service_name"],
-            multiprocess_mode="livemax",
-            registry=r,
+            "livemax",
         )
         self.up.labels(service_name).set(1)
         # Metrics a service declares for itself (part()), made once each.

@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 import prometheus_client
@@ -54,18 +54,12 @@ LAG_BUCKETS: Final = (
 UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
 # How many (route, method, status) series observe_request keeps at hand.
 MAX_REMEMBERED_SERIES: Final = 1024
-MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
-IDEMPOTENCY_OUTCOMES: Final = ("stored", "replayed", "conflict", "mismatch")
-TOO_MANY_REQUESTS: Final = "429"
-CACHE_OPERATIONS: Final = ("read", "write")
 STATEMENT_OPERATIONS: Final = ("select", "insert", "update", "delete")
-OK: Final = 200
-SERVER_ERROR: Final = "500"
 
 
 def multiprocess_dir() -> str | None:
     """The directory shared by processes serving together, when metrics are multi-process."""
-    return os.environ.get(MULTIPROCESS_ENV) or None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 P = TypeVar("P")
@@ -213,9 +207,9 @@ class PlatformMetrics:
         # Zero is an answer ("nothing was refused"), so these exist before the first event.
         for name in services:
             self.rate_limited.labels(name)
-            for operation in CACHE_OPERATIONS:
+            for operation in ("read", "write"):
                 self.cache_errors.labels(name, operation)
-            for outcome in IDEMPOTENCY_OUTCOMES:
+            for outcome in ("stored", "replayed", "conflict", "mismatch"):
                 self.idempotency.labels(name, outcome)
         if multiprocess_dir() is None:
             # Per-process CPU and memory; in multiprocess mode only files are aggregated.
@@ -231,14 +225,16 @@ class PlatformMetrics:
             made = self._parts[declare] = declare(self.registry)
         return cast("P", made)
 
-    def start_at_zero(self, handler: str, method: str, statuses: Iterable[str]) -> None:
-        """Make a route's request series before its first request, at 0.
+    def start_at_zero(self, route: APIRoute) -> None:
+        """Make a route's request series, for its success status and 500, at 0.
 
         A counter that appears with its first increment hides that increment from ``rate()``:
         the first 5xx of a route would never reach the error ratio.
         """
-        for status in statuses:
-            self._series_of(handler, method, status)
+        statuses = dict.fromkeys((str(route.status_code or 200), "500"))
+        for method in sorted(route.methods or ()):
+            for status in statuses:
+                self._series_of(route.path, method, status)
 
     def service_for(self, handler: str) -> str:
         """The service a route template belongs to: its first segment, or this app's name."""
@@ -254,7 +250,7 @@ class PlatformMetrics:
         the request failed before one was sent, a 500).
         """
         method = scope["method"]
-        code = start["status"] if start is not None else int(SERVER_ERROR)
+        code = start["status"] if start is not None else 500
         status = str(code)
         series = self._request_series.get((handler, method, status))
         if series is None:
@@ -262,7 +258,7 @@ class PlatformMetrics:
         service, requests, duration = series
         requests.inc()
         duration.observe(seconds, exemplar=trace_exemplar())
-        if status == TOO_MANY_REQUESTS:
+        if status == "429":  # Too Many Requests
             self.rate_limited.labels(service).inc()
         if request_logged(code):  # building the URL costs more than the metrics above
             request = Request(scope)
@@ -348,35 +344,33 @@ class PlatformMetrics:
         event.listen(sync_engine, "after_cursor_execute", after)
         event.listen(sync_engine, "handle_error", failed)
         database.statements.observe = observe
-        self._time_pool_waits(sync_engine.pool)
-        self._time_executor_waits(database.statements)
+        self._time_waits(sync_engine.pool, database.statements)
 
-    def _time_pool_waits(self, pool: Pool) -> None:
-        # SQLAlchemy has no event before a checkout: its pool's one method that waits (or
-        # connects) is timed instead, on this pool object only.
-        get = getattr(pool, "_do_get", None)
-        if get is None:
-            return
+    def _time_waits(self, pool: Pool, executor: Executor) -> None:
+        # Waits for a connection of the engine's pool, or of the executor's (executor.py) for
+        # the resources' statements on Postgres: their duration, and timeouts counted as such.
         waited = self.pool_wait.labels(self.service_name)
         timeouts = self.pool_timeouts.labels(self.service_name)
+        get = pool._do_get  # noqa: SLF001
 
         def timed_get() -> Any:
-            with _timed_wait(waited, timeouts):
+            # SQLAlchemy has no event before a checkout: its pool's one method that waits (or
+            # connects) is timed instead, on this pool object only.
+            started = time.perf_counter()
+            try:
                 return get()
-
-        pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
-
-    def _time_executor_waits(self, executor: Executor) -> None:
-        # The resources' statements on Postgres wait for a connection of the executor's
-        # (executor.py): timed alike.
-        waited = self.pool_wait.labels(self.service_name)
-        timeouts = self.pool_timeouts.labels(self.service_name)
+            except sa_exc.TimeoutError:
+                timeouts.inc()
+                raise
+            finally:
+                waited.observe(time.perf_counter() - started)
 
         def observe_wait(seconds: float, timed_out: bool) -> None:
             waited.observe(seconds)
             if timed_out:
                 timeouts.inc()
 
+        pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
         executor.observe_wait = observe_wait
 
     def sample_pool(self, database: Database) -> None:
@@ -394,19 +388,6 @@ class PlatformMetrics:
             self.pool_size.labels(self.service_name).set(size() + statements.size())
             in_use = checked_out() + statements.in_use()
             self.pool_checked_out.labels(self.service_name).set(in_use)
-
-
-@contextlib.contextmanager
-def _timed_wait(waited: Histogram, timeouts: Counter) -> Iterator[None]:
-    # One wait for a database connection: its duration, and a timeout counted as such.
-    started = time.perf_counter()
-    try:
-        yield
-    except sa_exc.TimeoutError:
-        timeouts.inc()
-        raise
-    finally:
-        waited.observe(time.perf_counter() - started)
 
 
 API_KEY_ID_STATE: Final = "api_key_id"
@@ -517,8 +498,7 @@ def instrument_http(
     metrics.key_principal = key_principal
     for route in app.routes:
         if isinstance(route, APIRoute) and route.path not in UNOBSERVED_PATHS:
-            for method in sorted(route.methods or ()):
-                metrics.start_at_zero(route.path, method, statuses_of(route))
+            metrics.start_at_zero(route)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
@@ -532,12 +512,6 @@ def instrument_http(
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encode(registry), headers={"Content-Type": content_type})
-
-
-def statuses_of(route: APIRoute) -> list[str]:
-    """The status classes a route's series start with: its success status and 500."""
-    success = str(route.status_code or OK)
-    return [success, SERVER_ERROR] if success != SERVER_ERROR else [success]
 
 
 @contextlib.asynccontextmanager

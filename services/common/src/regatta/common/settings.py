@@ -10,8 +10,6 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/regatta.db"
-
 
 class Environment(StrEnum):
     """Where the process runs; anything but development refuses insecure defaults."""
@@ -30,7 +28,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
     environment: Environment = Environment.DEVELOPMENT
-    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./data/regatta.db")
     # A fixed pool by default: SQLAlchemy closes an overflow connection as soon as it comes
     # back to a full pool, and under sustained load (more requests than pooled connections)
     # that is dozens of new connections a second, each costing more than many queries

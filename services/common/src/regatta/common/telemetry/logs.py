@@ -27,8 +27,6 @@ from regatta.common.http.middleware import request_id_var
 
 access_logger = logging.getLogger("regatta.access")
 
-LogFormat = Literal["json", "text"]
-
 # Attributes every LogRecord has; anything else on a record came from ``extra`` (but uvicorn's
 # terminal-coloured copy of its message, which is noise here).
 _RECORD_ATTRIBUTES: Final = frozenset(
@@ -98,7 +96,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def configure_logging(*, level: str, log_format: LogFormat, service: str) -> None:
+def configure_logging(*, level: str, log_format: Literal["json", "text"], service: str) -> None:
     """Send every logger's records to stdout, as JSON lines or as plain text for a terminal."""
     handler = logging.StreamHandler(sys.stdout)
     if log_format == "json":

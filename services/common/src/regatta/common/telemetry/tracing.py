@@ -53,8 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("regatta.tracing")
 
-FLUSH_TIMEOUT_MILLIS: Final = 5000
-
 
 @contextlib.asynccontextmanager
 async def flush_on_exit(provider: TracerProvider | None) -> AsyncIterator[None]:
@@ -68,16 +66,15 @@ async def flush_on_exit(provider: TracerProvider | None) -> AsyncIterator[None]:
     finally:
         force_flush = getattr(provider, "force_flush", None)
         if callable(force_flush):
-            await asyncio.to_thread(force_flush, FLUSH_TIMEOUT_MILLIS)
+            await asyncio.to_thread(force_flush, timeout_millis=5000)
 
 
-_TRUE = {"true", "1", "yes", "on"}
 SUPPORTED_OTLP_PROTOCOL: Final = "http/protobuf"
 
 
 def tracing_requested(environ: Mapping[str, str]) -> bool:
     """Whether the standard ``OTEL_*`` variables ask for traces."""
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() in {"true", "1", "yes", "on"}:
         return False
     exporters = environ.get("OTEL_TRACES_EXPORTER")
     if exporters is not None:

@@ -133,30 +133,19 @@ def log_request(
     """
     level = logging.ERROR if status >= SERVER_ERROR else logging.INFO
     duration_ms = round(duration_seconds * 1000, 3)
-    optional = {
-        key: value
-        for key, value in (
-            ("client", client),
-            ("api_key_id", api_key_id),
-            ("response_bytes", response_bytes),
-        )
-        if value is not None
+    extra: dict[str, object] = {
+        "event": "request",
+        "service": service,
+        "route": route,
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": duration_ms,
     }
-    access_logger.log(
-        level,
-        "%s %s %d %.1fms",
-        method,
-        path,
-        status,
-        duration_ms,
-        extra={
-            "event": "request",
-            "service": service,
-            "route": route,
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            **optional,
-        },
-    )
+    if client is not None:
+        extra["client"] = client
+    if api_key_id is not None:
+        extra["api_key_id"] = api_key_id
+    if response_bytes is not None:
+        extra["response_bytes"] = response_bytes
+    access_logger.log(level, "%s %s %d %.1fms", method, path, status, duration_ms, extra=extra)

@@ -424,17 +424,12 @@ class _WithLabels(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """The inner collector's families, each sample labelled."""
-        for family in self.inner.collect():
-            labelled = Metric(family.name, family.documentation, family.type, family.unit)
-            for sample in family.samples:
-                labelled.add_sample(
-                    sample.name,
-                    {**sample.labels, "service_name": self.service_name},
-                    sample.value,
-                    sample.timestamp,
-                    sample.exemplar,
-                )
-            yield labelled
+        for family in self.inner.collect():  # families made anew by each collect()
+            family.samples = [
+                sample._replace(labels={**sample.labels, "service_name": self.service_name})
+                for sample in family.samples
+            ]
+            yield family
 
 
 def trace_exemplar() -> dict[str, str] | None:

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from fastapi import FastAPI
@@ -248,9 +248,7 @@ def instrument_redis(client: Redis, provider: TracerProvider) -> None:
 
 def tracer(provider: TracerProvider | None, name: str) -> Tracer:
     """A tracer from ``provider``; without one, a no-op tracer that still passes context on."""
-    if provider is None:
-        return trace.NoOpTracer()
-    return provider.get_tracer(name)
+    return trace.NoOpTracer() if provider is None else provider.get_tracer(name)
 
 
 def current_trace_context() -> str | None:
@@ -280,7 +278,6 @@ def parent_context(carrier: str | None) -> Context | None:
     return propagate.extract({str(key): str(value) for key, value in fields.items()})
 
 
-@contextlib.contextmanager
 def continue_trace(
     tracer: Tracer,
     name: str,
@@ -288,9 +285,8 @@ def continue_trace(
     *,
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, str | int] | None = None,
-) -> Iterator[Span]:
+) -> contextlib.AbstractContextManager[Span]:
     """A current span continuing the trace stored in ``carrier`` (a new trace without one)."""
-    with tracer.start_as_current_span(
+    return tracer.start_as_current_span(
         name, context=parent_context(carrier), kind=kind, attributes=dict(attributes or {})
-    ) as span:
-        yield span
+    )

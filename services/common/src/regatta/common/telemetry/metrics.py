@@ -27,6 +27,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regatta.common.telemetry.logs import log_request, request_logged
@@ -381,12 +382,10 @@ class PlatformMetrics:
         """
         self.instrument_database(database)
         pool = database.engine.pool
-        size = getattr(pool, "size", None)
-        checked_out = getattr(pool, "checkedout", None)
-        if callable(size) and callable(checked_out):
+        if isinstance(pool, QueuePool):  # SQLite's in-memory StaticPool has no size
             statements = database.statements
-            self.pool_size.labels(self.service_name).set(size() + statements.size())
-            in_use = checked_out() + statements.in_use()
+            self.pool_size.labels(self.service_name).set(pool.size() + statements.size())
+            in_use = pool.checkedout() + statements.in_use()
             self.pool_checked_out.labels(self.service_name).set(in_use)
 
 

@@ -33,9 +33,7 @@ RESTART_DELAY_SECONDS = 1.0
 STOP_GRACE_SECONDS = 10.0
 
 
-def create_redis(
-    settings: ServiceSettings, generation: CacheGeneration | None = None
-) -> Redis | None:
+def create_redis(settings: ServiceSettings, generation: CacheGeneration | None) -> Redis | None:
     """A Redis client with short timeouts (a slow Redis degrades to the database, not a hang).
 
     With ``generation``, every connection it opens advances the cache generation first.
@@ -50,13 +48,6 @@ def create_redis(
         retry_on_timeout=False,
         redis_connect_func=generation.on_connect if generation is not None else None,
     )
-
-
-def cache_generation(settings: ServiceSettings) -> CacheGeneration | None:
-    """The generation of the shared response cache, when there is one (Redis, cache on)."""
-    if settings.redis_url is None or not settings.cache_enabled:
-        return None
-    return CacheGeneration(settings.redis_key_prefix + CACHE_KEYS + "generation")
 
 
 def create_pipelined(settings: ServiceSettings, tracer: Tracer) -> PipelinedRedis | None:
@@ -157,7 +148,9 @@ async def open_runtime(
     ``statements`` and ``sessions`` say where requests run, to split the database's pool.
     """
     database = create_database(settings, statements=statements, sessions=sessions)
-    generation = cache_generation(settings)
+    generation: CacheGeneration | None = None  # the shared response cache's, in Redis
+    if settings.redis_url is not None and settings.cache_enabled:
+        generation = CacheGeneration(settings.redis_key_prefix + CACHE_KEYS + "generation")
     redis = create_redis(settings, generation)
     reader = create_pipelined(
         settings, tracing.tracer(tracer_provider, "opentelemetry.instrumentation.redis")

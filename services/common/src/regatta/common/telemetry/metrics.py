@@ -237,11 +237,6 @@ class PlatformMetrics:
             for status in statuses:
                 self._series_of(route.path, method, status)
 
-    def service_for(self, handler: str) -> str:
-        """The service a route template belongs to: its first segment, or this app's name."""
-        first = handler.split("/", 2)[1] if handler.startswith("/") else ""
-        return first if first in self.services else self.service_name
-
     def observe_request(
         self, scope: Scope, handler: str, start: Message | None, seconds: float
     ) -> None:
@@ -281,7 +276,9 @@ class PlatformMetrics:
         # labels() validates and looks its arguments up under a lock: a few µs a request that
         # a dictionary of the series already made saves. Handlers are route templates (or
         # "none"), so the dictionary stays small; past its bound, series are not remembered.
-        service = self.service_for(handler)
+        # The service is the template's first segment when it names one, else this app's.
+        first = handler.split("/", 2)[1] if handler.startswith("/") else ""
+        service = first if first in self.services else self.service_name
         series = (
             service,
             self.http_requests.labels(service, handler, method, status),
@@ -484,10 +481,9 @@ def instrument_http(
 ) -> None:
     """Measure and log every request (:class:`RequestMetricsMiddleware`) and serve ``/metrics``.
 
-    Every route's request series start at 0 for its own status and for 500 (so the first
-    server error is seen by ``rate()``). Log lines name a request's API key by
-    ``key_principal``; each scrape samples the pools of ``database()`` (None before the
-    lifespan opens it).
+    Every route's series start at 0 (:meth:`PlatformMetrics.start_at_zero`). Log lines name
+    a request's API key by ``key_principal``; each scrape samples the pools of ``database()``
+    (None before the lifespan opens it).
     """
     metrics.key_principal = key_principal
     for route in app.routes:

@@ -8,11 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import Field
 
-from regatta.common.http.conditional import (
-    IF_NONE_MATCH_DOCUMENTED,
-    NOT_MODIFIED,
-    if_none_match,
-)
+from regatta.common.http.conditional import IF_NONE_MATCH_DOCUMENTED, NOT_MODIFIED
 from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.http.pagination import PageQuery
 from regatta.common.http.problems import problem_responses
@@ -161,7 +157,8 @@ async def get_notification(notification_id: str, context: Reading) -> Response:
     """One notification: status, attempts, last error; ETag, 304 when unchanged."""
     async with context.database.sessions() as session:
         entry = await service.get_notification(session=session, notification_id=notification_id)
-    return entry_response(entry, if_none_match=if_none_match(context.request.headers), private=True)
+    if_none_match = context.request.headers.get("if-none-match")
+    return entry_response(entry, if_none_match=if_none_match, private=True)
 
 
 route_head(router)

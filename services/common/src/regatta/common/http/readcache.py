@@ -1,12 +1,9 @@
 """The response cache in front of the routes: ``GET /{resource}/{id}`` answered from final bytes.
 
-A service declares which of its resources are read through the cache (``ResourceRoutes.
-read_cache``, resource_routes.py). For those, this layer looks the id up in the cache of
-rendered responses (``redis/cache.py``) and, when the entry is there, answers 200 with its
-bytes and ETag — or 304 when ``If-None-Match`` already names that version — exactly as the
-route would (``tests/contract/test_read_cache.py`` compares the two). On a miss, and for every
-other request, it does nothing but pass the request on: the route reads the database, renders
-the response and stores it in the cache for the next reader.
+For the resources read through the cache (``ResourceRoutes.read_cache``), a hit in the cache of
+rendered responses (``redis/cache.py``) is answered here, 200 with its bytes and ETag or 304,
+exactly as the route would (``tests/contract/test_read_cache.py`` compares the two). A miss, and
+every other request, passes on: the route reads the database, renders and fills the cache.
 
 It sits inside the request id, metrics, tracing, CORS, rate-limit and body-size layers and the
 error guard, so a hit is counted, logged, traced and limited like any other request; it leaves
@@ -23,7 +20,7 @@ from starlette.datastructures import Headers
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from regatta.common.http.conditional import CACHE_CONTROL, if_none_match, none_match
+from regatta.common.http.conditional import CACHE_CONTROL, none_match
 from regatta.common.http.resource_routes import read_route_name
 from regatta.common.http.resources import Resource
 from regatta.common.redis.cache import CachedResponse, ResponseCache
@@ -78,16 +75,16 @@ class CachedReads:
 async def _send(entry: CachedResponse, scope: Scope, send: Send) -> None:
     # The status, headers and body resources.entry_response() gives through Starlette.
     etag = entry.etag.encode()
-    if none_match(if_none_match(Headers(scope=scope)), entry.etag):  # as the route reads it
+    if none_match(Headers(scope=scope).get("if-none-match"), entry.etag):  # as the route reads it
+        status, body = 304, b""
         headers = [(b"etag", etag), (b"cache-control", _CACHE_CONTROL)]
-        await send({"type": "http.response.start", "status": 304, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
-        return
-    headers = [
-        (b"etag", etag),
-        (b"cache-control", _CACHE_CONTROL),
-        (b"content-length", str(len(entry.body)).encode()),
-        (b"content-type", b"application/json"),
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": entry.body})
+    else:
+        status, body = 200, entry.body
+        headers = [
+            (b"etag", etag),
+            (b"cache-control", _CACHE_CONTROL),
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

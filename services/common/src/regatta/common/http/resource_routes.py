@@ -1,14 +1,10 @@
 """One way to declare a resource: :class:`ResourceRoutes` → its five routes (and HEAD).
 
-A service describes its resource — the :class:`Resource`, its create and update schemas, its
-page schema, its list's query (a :class:`ListQuery` with its filters), how its id is
-described — and :func:`resource_router` builds ``POST /{name}``, ``GET /{name}``,
-``GET/PATCH/DELETE /{name}/{id}`` (HEAD with each GET) with the contract's behaviour and
-OpenAPI description. The read cache in front of the routes (readcache.py) is built from the
-same declarations.
-
-Each handler takes one :class:`RequestContext` (context.py); a write's context checks the key.
-The list validates its whole query as one model in one step (``PageQuery.of``).
+:func:`resource_router` builds ``POST /{name}``, ``GET /{name}`` and ``GET/PATCH/DELETE
+/{name}/{id}`` (HEAD with each GET) with the contract's behaviour and OpenAPI description; the
+read cache in front of the routes (readcache.py) is built from the same declarations. Each
+handler takes one :class:`RequestContext` (context.py); the list validates its whole query as
+one model in one step (``PageQuery.of``).
 
 (No ``from __future__ import annotations`` here: the handlers' annotations are the declared
 schemas, which FastAPI must see as objects.)
@@ -28,18 +24,16 @@ from regatta.common.http.conditional import (
     IF_MATCH_DOCUMENTED,
     IF_NONE_MATCH_DOCUMENTED,
     NOT_MODIFIED,
-    if_match,
-    if_none_match,
     parse_if_match,
 )
 from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.http.pagination import PageQuery
 from regatta.common.http.problems import problem_responses
 from regatta.common.http.resources import (
+    JSON_MEDIA_TYPE,
     IdempotencyKeyHeader,
     Resource,
     entry_response,
-    json_response,
     stored_response,
 )
 from regatta.common.http.routing import query_parameters, route_head
@@ -82,11 +76,6 @@ class ResourceRoutes:
     read_cache: bool = True
 
     @property
-    def name(self) -> str:
-        """The collection's path segment."""
-        return self.resource.name
-
-    @property
     def cached(self) -> bool:
         """Whether the read cache may answer for the route (no dependency it would skip)."""
         return self.read_cache and not self.dependencies
@@ -108,11 +97,18 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     id_name = f"{singular}_id"
     # The path shows the id as {item_id}; the handlers take it as row_id.
     RowId = Annotated[int, Path(alias=id_name, description=routes.id_description)]  # noqa: N806
-    Create = routes.create_schema  # noqa: N806
-    Update = routes.update_schema  # noqa: N806
+    a = "an" if singular[:1].lower() in "aeiou" else "a"
 
+    @router.post(
+        "",
+        name=f"create_{singular}",
+        status_code=201,
+        response_model=resource.read_schema,
+        responses=WRITE_ERRORS,
+        description=f"Create {a} {singular}. Retry safely with an ``Idempotency-Key``.",
+    )
     async def create(
-        body: Create,  # type: ignore[valid-type]
+        body: routes.create_schema,  # type: ignore[name-defined]
         context: Writing,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response:
@@ -122,97 +118,77 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
             store=context.store,
             idempotency_key=idempotency_key,
             principal=context.writer,
-            values=body.model_dump(),  # type: ignore[attr-defined]
+            values=body.model_dump(),
         )
         return stored_response(stored)
 
+    @router.get(
+        "",
+        name=f"list_{name}",
+        response_model=routes.page_schema,
+        openapi_extra=query_parameters(routes.query),
+        description=f"List {name} by id, a page at a time.",
+    )
     async def list_(context: Reading) -> Response:
         query = routes.query.of(context.request)
         clauses = query.where()(context.database.dialect)
         page = query.page()
-        return json_response(
-            await resource.list(database=context.database, page=page, where=clauses)
-        )
+        body = await resource.list(database=context.database, page=page, where=clauses)
+        return Response(body, media_type=JSON_MEDIA_TYPE)
 
+    @router.get(
+        f"/{{{id_name}}}",
+        name=read_route_name(resource),
+        response_model=resource.read_schema,
+        responses={**problem_responses(404), **NOT_MODIFIED},
+        description=f"One {singular}, with its ETag (``If-None-Match`` → 304).",
+        openapi_extra=IF_NONE_MATCH_DOCUMENTED,
+    )
     async def read(row_id: RowId, context: Reading) -> Response:
         entry = await resource.read(database=context.database, cache=context.cache, row_id=row_id)
-        return entry_response(entry, if_none_match=if_none_match(context.request.headers))
+        return entry_response(entry, if_none_match=context.request.headers.get("if-none-match"))
 
+    @router.patch(
+        f"/{{{id_name}}}",
+        name=f"update_{singular}",
+        response_model=resource.read_schema,
+        responses=WRITE_ERRORS,
+        description=(
+            f"Change some fields of {a} {singular} (``If-Match`` → 412 when it changed meanwhile)."
+        ),
+        openapi_extra=IF_MATCH_DOCUMENTED,
+    )
     async def update(
         row_id: RowId,
-        changes: Update,  # type: ignore[valid-type]
+        changes: routes.update_schema,  # type: ignore[name-defined]
         context: Writing,
     ) -> Response:
         entry = await resource.update(
             database=context.database,
             cache=context.cache,
             row_id=row_id,
-            values=changes.changes(),  # type: ignore[attr-defined]
-            precondition=parse_if_match(if_match(context.request.headers)),
+            values=changes.changes(),
+            precondition=parse_if_match(context.request.headers.get("if-match")),
         )
         return entry_response(entry)
 
+    @router.delete(
+        f"/{{{id_name}}}",
+        name=f"delete_{singular}",
+        status_code=204,
+        responses=WRITE_ERRORS,
+        description=f"Delete {a} {singular} (``If-Match`` → 412 when it changed meanwhile).",
+        openapi_extra=IF_MATCH_DOCUMENTED,
+    )
     async def delete(row_id: RowId, context: Writing) -> Response:
         await resource.delete(
             database=context.database,
             cache=context.cache,
             row_id=row_id,
-            precondition=parse_if_match(if_match(context.request.headers)),
+            precondition=parse_if_match(context.request.headers.get("if-match")),
         )
         return Response(status_code=204)
 
-    a, the = _article(singular), singular
-    router.add_api_route(
-        "",
-        create,
-        name=f"create_{singular}",
-        methods=["POST"],
-        status_code=201,
-        response_model=resource.read_schema,
-        responses=WRITE_ERRORS,
-        description=f"Create {a} {the}. Retry safely with an ``Idempotency-Key``.",
-    )
-    router.add_api_route(
-        "",
-        list_,
-        name=f"list_{name}",
-        methods=["GET"],
-        response_model=routes.page_schema,
-        openapi_extra=query_parameters(routes.query),
-        description=f"List {name} by id, a page at a time.",
-    )
-    router.add_api_route(
-        f"/{{{id_name}}}",
-        read,
-        name=read_route_name(resource),
-        methods=["GET"],
-        response_model=resource.read_schema,
-        responses={**problem_responses(404), **NOT_MODIFIED},
-        description=f"One {the}, with its ETag (``If-None-Match`` → 304).",
-        openapi_extra=IF_NONE_MATCH_DOCUMENTED,
-    )
-    router.add_api_route(
-        f"/{{{id_name}}}",
-        update,
-        name=f"update_{singular}",
-        methods=["PATCH"],
-        response_model=resource.read_schema,
-        responses=WRITE_ERRORS,
-        description=(
-            f"Change some fields of {a} {the} (``If-Match`` → 412 when it changed meanwhile)."
-        ),
-        openapi_extra=IF_MATCH_DOCUMENTED,
-    )
-    router.add_api_route(
-        f"/{{{id_name}}}",
-        delete,
-        name=f"delete_{singular}",
-        methods=["DELETE"],
-        status_code=204,
-        responses=WRITE_ERRORS,
-        description=f"Delete {a} {the} (``If-Match`` → 412 when it changed meanwhile).",
-        openapi_extra=IF_MATCH_DOCUMENTED,
-    )
     route_head(router)
     return router
 
@@ -220,7 +196,3 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
 def read_route_name(resource: Resource[Any, Any]) -> str:
     """The name of ``resource``'s ``GET /{name}/{id}`` route (readcache.py answers for it)."""
     return f"get_{resource.singular}"
-
-
-def _article(noun: str) -> str:
-    return "an" if noun[:1].lower() in "aeiou" else "a"

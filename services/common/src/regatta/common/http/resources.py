@@ -40,18 +40,14 @@ from regatta.common.telemetry.tracing import current_trace_context
 R = TypeVar("R", bound=BaseModel)
 
 JSON_MEDIA_TYPE = "application/json"
-REPLAYED_HEADER = "Idempotent-Replayed"
 
-# Printable ASCII without spaces, 1-255 characters.
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
-IDEMPOTENCY_KEY_MAX_LENGTH = 255
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
-        pattern=IDEMPOTENCY_KEY_PATTERN,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",  # printable ASCII without spaces
         description="Retry-safe creation: the same key and body replay the first response.",
     ),
 ]
@@ -82,10 +78,6 @@ class Resource(Generic[M, R]):
     def cache_key(self, row_id: int) -> str:
         """Where the rendered resource is cached."""
         return f"{self.name}:{row_id}"
-
-    def location(self, row_id: int) -> str:
-        """The resource's URL path."""
-        return f"/{self.name}/{row_id}"
 
     def render(self, row: Row[Any] | Mapping[str, Any]) -> CachedResponse:
         """The final JSON bytes and ETag of ``row`` (a row, or its columns by name)."""
@@ -175,7 +167,7 @@ class Resource(Generic[M, R]):
         return StoredResponse(
             status_code=201,
             body=entry.body,
-            headers={"Location": self.location(row_id), "ETag": entry.etag},
+            headers={"Location": f"/{self.name}/{row_id}", "ETag": entry.etag},
         )
 
     async def _create_in_one_statement(
@@ -287,12 +279,7 @@ def stored_response(stored: StoredResponse) -> Response:
     """A write's response as first sent, or replayed with ``Idempotent-Replayed: true``."""
     headers = dict(stored.headers)
     if stored.replayed:
-        headers[REPLAYED_HEADER] = "true"
+        headers["Idempotent-Replayed"] = "true"
     return Response(
         stored.body, status_code=stored.status_code, headers=headers, media_type=JSON_MEDIA_TYPE
     )
-
-
-def json_response(body: bytes) -> Response:
-    """A 200 with pre-rendered JSON bytes."""
-    return Response(body, media_type=JSON_MEDIA_TYPE)

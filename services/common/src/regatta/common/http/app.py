@@ -19,7 +19,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from regatta.common.data import migrations
 from regatta.common.data.idempotency import IdempotencyStore
 from regatta.common.http.auth import ApiKeys
-from regatta.common.http.context import Platform, platform_of, set_platform
+from regatta.common.http.context import Platform, platform_of
 from regatta.common.http.health import Lifecycle, health_router
 from regatta.common.http.middleware import RequestBodyMiddleware, RequestIdMiddleware
 from regatta.common.http.problems import UnhandledErrorMiddleware, install_problem_handlers
@@ -80,12 +80,11 @@ async def _sample_pool(runtime: Runtime) -> None:
 
 
 def _start_background(platform: Platform, runtime: Runtime) -> None:
-    services = platform.services
     stores = list(platform.idempotency.values())
     runtime.start("pool-sampler", partial(_sample_pool, runtime))
     if stores:
         runtime.start("idempotency-purge", partial(_purge_idempotency, runtime, stores))
-    for service in services:
+    for service in platform.services:
         if service.outbox_table is not None:
             runtime.start(
                 f"{service.name}-outbox-relay",
@@ -201,7 +200,7 @@ def create_app(
         run_workers=run_workers,
         workers=list(workers),
     )
-    set_platform(app, platform)
+    app.state.platform = platform  # the one thing app.state holds (context.platform_of)
     install_problem_handlers(app)
     docs = len(app.router.routes)  # FastAPI's own: the OpenAPI document and the docs pages
     for service in services:
@@ -225,7 +224,7 @@ def create_app(
             CachedReads,
             resources=cached,
             routes=app.routes,
-            cache=lambda: platform.cache,
+            cache=lambda: platform.runtime.cache if platform.runtime is not None else None,
             count=platform.metrics.count_cache,
         )
     app.add_middleware(UnhandledErrorMiddleware)

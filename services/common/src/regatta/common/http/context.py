@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
 
@@ -58,11 +58,6 @@ class Platform:
         if self.runtime is None:
             raise RuntimeError("the application's lifespan has not started")
         return self.runtime
-
-    @property
-    def cache(self) -> ResponseCache | None:
-        """The response cache, once open."""
-        return self.runtime.cache if self.runtime is not None else None
 
 
 def platform_of(app: Starlette | Any) -> Platform:
@@ -110,6 +105,7 @@ class RequestContext:
         return self.principal
 
 
+@dataclass(frozen=True, slots=True, eq=False)
 class ContextFactory:
     """The dependency giving a route of ``service`` its :class:`RequestContext`.
 
@@ -118,9 +114,8 @@ class ContextFactory:
     the route does not take is refused (422) by ``routing.check_query``.
     """
 
-    def __init__(self, service: str, access: Access = "public") -> None:
-        self.service = service
-        self.access = access
+    service: str
+    access: Access = "public"
 
     async def __call__(self, request: Request) -> RequestContext:
         """Build the request's context (async: FastAPI runs plain functions in threads)."""
@@ -138,11 +133,3 @@ class ContextFactory:
             idempotency=platform.idempotency.get(self.service),
             principal=principal,
         )
-
-    def __repr__(self) -> str:
-        return f"ContextFactory({self.service!r}, {self.access!r})"
-
-
-def set_platform(app: FastAPI, platform: Platform) -> None:
-    """Store ``platform`` on ``app``: the one thing ``app.state`` holds."""
-    app.state.platform = platform

@@ -1,14 +1,10 @@
 """Route-level conventions every service's router follows: HEAD with GET, no unknown parameters.
 
-Starlette routes HEAD with GET by itself; FastAPI's routes do not, so a service's ``api.py``
-calls :func:`route_head` on its router once every GET route is declared. HEAD stays out of the
-OpenAPI document, as clients and tools take it for granted. :func:`add_routes` puts a router's
-routes on the application itself.
+Starlette routes HEAD with GET by itself; FastAPI's routes do not (:func:`route_head`).
 
 A query parameter a route does not take is refused (422) rather than ignored: a misspelled
-filter (``?max-price=20``) would otherwise widen a list without a word. A route whose handler
-takes a request context (context.py), as every service's does, is checked by it with
-:func:`check_query`.
+filter (``?max-price=20``) would otherwise widen a list without a word. Every route whose
+handler takes a request context (context.py) is checked by it with :func:`check_query`.
 """
 
 from __future__ import annotations
@@ -98,20 +94,17 @@ def check_query(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    # A few nodes: cheaper than any cache lookup.
-    taken = _query_names(route.dependant) | _documented_query(route)
+    # A few nodes: cheaper than any cache lookup. The documented parameters are those of a
+    # query the handler validates itself (query_parameters).
+    documented = (route.openapi_extra or {}).get("parameters", ())
+    taken = _query_names(route.dependant)
+    taken |= {p["name"] for p in documented if p.get("in") == "query"}
     unknown = sorted(set(request.query_params) - taken)
     if unknown:
         listed = ", ".join(sorted(taken)) or "none"
         raise invalid_fields(
             unknown, "query", f"unknown query parameter (this URL takes: {listed})", kind="extra"
         )
-
-
-def _documented_query(route: APIRoute) -> set[str]:
-    # The parameters of a query the handler validates itself (query_parameters).
-    parameters = (route.openapi_extra or {}).get("parameters", ())
-    return {parameter["name"] for parameter in parameters if parameter.get("in") == "query"}
 
 
 def query_parameters(model: type[BaseModel]) -> dict[str, Any]:

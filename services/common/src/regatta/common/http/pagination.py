@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 
+from regatta.common.data.repository import MAX_ID
 from regatta.common.http.problems import invalid_field
 
 K = TypeVar("K")
@@ -43,11 +44,8 @@ def _parse_cursor(cursor: str) -> object:
         return None
 
 
-_MAX_ID = 2**63 - 1  # a BIGINT: no row lies beyond it, and Postgres refuses larger numbers
-
-
 def _integer_id(value: object) -> int | None:
-    return value if type(value) is int and 0 <= value <= _MAX_ID else None
+    return value if type(value) is int and 0 <= value <= MAX_ID else None
 
 
 def _uuid_id(value: object) -> uuid.UUID | None:
@@ -71,11 +69,6 @@ def _decode(cursor: str, parse: Callable[[object], K | None]) -> K:
 def decode_cursor(cursor: str) -> int:
     """The integer id a cursor points after; a malformed cursor is the client's mistake (422)."""
     return _decode(cursor, _integer_id)
-
-
-def decode_uuid_cursor(cursor: str) -> uuid.UUID:
-    """The UUID a cursor points after (422 when malformed)."""
-    return _decode(cursor, _uuid_id)
 
 
 class PageRequest(BaseModel):
@@ -128,7 +121,7 @@ class PageQuery(BaseModel):
     def uuid_page(self) -> UuidPageRequest:
         """The page asked for, over UUIDs (a malformed cursor is a 422)."""
         return UuidPageRequest(
-            limit=self.limit, after=decode_uuid_cursor(self.cursor) if self.cursor else None
+            limit=self.limit, after=_decode(self.cursor, _uuid_id) if self.cursor else None
         )
 
 

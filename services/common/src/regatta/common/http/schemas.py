@@ -84,18 +84,9 @@ _AS_NUMBER = PlainSerializer(float, return_type=float, when_used="json")
 _MONEY_SCHEMA = {"type": "number", "maximum": MAX_MONEY, "multipleOf": 0.01}
 _PRICE_SCHEMA = WithJsonSchema({**_MONEY_SCHEMA, "exclusiveMinimum": 0})
 _TAX_SCHEMA = WithJsonSchema({**_MONEY_SCHEMA, "minimum": 0})
-PriceParameter = Annotated[
-    Decimal,
-    Field(gt=0, le=MAX_MONEY, max_digits=12, decimal_places=2, allow_inf_nan=False),
-    _PRICE_SCHEMA,
-    _AS_NUMBER,
-]
-TaxParameter = Annotated[
-    Decimal,
-    Field(ge=0, le=MAX_MONEY, max_digits=12, decimal_places=2, allow_inf_nan=False),
-    _TAX_SCHEMA,
-    _AS_NUMBER,
-]
+_MONEY = Field(le=MAX_MONEY, max_digits=12, decimal_places=2, allow_inf_nan=False)
+PriceParameter = Annotated[Decimal, Field(gt=0), _MONEY, _PRICE_SCHEMA, _AS_NUMBER]
+TaxParameter = Annotated[Decimal, Field(ge=0), _MONEY, _TAX_SCHEMA, _AS_NUMBER]
 Price = Annotated[PriceParameter, JsonNumber]
 Tax = Annotated[TaxParameter, JsonNumber]
 # Stored money in a response: checked when it was written, documented as the request's. A

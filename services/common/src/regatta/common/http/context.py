@@ -1,12 +1,9 @@
 """What a handler is given: one typed :class:`RequestContext`, built by one dependency.
 
-The process's long-lived parts — settings, metrics, API keys, and once the lifespan has opened
-them the database, the cache and the idempotency stores — are one :class:`Platform`, stored
-once on the application (``app.state`` holds it and nothing else) and read with
-:func:`platform_of`. A route asks for a context with one dependency (:class:`ContextFactory`):
-the request's view of the platform, its service's idempotency store and, for a route that
-needs a key, the principal. One dependency instead of six is also what keeps FastAPI's
-dependency solving cheap on every request.
+The process's long-lived parts are one :class:`Platform`, stored on the application
+(``app.state`` holds it and nothing else; read it with :func:`platform_of`) and completed by
+the lifespan. A route asks for its context with one dependency (:class:`ContextFactory`): one
+instead of six is what keeps FastAPI's dependency solving cheap on every request.
 """
 
 from __future__ import annotations

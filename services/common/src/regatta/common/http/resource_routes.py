@@ -65,9 +65,7 @@ class ResourceRoutes:
     page_schema: type[BaseModel]
     # "The item's id." — the id path parameter's description.
     id_description: str
-    # The list's query parameters: limit and cursor, and the filters as fields whose
-    # ``where()`` gives the WHERE clauses (its own rules, a range in order, answered with a 422).
-    query: type[ListQuery] = ListQuery
+    query: type[ListQuery] = ListQuery  # the list's page and filters
     tags: Sequence[str] | None = None  # default: the resource's name
     # More dependencies for every route (run before the handler, on every request: a
     # resource that declares any is not answered by the read cache).

@@ -37,10 +37,6 @@ logger = logging.getLogger("regatta.app")
 
 IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 600
 POOL_SAMPLE_SECONDS = 5.0
-GZIP_MINIMUM_BYTES = 1024
-# zlib's own default, not Starlette's 9: a page of 100 items (16.8 KB) compresses in 66 µs
-# instead of 137, to 1,798 bytes instead of 1,778.
-GZIP_LEVEL = 6
 
 Worker = Callable[[Runtime], Awaitable[None]]
 
@@ -189,10 +185,7 @@ def create_app(
     platform = Platform(
         settings=settings,
         service_name=name,
-        metrics=PlatformMetrics(
-            service_name=name,
-            services=[service.name for service in services],
-        ),
+        metrics=PlatformMetrics(service_name=name, services=[service.name for service in services]),
         api_keys=ApiKeys.from_settings(settings),
         lifecycle=Lifecycle(),
         tracer_provider=tracer_provider or tracing.tracer_provider_from_environment(name),
@@ -231,8 +224,10 @@ def create_app(
     app.add_middleware(RequestBodyMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         GZipMiddleware,
-        minimum_size=GZIP_MINIMUM_BYTES,
-        compresslevel=GZIP_LEVEL,
+        minimum_size=1024,
+        # zlib's own default, not Starlette's 9: a page of 100 items (16.8 KB) compresses in
+        # 66 µs instead of 137, to 1,798 bytes instead of 1,778.
+        compresslevel=6,
         # The platform answers JSON, text and HTML only, none of the types Starlette leaves
         # uncompressed (images, archives, event streams), whose list it normalises again on
         # every request (3-5 µs).

@@ -111,11 +111,7 @@ class Resource(Generic[M, R]):
         return entry
 
     async def list(
-        self,
-        *,
-        database: Database,
-        page: PageRequest,
-        where: Sequence[ColumnElement[bool]] = (),
+        self, *, database: Database, page: PageRequest, where: Sequence[ColumnElement[bool]] = ()
     ) -> bytes:
         """One page of the list, rendered to JSON bytes."""
         rows = await self.repository.read_page(

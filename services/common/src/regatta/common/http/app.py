@@ -211,7 +211,7 @@ def create_app(
         )
 
     # Added innermost first: the last one added sees the request first.
-    cached = [r.resource for service in services for r in service.resources if r.cached]
+    cached = [r.resource for service in services for r in service.resources if r.read_cache]
     if cached and settings.cache_enabled:  # with the cache off, every look-up would miss
         app.add_middleware(
             CachedReads,

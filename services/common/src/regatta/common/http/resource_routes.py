@@ -11,11 +11,10 @@ schemas, which FastAPI must see as objects.)
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from fastapi.params import Depends as DependsParam
 from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import ColumnElement
@@ -66,30 +65,16 @@ class ResourceRoutes:
     # "The item's id." — the id path parameter's description.
     id_description: str
     query: type[ListQuery] = ListQuery  # the list's page and filters
-    tags: Sequence[str] | None = None  # default: the resource's name
-    # More dependencies for every route (run before the handler, on every request: a
-    # resource that declares any is not answered by the read cache).
-    dependencies: Sequence[DependsParam] = field(default_factory=tuple)
     # Whether the read cache answers its GET /{name}/{id} on a hit.
     read_cache: bool = True
-
-    @property
-    def cached(self) -> bool:
-        """Whether the read cache may answer for the route (no dependency it would skip)."""
-        return self.read_cache and not self.dependencies
 
 
 def resource_router(routes: ResourceRoutes) -> APIRouter:
     """The five routes (and HEAD) of ``routes``' resource."""
     resource = routes.resource
     name, singular = resource.name, resource.singular
-    router = APIRouter(
-        prefix=f"/{name}",
-        tags=list(routes.tags or [name]),
-        responses=ROUTER_ERRORS,
-        # Unknown query parameters are refused by the context (ContextFactory).
-        dependencies=list(routes.dependencies),
-    )
+    # Unknown query parameters are refused by the context (ContextFactory), not by the router.
+    router = APIRouter(prefix=f"/{name}", tags=[name], responses=ROUTER_ERRORS)
     Reading = Annotated[RequestContext, Depends(ContextFactory(name))]  # noqa: N806
     Writing = Annotated[RequestContext, Depends(ContextFactory(name, "writer"))]  # noqa: N806
     id_name = f"{singular}_id"

@@ -49,10 +49,8 @@ def _integer_id(value: object) -> int | None:
 
 
 def _uuid_id(value: object) -> uuid.UUID | None:
-    if not isinstance(value, str):
-        return None
     try:
-        return uuid.UUID(value)
+        return uuid.UUID(value) if isinstance(value, str) else None
     except ValueError:
         return None
 

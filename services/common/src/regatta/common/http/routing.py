@@ -31,8 +31,7 @@ def add_routes(app: FastAPI, router: APIRouter) -> None:
     """
     for route in router.routes:
         if not isinstance(route, APIRoute):
-            msg = f"only a router of plain routes joins the app this way, not {route!r}"
-            raise TypeError(msg)
+            raise TypeError(f"only a router of plain routes joins the app this way, not {route!r}")
     app.router.routes.extend(router.routes)
 
 

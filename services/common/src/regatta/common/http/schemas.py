@@ -27,13 +27,11 @@ def storable_text(value: str) -> str:
     # Postgres text cannot hold NUL, and lone surrogates are not UTF-8: refuse both up front
     # rather than fail in the database driver.
     if "\x00" in value:
-        msg = "must not contain NUL characters"
-        raise ValueError(msg)
+        raise ValueError("must not contain NUL characters")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        msg = "must be valid Unicode text"
-        raise ValueError(msg) from None
+        raise ValueError("must be valid Unicode text") from None
     return value
 
 
@@ -110,14 +108,12 @@ class UpdateSchema(BaseModel):
     @model_validator(mode="after")
     def _check_fields(self) -> UpdateSchema:
         if not self.model_fields_set:
-            msg = "the body must set at least one field"
-            raise ValueError(msg)
+            raise ValueError("the body must set at least one field")
         nulled = sorted(
             f for f in self.model_fields_set & self.required if getattr(self, f) is None
         )
         if nulled:
-            msg = f"may not be null: {', '.join(nulled)}"
-            raise ValueError(msg)
+            raise ValueError(f"may not be null: {', '.join(nulled)}")
         return self
 
     @classmethod

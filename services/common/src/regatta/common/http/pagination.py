@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -37,10 +36,8 @@ def _parse_cursor(cursor: str) -> object:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        if payload.get("v") != _CURSOR_VERSION:
-            return None
-        return payload["after"]
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeError):
+        return payload["after"] if payload.get("v") == _CURSOR_VERSION else None
+    except (ValueError, KeyError, TypeError, AttributeError):  # binascii and Unicode errors too
         return None
 
 

@@ -39,7 +39,6 @@ class _HeadRoute(APIRoute):
     """Run the GET handler and send its status and headers without the body."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """The GET handler, answering with no body."""
         handler = super().get_route_handler()
 
         async def head(request: Request) -> Response:

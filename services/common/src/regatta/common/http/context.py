@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from regatta.common.http.app import ServiceSpec, Worker
     from regatta.common.runtime import Runtime
 
-Access = Literal["public"] | KeyAccess
-
 
 @dataclass(eq=False)
 class Platform:
@@ -112,7 +110,7 @@ class ContextFactory:
     """
 
     service: str
-    access: Access = "public"
+    access: Literal["public"] | KeyAccess = "public"
 
     async def __call__(self, request: Request) -> RequestContext:
         """Build the request's context (async: FastAPI runs plain functions in threads)."""

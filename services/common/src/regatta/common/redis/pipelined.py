@@ -22,7 +22,6 @@ queueing behind a dead address; the next call after that reconnects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import socket
 import ssl
@@ -34,8 +33,6 @@ from urllib.parse import unquote, urlsplit
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
-
-DEFAULT_PORT = 6379
 
 
 class RedisUnavailableError(ConnectionError):
@@ -71,7 +68,7 @@ class Endpoint:
             raise ValueError(message)
         return cls(
             host=parts.hostname,
-            port=parts.port or DEFAULT_PORT,
+            port=parts.port or 6379,
             db=int(path or 0),
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
@@ -97,30 +94,12 @@ class Script:
 # three unanswered and it is closed (what redis-py gives the other client by default). They
 # keep a NAT or firewall from forgetting a quiet connection (the common idle timeouts are 4
 # minutes and more), and find a peer that vanished before a request waits its timeout on it.
-KEEPALIVE_IDLE_SECONDS = 30
-KEEPALIVE_INTERVAL_SECONDS = 5
-KEEPALIVE_PROBES = 3
-
-
-def keep_alive(sock: socket.socket) -> None:
-    """Turn TCP keepalives on for ``sock``, with the timings above where the OS takes them."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
-        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
-    ):
-        if hasattr(socket, option):  # Linux has all three; macOS names the first differently
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
 
 
 def _command(*args: bytes) -> bytes:
     parts = [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]
     return b"*%d\r\n" % len(args) + b"".join(parts)
-
-
-class _ProtocolError(Exception):
-    pass
 
 
 _BULK, _SIMPLE, _INTEGER, _ERROR, _ARRAY = (ord(kind) for kind in "$+:-*")
@@ -130,7 +109,7 @@ Reply = bytes | int | list["Reply"] | None
 
 
 class _Replies(asyncio.Protocol):
-    """Parse RESP replies (bulk strings, simple strings, errors, integers) into waiting futures."""
+    """Parse RESP replies into the futures waiting for them, in order."""
 
     def __init__(self) -> None:
         self.waiting: deque[tuple[asyncio.Future[Reply], float]] = deque()
@@ -144,7 +123,10 @@ class _Replies(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            keep_alive(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in _KEEPALIVE:
+                if hasattr(socket, option):  # macOS names TCP_KEEPIDLE differently
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
     def send(self, command: bytes) -> None:
         """Queue ``command``; everything queued in this turn of the loop is written together."""
@@ -174,7 +156,7 @@ class _Replies(asyncio.Protocol):
         self._buffer += data
         try:
             self._parse()
-        except (_ProtocolError, ValueError) as exc:
+        except (RedisUnavailableError, ValueError) as exc:
             self.fail(RedisUnavailableError(f"unexpected reply from Redis: {exc}"))
 
     def _parse(self) -> None:
@@ -183,18 +165,18 @@ class _Replies(asyncio.Protocol):
         while (reply := _read_reply(buffer, start)) is not None:
             value, start = reply
             if not self.waiting:
-                raise _ProtocolError("a reply nobody asked for")
+                raise RedisUnavailableError("a reply nobody asked for")
             future, _ = self.waiting.popleft()
             if future.done():
                 continue  # its caller was cancelled; the reply is dropped in order
-            if isinstance(value, _ProtocolError):
-                future.set_exception(RedisUnavailableError(str(value)))
+            if isinstance(value, RedisUnavailableError):
+                future.set_exception(value)
             else:
                 future.set_result(value)
         del buffer[:start]
 
 
-def _read_reply(buffer: bytearray, start: int) -> tuple[Reply | _ProtocolError, int] | None:
+def _read_reply(buffer: bytearray, start: int) -> tuple[Reply | RedisUnavailableError, int] | None:
     """The reply at ``start`` and where the next begins; None while it is incomplete."""
     end = buffer.find(b"\r\n", start)
     if end < 0:
@@ -206,11 +188,11 @@ def _read_reply(buffer: bytearray, start: int) -> tuple[Reply | _ProtocolError, 
         return bytes(buffer[start + 1 : end]), end + 2
     if kind == _INTEGER:
         return int(buffer[start + 1 : end]), end + 2
-    if kind == _ERROR:
-        return _ProtocolError(buffer[start + 1 : end].decode(errors="replace")), end + 2
+    if kind == _ERROR:  # an error reply fails its caller only
+        return RedisUnavailableError(buffer[start + 1 : end].decode(errors="replace")), end + 2
     if kind == _ARRAY:
         return _read_array(buffer, int(buffer[start + 1 : end]), end + 2)
-    raise _ProtocolError(f"reply type {chr(kind)!r}")
+    raise RedisUnavailableError(f"reply type {chr(kind)!r}")
 
 
 def _read_bulk(buffer: bytearray, length: int, start: int) -> tuple[Reply, int] | None:
@@ -231,7 +213,7 @@ def _read_array(buffer: bytearray, count: int, start: int) -> tuple[Reply, int] 
         if item is None:
             return None
         value, start = item
-        if isinstance(value, _ProtocolError):
+        if isinstance(value, RedisUnavailableError):
             raise value  # an error inside an array: not a shape any command here returns
         items.append(value)
     return items, start
@@ -267,7 +249,7 @@ class PipelinedRedis:
         self.connect_timeout = connect_timeout
         self.retry_after = retry_after
         self._replies: _Replies | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting = asyncio.Lock()
         self._down_until = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
 
@@ -329,8 +311,6 @@ class PipelinedRedis:
     async def _connect(self) -> _Replies:
         if time.monotonic() < self._down_until:
             raise RedisUnavailableError("Redis was unreachable a moment ago")
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._replies is not None and not self._replies.closed:
                 return self._replies  # another caller connected meanwhile
@@ -366,12 +346,10 @@ class PipelinedRedis:
             setup.append(_command(b"AUTH", *auth, endpoint.password.encode()))
         if endpoint.db:
             setup.append(_command(b"SELECT", str(endpoint.db).encode()))
-        futures = []
-        for command in setup:
-            future: asyncio.Future[Reply] = loop.create_future()
+        futures = [loop.create_future() for _ in setup]
+        for future, command in zip(futures, setup, strict=True):
             replies.waiting.append((future, loop.time() + self.connect_timeout))
             replies.send(command)
-            futures.append(future)
         try:
             await asyncio.gather(*futures)
         except RedisUnavailableError:
@@ -390,10 +368,8 @@ class PipelinedRedis:
         replies = self._replies
         if replies is None or replies.closed:
             return
-        loop = asyncio.get_running_loop()
-        if replies.waiting and replies.waiting[0][1] < loop.time():
+        if replies.waiting and replies.waiting[0][1] < asyncio.get_running_loop().time():
             replies.fail(RedisUnavailableError(f"no reply from Redis within {self.timeout} s"))
             self._replies = None
-            return
-        with contextlib.suppress(RuntimeError):
+        else:
             self._schedule_watchdog()

@@ -172,7 +172,6 @@ class RedisCache:
         # key → version of the tombstone a write could not leave, oldest first.
         self._owed: OrderedDict[str, int] = OrderedDict()
         self._repaying = asyncio.Lock()
-        # Told of each failure and each round trip's duration.
         self.observer = observer
 
     async def get(self, key: str) -> CachedResponse | None:
@@ -192,14 +191,10 @@ class RedisCache:
 
     async def put(self, key: str, entry: CachedResponse) -> None:
         """Store unless a newer version is known."""
-        if self._owed:
-            await self._repay()
         await self._store(key, entry.version, entry.etag.encode() + b"\n" + entry.body)
 
     async def invalidate(self, key: str, version: int) -> None:
         """Leave a tombstone at ``version``."""
-        if self._owed:
-            await self._repay()
         await self._store(key, version, b"\n")
 
     async def _run_store(self, key: str, version: int, encoded: bytes) -> None:
@@ -209,17 +204,22 @@ class RedisCache:
             args=[b"%d" % version, encoded, b"%d" % self._ttl_ms],
         )
 
-    async def _store(self, key: str, version: int, encoded: bytes) -> bool:
+    async def _store(self, key: str, version: int, encoded: bytes) -> None:
+        if self._owed:
+            await self._repay()
         started = time.perf_counter()
         try:
             await self._run_store(key, version, encoded)
         except Exception as exc:  # noqa: BLE001 -- as in get()
             logger.warning("cache write failed for %s, will retry its invalidation: %r", key, exc)
             self._observe(key, "cache_store", started, failed="write")
-            self._owe(key, version)
-            return False
+            # It may have been a write's invalidation: leave a tombstone at its version once
+            # Redis answers (harmless if it was only a reader's fill).
+            self._owed[key] = max(version, self._owed.pop(key, 0))
+            if len(self._owed) > MAX_OWED_TOMBSTONES:
+                self._owed.popitem(last=False)
+            return
         self._observe(key, "cache_store", started)
-        return True
 
     def _observe(self, key: str, operation: str, started: float, failed: str = "") -> None:
         if self.observer is None:
@@ -227,13 +227,6 @@ class RedisCache:
         self.observer.observe_redis(key, operation, time.perf_counter() - started)
         if failed:
             self.observer.count_cache_error(key, failed)
-
-    def _owe(self, key: str, version: int) -> None:
-        # A failed store may have been a write's invalidation: leave a tombstone at its version
-        # once Redis answers (harmless if it was only a reader's fill).
-        self._owed[key] = max(version, self._owed.pop(key, 0))
-        if len(self._owed) > MAX_OWED_TOMBSTONES:
-            self._owed.popitem(last=False)
 
     async def _repay(self) -> bool:
         """Write the owed tombstones; True once none is owed."""

@@ -209,7 +209,7 @@ class _Relay:
                     id=f"{self.source}:{row.id}",
                     type=row.event_type,
                     payload=row.payload,
-                    occurred_at=_rfc3339(row.occurred_at),
+                    occurred_at=row.occurred_at.isoformat().replace("+00:00", "Z"),
                     trace_context=carrier_of(span),
                 )
                 for row, span in zip(rows, spans, strict=True)
@@ -233,7 +233,3 @@ class _Relay:
         self.metrics.outbox_backlog.labels(self.source).set(count)
         age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
         self.metrics.outbox_oldest_age.labels(self.source).set(max(age, 0.0))
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

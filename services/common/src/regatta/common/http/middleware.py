@@ -6,6 +6,7 @@ import itertools
 import re
 import secrets
 from contextvars import ContextVar
+from http import HTTPStatus
 
 from opentelemetry import trace
 from starlette.datastructures import Headers
@@ -14,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regatta.common.http.problems import problem_response
 
-REQUEST_ID_HEADER = b"x-request-id"
+_REQUEST_ID_HEADER = b"x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -43,7 +44,7 @@ class RequestIdMiddleware:
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute("regatta.request_id", request_id)  # find a trace by request id
-        header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+        header = (_REQUEST_ID_HEADER, request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -58,7 +59,7 @@ class RequestIdMiddleware:
 
 def _supplied_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER:
+        if name == _REQUEST_ID_HEADER:
             supplied = value.decode("latin-1")
             return supplied if _SANE_REQUEST_ID.fullmatch(supplied) else None
     return None
@@ -136,23 +137,8 @@ class RequestBodyMiddleware:
         if declared is None and not has_body and not json_write:
             await self.app(scope, receive, send)  # no body at all (most GETs): nothing to judge
             return
-        # What the headers alone refuse. A body declared beyond what drain() would read is
-        # refused at once: waiting for it would let a client hold the connection by declaring
-        # gigabytes and sending nothing.
-        if declared is not None and not declared.isdigit():
-            refusal = problem_response(400, "Content-Length is not a number.")
-        elif declared is not None and int(declared) > self.max_bytes:
-            if int(declared) <= DRAIN_FACTOR * self.max_bytes:
-                await self.drain(receive)
-            refusal = self.too_large()
-        elif json_write and not _is_utf8_json(content_type or ""):
-            refusal = problem_response(
-                415,
-                "Request bodies must be JSON in UTF-8, sent with Content-Type: application/json.",
-                slug="unsupported-media-type",
-                headers={"Accept-Post": "application/json"},
-            )
-        else:
+        refusal = self._refusal_by_headers(declared, content_type, json_write=json_write)
+        if refusal is None:
             judge = _BodyJudge(self, scope, receive, send, json_write=json_write)
             try:
                 await self.app(scope, judge.receive, judge.send)
@@ -161,7 +147,29 @@ class RequestBodyMiddleware:
                     raise
                 await judge.refuse()
             return
+        too_large = refusal.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+        if too_large and int(declared or 0) <= DRAIN_FACTOR * self.max_bytes:
+            await self.drain(receive)
         await refusal(scope, receive, send)
+
+    def _refusal_by_headers(
+        self, declared: str | None, content_type: str | None, *, json_write: bool
+    ) -> Response | None:
+        # What the headers alone refuse. A body declared beyond what drain() would read is
+        # refused at once: waiting for it would let a client hold the connection by declaring
+        # gigabytes and sending nothing.
+        if declared is not None and not declared.isdigit():
+            return problem_response(400, "Content-Length is not a number.")
+        if declared is not None and int(declared) > self.max_bytes:
+            return self.too_large()
+        if json_write and not _is_utf8_json(content_type or ""):
+            return problem_response(
+                415,
+                "Request bodies must be JSON in UTF-8, sent with Content-Type: application/json.",
+                slug="unsupported-media-type",
+                headers={"Accept-Post": "application/json"},
+            )
+        return None
 
     async def drain(self, receive: Receive) -> None:
         """Read and drop the rest of a refused body, up to a bound, before answering.

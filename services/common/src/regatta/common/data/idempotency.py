@@ -146,8 +146,11 @@ class IdempotencyStore:
         self.ttl = timedelta(seconds=ttl_seconds)
         self._in_flight: set[tuple[str, str]] = set()
         self._claim = self._upsert(postgresql_insert).returning(table.c.key).cte("claim")
-        # The record stored in the session of a write (run()): on Postgres (True) or SQLite.
-        self._record = {True: self._upsert(postgresql_insert), False: self._upsert(sqlite_insert)}
+        # The record stored in the session of a write (run()), by dialect.
+        self._records = {
+            "postgresql": self._upsert(postgresql_insert),
+            "sqlite": self._upsert(sqlite_insert),
+        }
         self._looked_up: dict[ColumnElement[Any], Select[Any]] = {}
         self._live = select(
             table.c.fingerprint, table.c.status_code, table.c.headers, table.c.body
@@ -211,9 +214,9 @@ class IdempotencyStore:
         return self._claim
 
     def _upsert(self, insert: Callable[[Table], PostgresInsert | SQLiteInsert]) -> Insert:
-        # A record of the key, from the parameters of claim_parameters. An expired record may
-        # still be there (the purge runs now and then): it frees the key, so the new record
-        # replaces it in the same statement.
+        # A record of the key. Its parameters are claim_<column> and claim_expired_at, as
+        # claim_parameters() names them. An expired record may still be there (the purge runs
+        # now and then): it frees the key, so the new record replaces it in the same statement.
         table = self.table
         values = {
             column.key: bindparam(f"claim_{column.key}", type_=column.type) for column in table.c
@@ -273,28 +276,39 @@ class IdempotencyStore:
         request: IdempotentRequest,
         write: Callable[[AsyncSession], Awaitable[StoredResponse]],
     ) -> StoredResponse:
-        postgres = session.get_bind().dialect.name == "postgresql"
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":  # _write_keyed's advisory lock covers every replica
+            return await self._write_keyed(session, request, write, dialect)
+        # The single process of the SQLite default holds the keys in flight in memory.
         claim = (request.scope, request.key)
-        if not postgres:  # the single process of the SQLite default holds its keys in memory
-            if claim in self._in_flight:
-                raise IdempotencyKeyInFlightError
-            self._in_flight.add(claim)
+        if claim in self._in_flight:
+            raise IdempotencyKeyInFlightError
+        self._in_flight.add(claim)
         try:
-            async with session.begin():
-                if postgres:  # an advisory lock, held to the commit: every replica sees it
-                    name = f"{self.table.name}\0{request.scope}\0{request.key}".encode()
-                    lock_id = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
-                    if not await session.scalar(select(func.pg_try_advisory_xact_lock(lock_id))):
-                        raise IdempotencyKeyInFlightError
-                stored = await self._find(statements_of(session), request)
-                if stored is not None:
-                    return stored
-                response = await write(session)
-                record = self.claim_parameters(request, response)
-                await session.execute(self._record[postgres], record)
-                return response
+            return await self._write_keyed(session, request, write, dialect)
         finally:
             self._in_flight.discard(claim)
+
+    async def _write_keyed(
+        self,
+        session: AsyncSession,
+        request: IdempotentRequest,
+        write: Callable[[AsyncSession], Awaitable[StoredResponse]],
+        dialect: str,
+    ) -> StoredResponse:
+        async with session.begin():
+            if dialect == "postgresql":  # an advisory lock, held to the commit
+                name = f"{self.table.name}\0{request.scope}\0{request.key}".encode()
+                lock_id = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+                if not await session.scalar(select(func.pg_try_advisory_xact_lock(lock_id))):
+                    raise IdempotencyKeyInFlightError
+            stored = await self._find(statements_of(session), request)
+            if stored is not None:
+                return stored
+            response = await write(session)
+            record = self.claim_parameters(request, response)
+            await session.execute(self._records[dialect], record)
+            return response
 
     async def _find(
         self, connection: Statements, request: IdempotentRequest

@@ -1,8 +1,8 @@
 """The one executor of the resources' statements, chosen once at start-up by the backend.
 
 Reads and creates are single statements, each its own transaction, on a :class:`Statements`
-connection from :meth:`Executor.connect`; a PATCH or DELETE and its event are two or three
-statements in one :meth:`Executor.transaction`. Either runs:
+connection from the executor's ``connect()``; a PATCH or DELETE and its event are two or three
+statements in one ``transaction()``. Either executor runs them:
 
 - on Postgres (:class:`AsyncpgExecutor`): asyncpg runs each statement itself, on a connection
   of the executor's own. SQLAlchemy compiles the statement once per shape (cached by its cache
@@ -359,7 +359,9 @@ class AsyncpgExecutor:
             self._turns.release()
 
 
-# The executor of the resources' statements, by backend (db.py chooses it).
+# The executor of the resources' statements, by backend (db.py chooses it). Both offer
+# connect(), transaction(), read(), in_use(), size() and close(), and the tracer, observe and
+# observe_wait hooks that telemetry/ sets.
 Executor = AsyncpgExecutor | EngineExecutor
 
 

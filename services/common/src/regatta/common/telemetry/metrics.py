@@ -94,14 +94,14 @@ class PlatformMetrics:
         def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, documentation, ("service_name", *labels), registry=r)
 
-        def gauge(name: str, documentation: str, mode: Literal["livesum", "livemax"]) -> Gauge:
+        def gauge(name: str, documentation: str, *, mode: Literal["livesum", "livemax"]) -> Gauge:
             return Gauge(name, documentation, ("service_name",), multiprocess_mode=mode, registry=r)
 
         def histogram(
             name: str,
             documentation: str,
             labels: tuple[str, ...] = (),
-            buckets: Any = LATENCY_BUCKETS,
+            buckets: Sequence[float] = LATENCY_BUCKETS,
         ) -> Histogram:
             labelnames = ("service_name", *labels)
             return Histogram(name, documentation, labelnames, buckets=buckets, registry=r)
@@ -135,10 +135,10 @@ class PlatformMetrics:
         self.pool_size = gauge(
             "regatta_db_pool_size",
             "Connections the database pool keeps open (beyond them it may overflow).",
-            "livesum",
+            mode="livesum",
         )
         self.pool_checked_out = gauge(
-            "regatta_db_pool_checked_out", "Database connections currently in use.", "livesum"
+            "regatta_db_pool_checked_out", "Database connections currently in use.", mode="livesum"
         )
         # Why is it slow: waiting for a pooled connection, the statements, Redis.
         self.pool_wait = histogram(
@@ -178,12 +178,12 @@ class PlatformMetrics:
         self.outbox_backlog = gauge(
             "regatta_outbox_backlog",
             "Platform events written but not yet relayed to the stream.",
-            "livemax",
+            mode="livemax",
         )
         self.outbox_oldest_age = gauge(
             "regatta_outbox_oldest_age_seconds",
             "Age of the oldest event still waiting in the outbox (0 when empty).",
-            "livemax",
+            mode="livemax",
         )
         self.outbox_relayed = counter(
             "regatta_outbox_relayed_total", "Platform events relayed from the outbox to the stream."
@@ -200,7 +200,7 @@ class PlatformMetrics:
         self.up = gauge(
             "regatta_up",
             "1 while this process serves: the dead-man alerts watch it disappear.",
-            "livemax",
+            mode="livemax",
         )
         self.up.labels(service_name).set(1)
         # Metrics a service declares for itself (part()), made once each.
@@ -352,8 +352,6 @@ class PlatformMetrics:
         get = pool._do_get  # noqa: SLF001
 
         def timed_get() -> Any:
-            # SQLAlchemy has no event before a checkout: its pool's one method that waits (or
-            # connects) is timed instead, on this pool object only.
             started = time.perf_counter()
             try:
                 return get()
@@ -368,6 +366,8 @@ class PlatformMetrics:
             if timed_out:
                 timeouts.inc()
 
+        # SQLAlchemy has no event before a checkout: its pool's one method that waits (or
+        # connects) is timed instead, on this pool object only.
         pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
         executor.observe_wait = observe_wait
 
@@ -412,7 +412,12 @@ def statement_operation(statement: str) -> str:
 
 
 class _WithLabels(Collector):
-    """Adds a ``service_name`` label to every sample of another collector."""
+    """Adds a ``service_name`` label to every sample of another collector.
+
+    The samples are relabelled in place: only for a collector that makes its families anew on
+    each ``collect()``, as ``ProcessCollector`` does (one that hands back the same families
+    would have them changed under it).
+    """
 
     def __init__(self, inner: Collector, service_name: str) -> None:
         self.inner = inner
@@ -420,7 +425,7 @@ class _WithLabels(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """The inner collector's families, each sample labelled."""
-        for family in self.inner.collect():  # families made anew by each collect()
+        for family in self.inner.collect():
             family.samples = [
                 sample._replace(labels={**sample.labels, "service_name": self.service_name})
                 for sample in family.samples

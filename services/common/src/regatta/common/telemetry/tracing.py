@@ -66,7 +66,7 @@ async def flush_on_exit(provider: TracerProvider | None) -> AsyncIterator[None]:
     finally:
         force_flush = getattr(provider, "force_flush", None)
         if callable(force_flush):
-            await asyncio.to_thread(force_flush, timeout_millis=5000)
+            await asyncio.to_thread(force_flush, 5000)  # milliseconds
 
 
 SUPPORTED_OTLP_PROTOCOL: Final = "http/protobuf"

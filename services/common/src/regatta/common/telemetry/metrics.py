@@ -412,12 +412,7 @@ def statement_operation(statement: str) -> str:
 
 
 class _WithLabels(Collector):
-    """Adds a ``service_name`` label to every sample of another collector.
-
-    The samples are relabelled in place: only for a collector that makes its families anew on
-    each ``collect()``, as ``ProcessCollector`` does (one that hands back the same families
-    would have them changed under it).
-    """
+    """Adds a ``service_name`` label to every sample of another collector."""
 
     def __init__(self, inner: Collector, service_name: str) -> None:
         self.inner = inner
@@ -425,12 +420,13 @@ class _WithLabels(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """The inner collector's families, each sample labelled."""
-        for family in self.inner.collect():
-            family.samples = [
+        for family in self.inner.collect():  # copied: the inner collector's stay its own
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
                 sample._replace(labels={**sample.labels, "service_name": self.service_name})
                 for sample in family.samples
             ]
-            yield family
+            yield labelled
 
 
 def trace_exemplar() -> dict[str, str] | None:

@@ -357,6 +357,19 @@ async def test_cache_failures_and_redis_round_trips_are_counted(tmp_path: Path) 
     assert value(text_, count, operation="cache_get", **items) == 1
 
 
+async def test_a_read_while_redis_is_unreachable_counts_as_a_cache_miss(tmp_path: Path) -> None:
+    # The read cache in front of the routes counts each look-up; one Redis cannot answer is a
+    # miss for the client (the route reads the database) and a read error for the operator.
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    app = create_embedded_app(sqlite_settings(tmp_path, redis_url=unreachable))
+    async with serving(app) as client:
+        assert (await client.get("/items/1")).status_code == 404
+        text = (await client.get("/metrics")).text
+    items = {"service_name": "items"}
+    assert value(text, "regatta_cache_requests_total", result="miss", **items) == 1
+    assert value(text, "regatta_cache_errors_total", operation="read", **items) == 1
+
+
 @pytest.mark.postgres
 async def test_single_statements_their_waits_and_connections_are_measured(
     postgres_url: str,

@@ -1,22 +1,6 @@
-"""Rate limiting per client, shared by every replica: GCRA in Redis, one atomic round trip.
+"""Per-client rate limits per route class, shared by every replica: GCRA in Redis, fail-open.
 
-Each request belongs to a route class — ``reads`` (GET, HEAD) or ``writes`` (everything else
-but OPTIONS) — with its own quota per window. A client is its API key (a digest of a valid key,
-never the key) or else its address: the socket peer, or, when the peer is a trusted proxy, the
-right-most X-Forwarded-For hop that is not itself a trusted proxy (the hops to its left are
-whatever the client chose to send). Probes and ``/metrics`` are never limited.
-
-The limit is the generic cell rate algorithm: one number per client and class, the theoretical
-arrival time of its next request. A client may spend its whole quota at once and then earns one
-request back every ``window / quota``. A Lua script reads and moves that number atomically with
-Redis's own clock, so replicas and their clocks never disagree; without ``REDIS_URL`` (the
-embedded default) the same algorithm runs in process.
-
-Over the limit: 429 problem+json with ``Retry-After``. Every limited response carries the
-``RateLimit-Policy`` and ``RateLimit`` fields of draft-ietf-httpapi-ratelimit-headers
-(``"reads";q=1200;w=60`` and ``"reads";r=1187;t=1``). When Redis cannot be reached the limiter
-fails open — the request is served, the miss logged once and counted — and it asks Redis again
-after a short pause, so an outage of the limiter never becomes an outage of the API.
+Design: services/common/README.md.
 """
 
 from __future__ import annotations
@@ -40,22 +24,17 @@ from regatta.common.http.context import platform_of
 from regatta.common.http.problems import problem_response
 from regatta.common.redis.pipelined import PipelinedRedis, Script
 from regatta.common.settings import ServiceSettings
-from regatta.common.telemetry.metrics import API_KEY_ID_STATE, UNOBSERVED_PATHS, PlatformMetrics
+from regatta.common.telemetry.metrics import API_KEY_ID_STATE, UNOBSERVED_PATHS
 
 logger = logging.getLogger("regatta.ratelimit")
 
 MICROS: Final = 1_000_000
-# After Redis fails, requests pass unchecked for this long before Redis is asked again: a
-# black-holed Redis costs one timeout per pause, not one per request.
+# Redis is asked again only after this pause: a black-holed one costs a timeout per pause.
 RETRY_PAUSE_SECONDS: Final = 1.0
-MEMORY_MAX_CLIENTS: Final = 100_000
-_MAX_HOP_CHARS: Final = 64
-_READ_METHODS: Final = frozenset({"GET", "HEAD"})
 _EXEMPT_PATHS: Final = frozenset(UNOBSERVED_PATHS)
 
-# KEYS[1]: the client's bucket. ARGV[1]: emission interval (µs per request); ARGV[2]: capacity
-# (µs: quota intervals, the whole quota at once). The value is the theoretical arrival time of
-# the next request, in µs of Redis's clock. Returns {allowed, remaining, wait µs, reset µs}.
+# KEYS[1]: the client's bucket, holding its theoretical arrival time (µs of Redis's clock).
+# ARGV: emission interval and capacity (µs). Returns {allowed, remaining, wait µs, reset µs}.
 _GCRA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -124,7 +103,7 @@ class MemoryStore:
 
     def __init__(self, *, max_window_seconds: int) -> None:
         # A bucket older than the longest window is full again: forgetting it changes nothing.
-        self._tats: TTLCache[str, int] = TTLCache(MEMORY_MAX_CLIENTS, ttl=max_window_seconds)
+        self._tats: TTLCache[str, int] = TTLCache(100_000, ttl=max_window_seconds)
         self.clock: Callable[[], int] = lambda: time.monotonic_ns() // 1000  # µs
 
     async def acquire(self, key: str, policy: Policy) -> Decision:
@@ -146,9 +125,7 @@ class RedisStore:
     async def acquire(self, key: str, policy: Policy) -> Decision:
         """Spend one request of ``key``'s quota, if it has one."""
         reply = await self._redis.run_script(
-            self._SCRIPT,
-            [key.encode()],
-            [b"%d" % policy.interval_us, b"%d" % policy.capacity_us],
+            self._SCRIPT, [key.encode()], [b"%d" % policy.interval_us, b"%d" % policy.capacity_us]
         )
         allowed, remaining, wait, reset = cast("list[int]", reply)
         return Decision(allowed=allowed == 1, remaining=remaining, wait_us=wait, reset_us=reset)
@@ -194,7 +171,7 @@ def _bucket_of(host: str) -> str:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return host[:_MAX_HOP_CHARS]  # not an address (a Unix socket, an obfuscated hop)
+        return host[:64]  # not an address (a Unix socket, an obfuscated hop)
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)
@@ -236,7 +213,7 @@ class RateLimiter:
 
     def policy_for(self, method: str) -> Policy | None:
         """The route class of ``method`` (None: not limited)."""
-        if method in _READ_METHODS:
+        if method in {"GET", "HEAD"}:
             return self.reads
         return None if method == "OPTIONS" else self.writes
 
@@ -269,8 +246,7 @@ class RateLimiter:
             return None
         probe = False
         if self._failing:
-            # While Redis is failing, one request at a time asks it again, after a pause;
-            # everyone else is served unchecked rather than made to wait for a timeout.
+            # One request at a time asks again, after the pause; the others pass unchecked.
             if self._probing or time.monotonic() < self._paused_until:
                 self._count_unavailable()
                 return None
@@ -279,8 +255,7 @@ class RateLimiter:
         started = time.perf_counter()
         try:
             decision = await store.acquire(key, policy)
-        # Whatever goes wrong — RedisError, OSError, or uvloop's RuntimeError for a write to a
-        # transport Redis closed — the limiter must not be why a request fails.
+        # Any error (uvloop's RuntimeError on a closed transport too): the limiter fails no request.
         except Exception as exc:  # noqa: BLE001
             self._paused_until = time.monotonic() + RETRY_PAUSE_SECONDS
             self._count_unavailable()
@@ -326,15 +301,11 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
-        if scope["type"] != "http" or scope["path"] in _EXEMPT_PATHS:
-            await self.app(scope, receive, send)
-            return
-        policy = self.limiter.policy_for(scope["method"])
-        if policy is None:
-            await self.app(scope, receive, send)
-            return
-        decision = await self.limiter.acquire(scope, policy)
-        if decision is None:  # no store to ask: fail open
+        policy = None
+        if scope["type"] == "http" and scope["path"] not in _EXEMPT_PATHS:
+            policy = self.limiter.policy_for(scope["method"])
+        # Not limited; or no decision, no store having answered: fail open.
+        if policy is None or (decision := await self.limiter.acquire(scope, policy)) is None:
             await self.app(scope, receive, send)
             return
         if not decision.allowed:
@@ -374,21 +345,17 @@ def install_rate_limit(app: FastAPI, settings: ServiceSettings) -> None:
     if not settings.rate_limit_enabled:
         return
     platform = platform_of(app)
-    metrics: PlatformMetrics = platform.metrics
     service, window = platform.service_name, settings.rate_limit_window_seconds
+    reads, writes = settings.rate_limit_reads, settings.rate_limit_writes
     limiter = RateLimiter(
-        reads=Policy("reads", settings.rate_limit_reads, window)
-        if settings.rate_limit_reads
-        else None,
-        writes=Policy("writes", settings.rate_limit_writes, window)
-        if settings.rate_limit_writes
-        else None,
+        reads=Policy("reads", reads, window) if reads else None,
+        writes=Policy("writes", writes, window) if writes else None,
         key_prefix=f"{settings.redis_key_prefix}ratelimit:{service}:",
         proxies=TrustedProxies(settings.trusted_proxies),
         api_keys=platform.api_keys,
         memory=MemoryStore(max_window_seconds=window) if settings.redis_url is None else None,
         redis=lambda: platform.runtime.pipelined if platform.runtime is not None else None,
-        unavailable=metrics.rate_limit_unavailable.labels(service),
-        round_trip=metrics.redis_command.labels(service, "rate_limit"),
+        unavailable=platform.metrics.rate_limit_unavailable.labels(service),
+        round_trip=platform.metrics.redis_command.labels(service, "rate_limit"),
     )
     app.add_middleware(RateLimitMiddleware, limiter=limiter)

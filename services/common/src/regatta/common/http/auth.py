@@ -1,10 +1,6 @@
 """API keys for writes and private reads: SHA-256 digests, compared in constant time, never logged.
 
-Keys come from ``API_KEYS`` and/or ``API_KEYS_FILE`` (one key per line, either the key itself or
-``sha256:<hex digest>``; ``#`` starts a comment). The file is re-read when it changes, so keys
-rotate without a restart: add the new key, roll clients over, remove the old one. Replace the
-file atomically (write a new file, then rename it over the old one, as Kubernetes does with a
-Secret volume), so no reader ever sees it half written.
+Rotatable: ``API_KEYS_FILE`` is re-read when it changes. Design: services/common/README.md.
 """
 
 from __future__ import annotations
@@ -35,14 +31,12 @@ def _digest(key: str) -> bytes:
 
 def _parse_line(line: str) -> bytes | None:
     entry = line.split("#", 1)[0].strip()
-    if not entry:
-        return None
-    if entry.startswith(_DIGEST_PREFIX):
-        digest = bytes.fromhex(entry.removeprefix(_DIGEST_PREFIX))
-        if len(digest) != _DIGEST_BYTES:
-            raise ValueError("a sha256: entry needs 64 hexadecimal digits")
-        return digest
-    return _digest(entry)
+    if not entry.startswith(_DIGEST_PREFIX):
+        return _digest(entry) if entry else None
+    digest = bytes.fromhex(entry.removeprefix(_DIGEST_PREFIX))
+    if len(digest) != _DIGEST_BYTES:
+        raise ValueError("a sha256: entry needs 64 hexadecimal digits")
+    return digest
 
 
 class ApiKeys:
@@ -52,8 +46,7 @@ class ApiKeys:
         self._static = [_digest(key) for key in keys]
         self._path = path
         self._file_digests: list[bytes] = []
-        # What identified the file last read (inode, mtime, size): a Secret volume swaps a
-        # symlink to a new file, an editor may rewrite in place; either changes one of them.
+        # (inode, mtime, size): changed by a Secret volume's new symlink or an in-place rewrite.
         self._file_version: tuple[int, int, int] | None = None
         self._failure: str | None = None  # what went wrong last, logged once
         self._reload()
@@ -70,8 +63,7 @@ class ApiKeys:
         return bool(self._static or self._file_digests or self._path)
 
     def _reload(self) -> None:
-        # One stat() of a small file (a tmpfs Secret volume in a cluster) per look; the file is
-        # read again only when it changed.
+        # One stat() per look (of a tmpfs Secret volume, in a cluster); a read only on a change.
         if self._path is None:
             return
         try:
@@ -82,8 +74,7 @@ class ApiKeys:
             self._file_version = version  # a broken file is read once, not on every request
             digests = [d for d in map(_parse_line, self._path.read_text().splitlines()) if d]
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            # Once per failure, not once per request. No traceback: the message never holds a
-            # key, a traceback of the parse could.
+            # Once per failure, without a traceback: one of the parse could hold a key.
             if type(exc).__name__ != self._failure:
                 self._failure = type(exc).__name__
                 logger.error(  # noqa: TRY400

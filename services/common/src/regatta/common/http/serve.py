@@ -1,11 +1,6 @@
-"""Run an app with uvicorn as the platform expects: one process, uvloop, httptools.
+"""Run an app with uvicorn as the platform expects: one process, uvloop, httptools, a drain.
 
-On SIGTERM (or SIGINT): readiness answers 503 at once; the process keeps serving for
-``SHUTDOWN_DELAY_SECONDS`` (0 by default: in Kubernetes the preStop sleep plays that part);
-then uvicorn stops accepting connections, closes idle ones, lets in-flight requests finish for
-up to ``GRACEFUL_SHUTDOWN_SECONDS`` (their responses say ``Connection: close``), and the
-lifespan stops the background work (a worker finishes its batch or hands its claims back) and
-closes the pools. A second signal skips the delay.
+Design: services/common/README.md.
 """
 
 from __future__ import annotations
@@ -22,7 +17,6 @@ from uvicorn.config import STARTUP_FAILURE
 
 from regatta.common.http.context import platform_of
 from regatta.common.http.health import Lifecycle
-from regatta.common.settings import ServiceSettings
 from regatta.common.telemetry.logs import configure_logging
 
 logger = logging.getLogger("regatta.serve")
@@ -59,11 +53,9 @@ def serve(create_app: Callable[[], FastAPI]) -> None:
     """Build the app and serve it until SIGTERM/SIGINT, draining in-flight requests."""
     app = create_app()
     platform = platform_of(app)
-    settings: ServiceSettings = platform.settings
+    settings = platform.settings
     configure_logging(
-        level=settings.log_level,
-        log_format=settings.log_format,
-        service=platform.service_name,
+        level=settings.log_level, log_format=settings.log_format, service=platform.service_name
     )
     if platform.tracer_provider is not None:
         logger.info("tracing on, as the OTEL_* variables configure it")

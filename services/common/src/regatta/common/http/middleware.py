@@ -22,11 +22,7 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
 class RequestIdMiddleware:
-    """Echo a client's sane X-Request-ID or mint one; expose it to logs and the response.
-
-    Minted ids are 32 hex digits: a random prefix per process and a counter, unique across
-    replicas without a system call per request.
-    """
+    """Echo a client's sane X-Request-ID or mint one (process prefix + counter); log and send it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -82,12 +78,10 @@ def _is_utf8_json(content_type: str) -> bool:
     return True
 
 
-# Deepest nesting of arrays and objects a JSON body may have. Real documents stay far below it;
-# far deeper ones exhaust the parser's or the database driver's recursion (a 500 otherwise).
+# Real documents nest far less; far deeper ones exhaust the parser's or driver's recursion.
 MAX_JSON_DEPTH = 64
-# A JSON string, escapes included: brackets inside one do not nest anything. One left open runs
-# to the end of the body (the parser stops there too): were it not matched, the search would
-# start again at each later quote and a body of escaped quotes would cost quadratic time.
+# A JSON string, whose brackets nest nothing. An unclosed one runs to the end (as the parser
+# reads it): unmatched, the search would restart at each quote, in quadratic time.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
@@ -102,8 +96,7 @@ def json_depth(body: bytes) -> int:
     return deepest
 
 
-# How much of a refused body is read and dropped, in multiples of the limit (see drain).
-DRAIN_FACTOR = 4
+DRAIN_FACTOR = 4  # how much of a refused body drain() reads, in multiples of the limit
 
 
 class _RefusedBodyError(Exception):
@@ -111,14 +104,7 @@ class _RefusedBodyError(Exception):
 
 
 class RequestBodyMiddleware:
-    """Judge a request's body as it arrives, before any route parses it.
-
-    Over ``max_bytes`` → 413, by Content-Length up front or while the body streams. A write
-    (POST, PUT, PATCH) carries JSON in UTF-8 or gets 415; bytes that are not UTF-8 (RFC 8259
-    allows no other encoding in an exchange) or arrays and objects nested deeper than
-    ``MAX_JSON_DEPTH`` → 422. The app never parses a refused body: whatever it makes of the
-    failed read (FastAPI answers 400) is replaced by the refusal.
-    """
+    """Judge a request's body as it arrives, before any route parses it: 413, 415 or 422."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -155,8 +141,7 @@ class RequestBodyMiddleware:
     def _refusal_by_headers(
         self, declared: str | None, content_type: str | None, *, json_write: bool
     ) -> Response | None:
-        # What the headers alone refuse. A body declared beyond what drain() would read is
-        # refused at once: waiting for it would let a client hold the connection by declaring
+        # A body declared too large is refused at once: no client holds a connection by declaring
         # gigabytes and sending nothing.
         if declared is not None and not declared.isdigit():
             return problem_response(400, "Content-Length is not a number.")
@@ -172,12 +157,7 @@ class RequestBodyMiddleware:
         return None
 
     async def drain(self, receive: Receive) -> None:
-        """Read and drop the rest of a refused body, up to a bound, before answering.
-
-        Closing a socket with unread bytes in it makes the kernel reset the connection, and a
-        proxy in front (nginx, an ingress) that is still sending then reports a 502 instead of
-        our 413. A body a few times over the limit is read to its end; a larger one is cut off.
-        """
+        """Read and drop a refused body, up to a bound: unread bytes make a proxy answer 502."""
         remaining = DRAIN_FACTOR * self.max_bytes
         while remaining > 0:
             message = await receive()
@@ -229,8 +209,7 @@ class _BodyJudge:
             self.refused = self.middleware.too_large()
         elif self.json_write:
             self.chunks.append(chunk)
-            # Counting brackets costs next to nothing and bounds the depth: only a body with
-            # more of them than the limit is scanned.
+            # Counting brackets is nearly free: only a body with more than the limit is scanned.
             self.openers += chunk.count(b"[") + chunk.count(b"{")
             if self.ended:
                 body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)

@@ -77,9 +77,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)  # noqa: S101 -- registered for this type only
     fields = []
     for error in exc.errors():
-        location = [str(part) for part in error.get("loc", ())]
         # "body" / "query" / "path" say where; the rest names the field, dotted.
-        source, path = (location[0], location[1:]) if location else ("body", [])
+        source, *path = [str(part) for part in error.get("loc", ())] or ["body"]
         fields.append(
             {
                 "field": ".".join(path) or source,
@@ -105,12 +104,7 @@ def _invalid_request(errors: list[dict[str, str]]) -> ProblemError:
 async def _on_problem(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemError)  # noqa: S101 -- registered for this type only
     return problem_response(
-        exc.status,
-        exc.detail,
-        slug=exc.slug,
-        title=exc.title,
-        headers=exc.headers,
-        extra=exc.extra,
+        exc.status, exc.detail, slug=exc.slug, title=exc.title, headers=exc.headers, extra=exc.extra
     )
 
 
@@ -133,16 +127,12 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
-
-
 def _allowed_methods(request: Request) -> list[str]:
-    # Starlette names only the first route whose path matched; a path served by several routes
-    # (GET and POST /items) allows the union of their methods. Asking the router per method
-    # works however the routes are nested.
+    # Starlette names the first route whose path matched; GET and POST /items allow the union.
+    # Asking the router per method works however the routes are nested.
     return [
         method
-        for method in _METHODS
+        for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
         if any(
             route.matches({**request.scope, "method": method})[0] is Match.FULL
             for route in request.app.router.routes

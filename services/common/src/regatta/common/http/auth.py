@@ -23,6 +23,11 @@ ANONYMOUS = "anonymous"
 KeyAccess = Literal["reader", "writer"]
 _DIGEST_PREFIX = "sha256:"
 _DIGEST_BYTES = 32
+# What a key is needed for: the 401's subject and the 403's action.
+_NEEDED_FOR: dict[KeyAccess, tuple[str, str]] = {
+    "writer": ("Writes", "write"),
+    "reader": ("Reads of this resource", "read this resource"),
+}
 
 
 def _digest(key: str) -> bytes:
@@ -96,13 +101,6 @@ class ApiKeys:
         for digest in (*self._static, *self._file_digests):
             found |= hmac.compare_digest(candidate, digest)
         return "key-" + candidate.hex()[:16] if found else None
-
-
-# What a key is needed for: the 401's subject and the 403's action.
-_NEEDED_FOR: dict[KeyAccess, tuple[str, str]] = {
-    "writer": ("Writes", "write"),
-    "reader": ("Reads of this resource", "read this resource"),
-}
 
 
 def authorize(request: Request, keys: ApiKeys, access: KeyAccess) -> str:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 logger = logging.getLogger("regatta.health")
 
 READINESS_TIMEOUT_SECONDS = 2.0
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 class Lifecycle:
@@ -72,9 +73,6 @@ class Lifecycle:
             for name, result in zip(names, results, strict=True)
         }
         return all(value == "ok" for value in report.values()), report
-
-
-_NO_STORE = {"Cache-Control": "no-store"}
 
 
 def health_router(lifecycle: Lifecycle) -> APIRouter:

@@ -18,6 +18,15 @@ from regatta.common.http.problems import problem_response
 _REQUEST_ID_HEADER = b"x-request-id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Real documents nest far less; far deeper ones exhaust the parser's or driver's recursion.
+MAX_JSON_DEPTH = 64
+# A JSON string, whose brackets nest nothing. An unclosed one runs to the end (as the parser
+# reads it): unmatched, the search would restart at each quote, in quadratic time.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+DRAIN_FACTOR = 4  # how much of a refused body drain() reads, in multiples of the limit
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
@@ -61,9 +70,6 @@ def _supplied_request_id(scope: Scope) -> str | None:
     return None
 
 
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
 def _is_utf8_json(content_type: str) -> bool:
     media_type, *parameters = content_type.lower().split(";")
     media_type = media_type.strip()
@@ -78,14 +84,6 @@ def _is_utf8_json(content_type: str) -> bool:
     return True
 
 
-# Real documents nest far less; far deeper ones exhaust the parser's or driver's recursion.
-MAX_JSON_DEPTH = 64
-# A JSON string, whose brackets nest nothing. An unclosed one runs to the end (as the parser
-# reads it): unmatched, the search would restart at each quote, in quadratic time.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
-_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
-
-
 def json_depth(body: bytes) -> int:
     """How deeply arrays and objects nest in ``body`` (invalid JSON: as far as a parser reads)."""
     brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
@@ -94,9 +92,6 @@ def json_depth(body: bytes) -> int:
         depth += 1 if byte in b"[{" else -1
         deepest = max(deepest, depth)
     return deepest
-
-
-DRAIN_FACTOR = 4  # how much of a refused body drain() reads, in multiples of the limit
 
 
 class _RefusedBodyError(Exception):

@@ -26,6 +26,24 @@ from regatta.common.data.errors import (
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE_URI = "https://regatta.dev/problems/"
 
+_HTTP_DETAILS = {
+    404: "No resource exists at this URL.",
+    405: "This method is not allowed on this resource.",
+}
+# What the data layer refuses (data/errors.py), as problems: status, slug, headers.
+_DATA_PROBLEMS: dict[type[DataError], tuple[int, str, dict[str, str]]] = {
+    IdempotencyKeyReusedError: (422, "idempotency-key-reused", {}),
+    IdempotencyKeyInFlightError: (409, "idempotency-key-in-flight", {"Retry-After": "1"}),
+}
+# Errors that mean "the database or Redis cannot be reached right now", not "the code is wrong".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+
 logger = logging.getLogger("regatta.errors")
 
 
@@ -108,12 +126,6 @@ async def _on_problem(_request: Request, exc: Exception) -> Response:
     )
 
 
-_HTTP_DETAILS = {
-    404: "No resource exists at this URL.",
-    405: "This method is not allowed on this resource.",
-}
-
-
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)  # noqa: S101 -- registered for this type only
     detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else None
@@ -138,13 +150,6 @@ def _allowed_methods(request: Request) -> list[str]:
             for route in request.app.router.routes
         )
     ]
-
-
-# What the data layer refuses (data/errors.py), as problems: status, slug, headers.
-_DATA_PROBLEMS: dict[type[DataError], tuple[int, str, dict[str, str]]] = {
-    IdempotencyKeyReusedError: (422, "idempotency-key-reused", {}),
-    IdempotencyKeyInFlightError: (409, "idempotency-key-in-flight", {"Retry-After": "1"}),
-}
 
 
 async def _on_data_error(_request: Request, exc: Exception) -> Response:
@@ -199,16 +204,6 @@ class UnhandledErrorMiddleware:
                     500, "The server failed to handle this request; it has been logged."
                 )
             await response(scope, receive, send)
-
-
-# Errors that mean "the database or Redis cannot be reached right now", not "the code is wrong".
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.TimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 class FieldError(BaseModel):

@@ -114,17 +114,16 @@ class MemoryStore:
         return decision
 
 
+@dataclass(slots=True)
 class RedisStore:
     """The algorithm in Redis: one EVALSHA per request, atomic, on Redis's clock."""
 
+    redis: PipelinedRedis
     _SCRIPT = Script.of(_GCRA)
-
-    def __init__(self, redis: PipelinedRedis) -> None:
-        self._redis = redis
 
     async def acquire(self, key: str, policy: Policy) -> Decision:
         """Spend one request of ``key``'s quota, if it has one."""
-        reply = await self._redis.run_script(
+        reply = await self.redis.run_script(
             self._SCRIPT, [key.encode()], [b"%d" % policy.interval_us, b"%d" % policy.capacity_us]
         )
         allowed, remaining, wait, reset = cast("list[int]", reply)
@@ -179,37 +178,25 @@ def _bucket_of(host: str) -> str:
     return str(address)
 
 
+@dataclass(eq=False, kw_only=True)
 class RateLimiter:
     """Policies, client identity and the store; fails open when the store is unreachable."""
 
-    def __init__(
-        self,
-        *,
-        reads: Policy | None,
-        writes: Policy | None,
-        key_prefix: str,
-        proxies: TrustedProxies,
-        api_keys: ApiKeys | None = None,
-        memory: MemoryStore | None = None,
-        redis: Callable[[], PipelinedRedis | None] = lambda: None,
-        unavailable: Counter | None = None,
-        round_trip: Histogram | None = None,
-    ) -> None:
-        self.reads = reads
-        self.writes = writes
-        self._prefix = key_prefix
-        self._proxies = proxies
-        self._api_keys = api_keys
-        # None: Redis, from ``redis()`` (None until the lifespan has opened it).
-        self.memory = memory
-        self._redis_of = redis
-        self._redis: PipelinedRedis | None = None
-        self._redis_store: RedisStore | None = None
-        self._unavailable = unavailable
-        self._round_trip = round_trip  # times each check's round trip to Redis
-        self._paused_until = 0.0
-        self._failing = False
-        self._probing = False
+    reads: Policy | None
+    writes: Policy | None
+    key_prefix: str
+    proxies: TrustedProxies
+    api_keys: ApiKeys | None = None
+    # None: Redis, from ``redis()`` (None until the lifespan has opened it).
+    memory: MemoryStore | None = None
+    redis: Callable[[], PipelinedRedis | None] = lambda: None
+    unavailable: Counter | None = None
+    round_trip: Histogram | None = None  # times each check's round trip to Redis
+    _redis: PipelinedRedis | None = field(default=None, init=False)
+    _redis_store: RedisStore | None = field(default=None, init=False)
+    _paused_until: float = field(default=0.0, init=False)
+    _failing: bool = field(default=False, init=False)
+    _probing: bool = field(default=False, init=False)
 
     def policy_for(self, method: str) -> Policy | None:
         """The route class of ``method`` (None: not limited)."""
@@ -226,18 +213,18 @@ class RateLimiter:
                 authorization = value
             elif name == b"x-forwarded-for":
                 forwarded_for.append(value)
-        if authorization is not None and self._api_keys is not None:
+        if authorization is not None and self.api_keys is not None:
             scheme, _, token = authorization.decode("latin-1").partition(" ")
             token = token.strip()
             # Only a valid key earns its own bucket: made-up keys would each get a fresh one.
             if scheme.lower() == "bearer" and token:
-                principal = self._api_keys.principal(token)
+                principal = self.api_keys.principal(token)
                 if principal is not None:
                     # The access log names the key too: worked out once per request.
                     scope.setdefault("state", {})[API_KEY_ID_STATE] = principal
                     return principal
         client = scope.get("client")
-        return "ip-" + client_address(client[0] if client else "", forwarded_for, self._proxies)
+        return "ip-" + client_address(client[0] if client else "", forwarded_for, self.proxies)
 
     async def acquire(self, scope: Scope, policy: Policy) -> Decision | None:
         """Spend one request of the caller's quota; None when no store could be asked."""
@@ -251,7 +238,7 @@ class RateLimiter:
                 self._count_unavailable()
                 return None
             self._probing = probe = True
-        key = f"{self._prefix}{policy.name}:{self.identity(scope)}"
+        key = f"{self.key_prefix}{policy.name}:{self.identity(scope)}"
         started = time.perf_counter()
         try:
             decision = await store.acquire(key, policy)
@@ -266,8 +253,8 @@ class RateLimiter:
         finally:
             if probe:
                 self._probing = False
-            if self._round_trip is not None and isinstance(store, RedisStore):
-                self._round_trip.observe(time.perf_counter() - started)
+            if self.round_trip is not None and isinstance(store, RedisStore):
+                self.round_trip.observe(time.perf_counter() - started)
         if self._failing:
             self._failing = False
             logger.warning("rate limiter reaches Redis again; limits apply")
@@ -276,7 +263,7 @@ class RateLimiter:
     def _store(self) -> MemoryStore | RedisStore | None:
         if self.memory is not None:
             return self.memory
-        redis = self._redis_of()
+        redis = self.redis()
         if redis is None:
             return None  # the lifespan has not opened Redis (yet)
         if redis is not self._redis:
@@ -284,8 +271,8 @@ class RateLimiter:
         return self._redis_store
 
     def _count_unavailable(self) -> None:
-        if self._unavailable is not None:
-            self._unavailable.inc()
+        if self.unavailable is not None:
+            self.unavailable.inc()
 
 
 def _seconds(micros: int) -> int:

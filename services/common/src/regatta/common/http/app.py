@@ -175,7 +175,7 @@ def create_app(
         settings=settings,
         service_name=name,
         metrics=PlatformMetrics(service_name=name, services=[service.name for service in services]),
-        api_keys=ApiKeys.from_settings(settings),
+        api_keys=ApiKeys([k.get_secret_value() for k in settings.api_keys], settings.api_keys_file),
         lifecycle=Lifecycle(),
         tracer_provider=tracer_provider or tracing.tracer_provider_from_environment(name),
         services=list(services),

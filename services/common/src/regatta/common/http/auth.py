@@ -14,7 +14,6 @@ from typing import Literal
 from fastapi import Request
 
 from regatta.common.http.problems import ProblemError
-from regatta.common.settings import ServiceSettings
 
 logger = logging.getLogger("regatta.auth")
 
@@ -55,11 +54,6 @@ class ApiKeys:
         self._file_version: tuple[int, int, int] | None = None
         self._failure: str | None = None  # what went wrong last, logged once
         self._reload()
-
-    @classmethod
-    def from_settings(cls, settings: ServiceSettings) -> ApiKeys:
-        """Keys named by the settings."""
-        return cls([k.get_secret_value() for k in settings.api_keys], settings.api_keys_file)
 
     @property
     def enabled(self) -> bool:

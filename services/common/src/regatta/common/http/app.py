@@ -38,6 +38,17 @@ logger = logging.getLogger("regatta.app")
 IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 600
 POOL_SAMPLE_SECONDS = 5.0
 
+# The request headers a browser may send across origins, and the response headers it may read.
+_CORS_ALLOW = (
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "If-Match",
+    "If-None-Match",
+    "X-Request-ID",
+)
+_CORS_EXPOSE = ("ETag", "Location", "X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy")
+
 Worker = Callable[[Runtime], Awaitable[None]]
 
 
@@ -48,12 +59,9 @@ class ServiceSpec:
     name: str
     migrations: migrations.MigrationSpec
     idempotency_table: Table
-    # Resources declared once: their five routes and their read cache (resource_routes.py).
-    resources: Sequence[ResourceRoutes] = ()
-    # Routes of its own, besides its resources'.
-    router: APIRouter | None = None
-    # Events written with each change; relayed to the stream by every replica of the service.
-    outbox_table: Table | None = None
+    resources: Sequence[ResourceRoutes] = ()  # each: five routes and their read cache
+    router: APIRouter | None = None  # routes of its own, besides its resources'
+    outbox_table: Table | None = None  # events of each change, relayed by every replica
     # Run in their own process in production, in the app's when ``run_workers`` is set.
     workers: Sequence[tuple[str, Worker]] = ()
 
@@ -226,22 +234,8 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_credentials=settings.cors_allow_credentials,
             allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
-            allow_headers=[
-                "Authorization",
-                "Content-Type",
-                "Idempotency-Key",
-                "If-Match",
-                "If-None-Match",
-                "X-Request-ID",
-            ],
-            expose_headers=[
-                "ETag",
-                "Location",
-                "X-Request-ID",
-                "Retry-After",
-                "RateLimit",
-                "RateLimit-Policy",
-            ],
+            allow_headers=_CORS_ALLOW,
+            expose_headers=_CORS_EXPOSE,
         )
     instrument_http(
         app,

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 logger = logging.getLogger("regatta.health")
 
 READINESS_TIMEOUT_SECONDS = 2.0
+_Handler = Callable[[int, FrameType | None], Any]
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -25,7 +26,7 @@ class Lifecycle:
     def __init__(self) -> None:
         self.checks: dict[str, Callable[[], Awaitable[Any]]] = {}
         self.shutting_down = False
-        self._replaced: dict[int, Any] = {}
+        self._replaced: dict[int, _Handler] = {}
 
     def begin_shutdown(self) -> None:
         """Mark the process as draining: readiness answers 503 from now on."""
@@ -42,13 +43,9 @@ class Lifecycle:
             if not callable(previous):
                 continue  # nobody handles it in Python: the process just dies, nothing to chain.
 
-            def handler(
-                received: int,
-                frame: FrameType | None,
-                previous: Callable[[int, FrameType | None], Any] = previous,
-            ) -> None:
+            def handler(sig: int, frame: FrameType | None, previous: _Handler = previous) -> None:
                 self.begin_shutdown()
-                previous(received, frame)
+                previous(sig, frame)
 
             self._replaced[signum] = previous
             signal.signal(signum, handler)

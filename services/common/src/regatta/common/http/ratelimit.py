@@ -187,8 +187,7 @@ class RateLimiter:
     key_prefix: str
     proxies: TrustedProxies
     api_keys: ApiKeys | None = None
-    # None: Redis, from ``redis()`` (None until the lifespan has opened it).
-    memory: MemoryStore | None = None
+    memory: MemoryStore | None = None  # or None: Redis, from redis() once the lifespan opened it
     redis: Callable[[], PipelinedRedis | None] = lambda: None
     unavailable: Counter | None = None
     round_trip: Histogram | None = None  # times each check's round trip to Redis
@@ -310,14 +309,9 @@ class RateLimitMiddleware:
             )
             await response(scope, receive, send)
             return
-        fields = [
-            (b"ratelimit-policy", policy.header),
-            (
-                b"ratelimit",
-                b'"%s";r=%d;t=%d'
-                % (policy.name.encode(), decision.remaining, _seconds(decision.reset_us)),
-            ),
-        ]
+        reset = _seconds(decision.reset_us)
+        state = b'"%s";r=%d;t=%d' % (policy.name.encode(), decision.remaining, reset)
+        fields = [(b"ratelimit-policy", policy.header), (b"ratelimit", state)]
 
         async def send_with_fields(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -48,7 +48,6 @@ _CORS_ALLOW = (
     "X-Request-ID",
 )
 _CORS_EXPOSE = ("ETag", "Location", "X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy")
-
 Worker = Callable[[Runtime], Awaitable[None]]
 
 
@@ -62,8 +61,7 @@ class ServiceSpec:
     resources: Sequence[ResourceRoutes] = ()  # each: five routes and their read cache
     router: APIRouter | None = None  # routes of its own, besides its resources'
     outbox_table: Table | None = None  # events of each change, relayed by every replica
-    # Run in their own process in production, in the app's when ``run_workers`` is set.
-    workers: Sequence[tuple[str, Worker]] = ()
+    workers: Sequence[tuple[str, Worker]] = ()  # in-app with run_workers, else their own process
 
 
 async def _purge_idempotency(runtime: Runtime, stores: Sequence[IdempotencyStore]) -> None:
@@ -200,12 +198,11 @@ def create_app(
             add_routes(app, service.router)
     served = app.router.routes[docs:]
     add_routes(app, health_router(platform.lifecycle))
+    listing = {"name": title, "services": [f"/{s.name}" for s in services], "docs": "/docs"}
 
     @app.get("/", include_in_schema=False)
     async def index() -> JSONResponse:
-        return JSONResponse(
-            {"name": title, "services": [f"/{s.name}" for s in services], "docs": "/docs"}
-        )
+        return JSONResponse(listing)
 
     # Added innermost first: the last one added sees the request first.
     cached = [r.resource for service in services for r in service.resources if r.read_cache]

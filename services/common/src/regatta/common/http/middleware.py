@@ -87,11 +87,8 @@ def _is_utf8_json(content_type: str) -> bool:
 def json_depth(body: bytes) -> int:
     """How deeply arrays and objects nest in ``body`` (invalid JSON: as far as a parser reads)."""
     brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
-    depth = deepest = 0
-    for byte in brackets:
-        depth += 1 if byte in b"[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
+    steps = (1 if byte in b"[{" else -1 for byte in brackets)
+    return max(itertools.accumulate(steps, initial=0))  # the deepest running depth
 
 
 class _RefusedBodyError(Exception):

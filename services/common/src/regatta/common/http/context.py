@@ -1,9 +1,6 @@
 """What a handler is given: one typed :class:`RequestContext`, built by one dependency.
 
-The process's long-lived parts are one :class:`Platform`, stored on the application
-(``app.state`` holds it and nothing else; read it with :func:`platform_of`) and completed by
-the lifespan. A route asks for its context with one dependency (:class:`ContextFactory`): one
-instead of six is what keeps FastAPI's dependency solving cheap on every request.
+Design: services/common/README.md.
 """
 
 from __future__ import annotations
@@ -69,8 +66,7 @@ class RequestContext:
     platform: Platform
     database: Database
     cache: ResponseCache
-    # The service's idempotency store (None for a service without one).
-    idempotency: IdempotencyStore | None
+    idempotency: IdempotencyStore | None  # None for a service that keeps no records
     # Who sent the request: a key's stable id, "anonymous" with keys off, or None for a public
     # route that asked for no key.
     principal: str | None
@@ -102,15 +98,13 @@ class RequestContext:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ContextFactory:
-    """The dependency giving a route of ``service`` its :class:`RequestContext`.
+    """The one dependency (six would cost more) giving a route of ``service`` its context.
 
-    ``access``: ``writer`` refuses a request without a writer's key (401/403), ``reader`` one
-    without a key for private reads; ``public`` asks for none. Before that, a query parameter
-    the route does not take is refused (422) by ``routing.check_query``.
+    It refuses an unknown query parameter (422), then a request without the key ``access`` needs.
     """
 
     service: str
-    access: Literal["public"] | KeyAccess = "public"
+    access: Literal["public"] | KeyAccess = "public"  # "writer" and "reader" need a key
 
     async def __call__(self, request: Request) -> RequestContext:
         """Build the request's context (async: FastAPI runs plain functions in threads)."""

@@ -81,12 +81,9 @@ class UuidPageRequest(BaseModel):
 
 
 class PageQuery(BaseModel):
-    """A list's query: ``limit`` and ``cursor``, and the filters a subclass declares.
+    """A list's query: ``limit``, ``cursor`` and a subclass's filters, validated by :meth:`of`.
 
-    A resource's list validates it in one step (:meth:`of`); its route documents each field
-    as a parameter of its own (``routing.query_parameters``). FastAPI would do both for a
-    query model parameter, and spend about 17 µs a request asking of each field whether it
-    is a sequence.
+    Cheaper than a FastAPI query model; its route documents it with ``query_parameters``.
     """
 
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Page size.")

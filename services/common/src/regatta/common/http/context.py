@@ -98,16 +98,13 @@ class RequestContext:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ContextFactory:
-    """The one dependency (six would cost more) giving a route of ``service`` its context.
-
-    It refuses an unknown query parameter (422), then a request without the key ``access`` needs.
-    """
+    """The one dependency (six would cost more) giving a route of ``service`` its context."""
 
     service: str
     access: Literal["public"] | KeyAccess = "public"  # "writer" and "reader" need a key
 
     async def __call__(self, request: Request) -> RequestContext:
-        """Build the request's context (async: FastAPI runs plain functions in threads)."""
+        """Check the query (422) and the key, then build the context (async: not in a thread)."""
         check_query(request)
         platform = platform_of(request.app)
         runtime = platform.serving

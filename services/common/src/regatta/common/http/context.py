@@ -1,7 +1,4 @@
-"""What a handler is given: one typed :class:`RequestContext`, built by one dependency.
-
-Design: services/common/README.md.
-"""
+"""What a handler is given: one typed :class:`RequestContext`, built by one dependency."""
 
 from __future__ import annotations
 
@@ -40,8 +37,7 @@ class Platform:
     services: Sequence[ServiceSpec] = ()
     run_workers: bool = False
     workers: Sequence[tuple[str, Worker]] = ()
-    # Opened by the lifespan; None before it starts and after it ends.
-    runtime: Runtime | None = None
+    runtime: Runtime | None = None  # opened by the lifespan: None before it starts, after it ends
     idempotency: dict[str, IdempotencyStore] = field(default_factory=dict)
 
     @property
@@ -67,8 +63,7 @@ class RequestContext:
     database: Database
     cache: ResponseCache
     idempotency: IdempotencyStore | None  # None for a service that keeps no records
-    # Who sent the request: a key's stable id, "anonymous" with keys off, or None for a public
-    # route that asked for no key.
+    # A key's stable id, "anonymous" with keys off, or None when the route asked for no key.
     principal: str | None
 
     @property

@@ -18,8 +18,6 @@ from regatta.common.http.problems import invalid_field
 
 K = TypeVar("K")
 
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
 _CURSOR_VERSION = 1
 _MAX_CURSOR_LENGTH = 200
 
@@ -76,7 +74,7 @@ class UuidPageRequest(BaseModel):
 class PageQuery(BaseModel):
     """A list's query: ``limit``, ``cursor`` and a subclass's filters (validated by :meth:`of`)."""
 
-    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Page size.")
+    limit: int = Field(20, ge=1, le=100, description="Page size.")
     cursor: str | None = Field(
         None,
         description="The next_cursor of the previous page.",

@@ -1,7 +1,6 @@
 """The response cache in front of the routes: ``GET /{resource}/{id}`` answered from final bytes.
 
-A hit is answered exactly as the route would (``tests/contract/test_read_cache.py``), a miss
-passes on. Design: services/common/README.md.
+A hit is answered byte for byte as the route would (test_read_cache.py). Design: the README.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from regatta.common.http.resource_routes import read_route_name
 from regatta.common.http.resources import Resource
 from regatta.common.redis.cache import CachedResponse, ResponseCache
 
-# Canonical decimal ids (no sign, no leading zero, at most 19 digits); anything else is the
-# route's to validate and answer.
+# Canonical decimal ids (no sign or leading zero, 19 digits at most): others are the route's.
 _ID = re.compile(r"[1-9][0-9]{0,18}")
 _CACHE_CONTROL = CACHE_CONTROL.encode()
 

@@ -1,8 +1,6 @@
-"""One way to declare a resource: :class:`ResourceRoutes` → its five routes (and HEAD).
+"""One way to declare a resource: :class:`ResourceRoutes` → its five routes (and HEAD)."""
 
-No ``from __future__ import annotations``: FastAPI must see the declared schemas as objects.
-Design: services/common/README.md.
-"""
+# No ``from __future__ import annotations``: FastAPI must see the declared schemas as objects.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +70,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     # The path shows the id as {item_id}; the handlers take it as row_id.
     RowId = Annotated[int, Path(alias=id_name, description=routes.id_description)]  # noqa: N806
     a = "an" if singular[:1].lower() in "aeiou" else "a"
+    changed = "(``If-Match`` → 412 when it changed meanwhile)"
 
     @router.post(
         "",
@@ -86,8 +85,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         context: Writing,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response:
-        stored = await resource.create(context, idempotency_key, body.model_dump())
-        return stored_response(stored)
+        return stored_response(await resource.create(context, idempotency_key, body.model_dump()))
 
     @router.get(
         "",
@@ -119,9 +117,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         name=f"update_{singular}",
         response_model=resource.read_schema,
         responses=WRITE_ERRORS,
-        description=(
-            f"Change some fields of {a} {singular} (``If-Match`` → 412 when it changed meanwhile)."
-        ),
+        description=f"Change some fields of {a} {singular} {changed}.",
         openapi_extra=IF_MATCH_DOCUMENTED,
     )
     async def update(
@@ -136,7 +132,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         name=f"delete_{singular}",
         status_code=204,
         responses=WRITE_ERRORS,
-        description=f"Delete {a} {singular} (``If-Match`` → 412 when it changed meanwhile).",
+        description=f"Delete {a} {singular} {changed}.",
         openapi_extra=IF_MATCH_DOCUMENTED,
     )
     async def delete(row_id: RowId, context: Writing) -> Response:

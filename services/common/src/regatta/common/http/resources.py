@@ -6,7 +6,8 @@ Design: services/common/README.md.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Header
 from fastapi.responses import Response
@@ -32,13 +33,11 @@ from regatta.common.http.conditional import (
     parse_if_match,
     precondition_failed,
 )
+from regatta.common.http.context import RequestContext
 from regatta.common.http.pagination import PageRequest, next_cursor
 from regatta.common.http.problems import ProblemError
 from regatta.common.redis.cache import DELETED, CachedResponse
 from regatta.common.telemetry.tracing import current_trace_context
-
-if TYPE_CHECKING:
-    from regatta.common.http.context import RequestContext
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -56,25 +55,19 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
+@dataclass(kw_only=True, eq=False)
 class Resource(Generic[M, R]):
     """The contract's behaviour for one resource type under ``/{name}``."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        singular: str,
-        repository: VersionedRepository[M],
-        read_schema: type[R],
-        outbox: Table | None = None,
-    ) -> None:
-        self.name = name
-        self.singular = singular
-        self.outbox = outbox  # events "<singular>.created|updated|deleted" go there
-        self.repository = repository
-        self.read_schema = read_schema
-        self._one = TypeAdapter(read_schema)
-        self._many = TypeAdapter(list[read_schema])  # type: ignore[valid-type]
+    name: str
+    singular: str
+    repository: VersionedRepository[M]
+    read_schema: type[R]
+    outbox: Table | None = None  # events "<singular>.created|updated|deleted" go there
+
+    def __post_init__(self) -> None:
+        self._one = TypeAdapter(self.read_schema)
+        self._many = TypeAdapter(list[self.read_schema])  # type: ignore[name-defined]
         self._cursor = TypeAdapter(str | None)
 
     def cache_key(self, row_id: int) -> str:
@@ -113,21 +106,15 @@ class Resource(Generic[M, R]):
         rows = await self.repository.read_page(
             database, after=page.after, limit=page.limit, where=where
         )
-        shown = self._many.validate_python(rows[: page.limit])
-        cursor = next_cursor([row["id"] for row in rows], page.limit)
+        data = self._many.dump_json(self._many.validate_python(rows[: page.limit]))
+        cursor = self._cursor.dump_json(next_cursor([row["id"] for row in rows], page.limit))
         # {"data": [...], "next_cursor": ...}: each part rendered by pydantic-core in one call.
-        return b'{"data":%s,"next_cursor":%s}' % (
-            self._many.dump_json(shown),
-            self._cursor.dump_json(cursor),
-        )
+        return b'{"data":%s,"next_cursor":%s}' % (data, cursor)
 
     async def create(
         self, context: RequestContext, idempotency_key: str | None, values: Mapping[str, Any]
     ) -> StoredResponse:
-        """Insert a row (once per idempotency key) and return the 201 to send or replay.
-
-        The cache is left alone: the new id has no entry to replace, and the first read fills it.
-        """
+        """Insert a row once per idempotency key: the 201 to send or replay (no cache entry yet)."""
         request, database, store = context.request, context.database, context.store
         keyed = keyed_request(
             method=request.method,
@@ -230,10 +217,7 @@ class Resource(Generic[M, R]):
 def entry_response(
     entry: CachedResponse, *, if_none_match: str | None = None, private: bool = False
 ) -> Response:
-    """200 with the cached bytes, or 304 when the client already has this version.
-
-    A ``private`` response (one that needs a key to read) is never for a shared cache.
-    """
+    """200 with the cached bytes, or 304; ``private``: read with a key, not for shared caches."""
     cache_control = f"private, {CACHE_CONTROL}" if private else CACHE_CONTROL
     headers = {"ETag": entry.etag, "Cache-Control": cache_control}
     if none_match(if_none_match, entry.etag):

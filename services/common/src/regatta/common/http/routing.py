@@ -1,7 +1,4 @@
-"""Route-level conventions every service's router follows: HEAD with GET, no unknown parameters.
-
-Design: services/common/README.md.
-"""
+"""Route-level conventions every service's router follows: HEAD with GET, no unknown parameters."""
 
 from __future__ import annotations
 
@@ -95,10 +92,7 @@ def check_query(request: Request) -> None:
 
 
 def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` documenting ``model``'s fields as query parameters, as FastAPI would.
-
-    For a handler that validates its query itself; :func:`check_query` lets them through.
-    """
+    """``openapi_extra`` documenting ``model``'s fields as query parameters, as FastAPI would."""
     schema = model.model_json_schema()
     if "$defs" in schema:
         msg = f"{model.__name__}: only fields of plain types document as query parameters"

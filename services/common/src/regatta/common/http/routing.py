@@ -79,7 +79,7 @@ def check_query(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    # A few nodes: cheaper than any cache lookup. Documented ones: see query_parameters.
+    # A few nodes, cheaper than a cache lookup; and those of a query the handler validates itself.
     documented = (route.openapi_extra or {}).get("parameters", ())
     taken = _query_names(route.dependant)
     taken |= {p["name"] for p in documented if p.get("in") == "query"}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 
 import pytest
 
-from regatta.common.http.pagination import decode_cursor, encode_cursor, next_cursor
+from regatta.common.http.pagination import PageQuery, decode_cursor, encode_cursor, next_cursor
 from regatta.common.http.problems import ProblemError
 
 
@@ -51,3 +52,14 @@ def test_next_cursor_only_when_more_rows_exist() -> None:
     cursor = next_cursor([1, 2, 3, 4], 3)
     assert cursor is not None
     assert decode_cursor(cursor) == 3
+
+
+def test_uuid_cursors_round_trip_and_refuse_other_ids() -> None:
+    after = uuid.UUID("0190b3a4-7c1e-7000-8000-000000000001")
+    cursor = next_cursor([uuid.UUID(int=1), after, uuid.UUID(int=3)], 2)
+    assert cursor is not None
+    assert PageQuery(cursor=cursor).uuid_page().after == after
+    for malformed in (encode_cursor(7), encode_cursor("not-a-uuid"), "e30"):
+        with pytest.raises(ProblemError) as raised:
+            PageQuery(cursor=malformed).uuid_page()
+        assert raised.value.status == 422

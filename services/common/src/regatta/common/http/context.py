@@ -1,10 +1,4 @@
-"""What a handler is given: one typed :class:`RequestContext`, built by one dependency.
-
-The process's long-lived parts are one :class:`Platform`, stored on the application
-(``app.state`` holds it and nothing else; read it with :func:`platform_of`) and completed by
-the lifespan. A route asks for its context with one dependency (:class:`ContextFactory`): one
-instead of six is what keeps FastAPI's dependency solving cheap on every request.
-"""
+"""What a handler is given: one typed :class:`RequestContext`, built by one dependency."""
 
 from __future__ import annotations
 
@@ -43,8 +37,7 @@ class Platform:
     services: Sequence[ServiceSpec] = ()
     run_workers: bool = False
     workers: Sequence[tuple[str, Worker]] = ()
-    # Opened by the lifespan; None before it starts and after it ends.
-    runtime: Runtime | None = None
+    runtime: Runtime | None = None  # opened by the lifespan: None before it starts, after it ends
     idempotency: dict[str, IdempotencyStore] = field(default_factory=dict)
 
     @property
@@ -69,10 +62,8 @@ class RequestContext:
     platform: Platform
     database: Database
     cache: ResponseCache
-    # The service's idempotency store (None for a service without one).
-    idempotency: IdempotencyStore | None
-    # Who sent the request: a key's stable id, "anonymous" with keys off, or None for a public
-    # route that asked for no key.
+    idempotency: IdempotencyStore | None  # None for a service that keeps no records
+    # A key's stable id, "anonymous" with keys off, or None when the route asked for no key.
     principal: str | None
 
     @property
@@ -102,18 +93,13 @@ class RequestContext:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ContextFactory:
-    """The dependency giving a route of ``service`` its :class:`RequestContext`.
-
-    ``access``: ``writer`` refuses a request without a writer's key (401/403), ``reader`` one
-    without a key for private reads; ``public`` asks for none. Before that, a query parameter
-    the route does not take is refused (422) by ``routing.check_query``.
-    """
+    """The one dependency (six would cost more) giving a route of ``service`` its context."""
 
     service: str
-    access: Literal["public"] | KeyAccess = "public"
+    access: Literal["public"] | KeyAccess = "public"  # "writer" and "reader" need a key
 
     async def __call__(self, request: Request) -> RequestContext:
-        """Build the request's context (async: FastAPI runs plain functions in threads)."""
+        """Check the query (422) and the key, then build the context (async: not in a thread)."""
         check_query(request)
         platform = platform_of(request.app)
         runtime = platform.serving

@@ -1,13 +1,7 @@
 """The response cache in front of the routes: ``GET /{resource}/{id}`` answered from final bytes.
 
-For the resources read through the cache (``ResourceRoutes.read_cache``), a hit in the cache of
-rendered responses (``redis/cache.py``) is answered here, 200 with its bytes and ETag or 304,
-exactly as the route would (``tests/contract/test_read_cache.py`` compares the two). A miss, and
-every other request, passes on: the route reads the database, renders and fills the cache.
-
-It sits inside the request id, metrics, tracing, CORS, rate-limit and body-size layers and the
-error guard, so a hit is counted, logged, traced and limited like any other request; it leaves
-the route it answers for in the scope, as the router would (the metrics' label).
+A hit is answered byte for byte as the route would (test_read_cache.py).
+Design: services/common/README.md.
 """
 
 from __future__ import annotations
@@ -25,8 +19,7 @@ from regatta.common.http.resource_routes import read_route_name
 from regatta.common.http.resources import Resource
 from regatta.common.redis.cache import CachedResponse, ResponseCache
 
-# Canonical decimal ids (no sign, no leading zero, at most 19 digits); anything else is the
-# route's to validate and answer.
+# Canonical decimal ids (no sign or leading zero, 19 digits at most): others are the route's.
 _ID = re.compile(r"[1-9][0-9]{0,18}")
 _CACHE_CONTROL = CACHE_CONTROL.encode()
 
@@ -74,14 +67,13 @@ class CachedReads:
 
 async def _send(entry: CachedResponse, scope: Scope, send: Send) -> None:
     # The status, headers and body resources.entry_response() gives through Starlette.
-    etag = entry.etag.encode()
     if none_match(Headers(scope=scope).get("if-none-match"), entry.etag):  # as the route reads it
         status, body = 304, b""
-        headers = [(b"etag", etag), (b"cache-control", _CACHE_CONTROL)]
+        headers = [(b"etag", entry.etag.encode()), (b"cache-control", _CACHE_CONTROL)]
     else:
         status, body = 200, entry.body
         headers = [
-            (b"etag", etag),
+            (b"etag", entry.etag.encode()),
             (b"cache-control", _CACHE_CONTROL),
             (b"content-length", str(len(body)).encode()),
             (b"content-type", b"application/json"),

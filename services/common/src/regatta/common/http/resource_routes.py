@@ -1,14 +1,6 @@
-"""One way to declare a resource: :class:`ResourceRoutes` → its five routes (and HEAD).
+"""One way to declare a resource: :class:`ResourceRoutes` → its five routes (and HEAD)."""
 
-:func:`resource_router` builds ``POST /{name}``, ``GET /{name}`` and ``GET/PATCH/DELETE
-/{name}/{id}`` (HEAD with each GET) with the contract's behaviour and OpenAPI description; the
-read cache in front of the routes (readcache.py) is built from the same declarations. Each
-handler takes one :class:`RequestContext` (context.py); the list validates its whole query as
-one model in one step (``PageQuery.of``).
-
-(No ``from __future__ import annotations`` here: the handlers' annotations are the declared
-schemas, which FastAPI must see as objects.)
-"""
+# No ``from __future__ import annotations``: FastAPI must see the declared schemas as objects.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +15,6 @@ from regatta.common.http.conditional import (
     IF_MATCH_DOCUMENTED,
     IF_NONE_MATCH_DOCUMENTED,
     NOT_MODIFIED,
-    parse_if_match,
 )
 from regatta.common.http.context import ContextFactory, RequestContext
 from regatta.common.http.pagination import PageQuery
@@ -62,11 +53,9 @@ class ResourceRoutes:
     create_schema: type[BaseModel]
     update_schema: type[UpdateSchema]
     page_schema: type[BaseModel]
-    # "The item's id." — the id path parameter's description.
-    id_description: str
+    id_description: str  # the id path parameter's: "The item's id."
     query: type[ListQuery] = ListQuery  # the list's page and filters
-    # Whether the read cache answers its GET /{name}/{id} on a hit.
-    read_cache: bool = True
+    read_cache: bool = True  # whether the read cache answers hits of its GET /{name}/{id}
 
 
 def resource_router(routes: ResourceRoutes) -> APIRouter:
@@ -81,6 +70,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     # The path shows the id as {item_id}; the handlers take it as row_id.
     RowId = Annotated[int, Path(alias=id_name, description=routes.id_description)]  # noqa: N806
     a = "an" if singular[:1].lower() in "aeiou" else "a"
+    changed = "(``If-Match`` → 412 when it changed meanwhile)"
 
     @router.post(
         "",
@@ -95,15 +85,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         context: Writing,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response:
-        stored = await resource.create(
-            request=context.request,
-            database=context.database,
-            store=context.store,
-            idempotency_key=idempotency_key,
-            principal=context.writer,
-            values=body.model_dump(),
-        )
-        return stored_response(stored)
+        return stored_response(await resource.create(context, idempotency_key, body.model_dump()))
 
     @router.get(
         "",
@@ -114,9 +96,8 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
     )
     async def list_(context: Reading) -> Response:
         query = routes.query.of(context.request)
-        clauses = query.where()(context.database.dialect)
-        page = query.page()
-        body = await resource.list(database=context.database, page=page, where=clauses)
+        where = query.where()(context.database.dialect)
+        body = await resource.list(database=context.database, page=query.page(), where=where)
         return Response(body, media_type=JSON_MEDIA_TYPE)
 
     @router.get(
@@ -128,7 +109,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         openapi_extra=IF_NONE_MATCH_DOCUMENTED,
     )
     async def read(row_id: RowId, context: Reading) -> Response:
-        entry = await resource.read(database=context.database, cache=context.cache, row_id=row_id)
+        entry = await resource.read(context, row_id)
         return entry_response(entry, if_none_match=context.request.headers.get("if-none-match"))
 
     @router.patch(
@@ -136,9 +117,7 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         name=f"update_{singular}",
         response_model=resource.read_schema,
         responses=WRITE_ERRORS,
-        description=(
-            f"Change some fields of {a} {singular} (``If-Match`` → 412 when it changed meanwhile)."
-        ),
+        description=f"Change some fields of {a} {singular} {changed}.",
         openapi_extra=IF_MATCH_DOCUMENTED,
     )
     async def update(
@@ -146,30 +125,18 @@ def resource_router(routes: ResourceRoutes) -> APIRouter:
         changes: routes.update_schema,  # type: ignore[name-defined]
         context: Writing,
     ) -> Response:
-        entry = await resource.update(
-            database=context.database,
-            cache=context.cache,
-            row_id=row_id,
-            values=changes.changes(),
-            precondition=parse_if_match(context.request.headers.get("if-match")),
-        )
-        return entry_response(entry)
+        return entry_response(await resource.update(context, row_id, changes.changes()))
 
     @router.delete(
         f"/{{{id_name}}}",
         name=f"delete_{singular}",
         status_code=204,
         responses=WRITE_ERRORS,
-        description=f"Delete {a} {singular} (``If-Match`` → 412 when it changed meanwhile).",
+        description=f"Delete {a} {singular} {changed}.",
         openapi_extra=IF_MATCH_DOCUMENTED,
     )
     async def delete(row_id: RowId, context: Writing) -> Response:
-        await resource.delete(
-            database=context.database,
-            cache=context.cache,
-            row_id=row_id,
-            precondition=parse_if_match(context.request.headers.get("if-match")),
-        )
+        await resource.delete(context, row_id)
         return Response(status_code=204)
 
     route_head(router)

@@ -1,15 +1,15 @@
 """One versioned resource end to end: cached reads, idempotent creates, conditional writes.
 
-A service describes its resource (model, repository, read schema) and gets the behaviour the
-HTTP contract promises; its own ``service.py`` adds only its rules.
+Design: services/common/README.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Header, Request
+from fastapi import Header
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import ColumnElement, Row, Select, Table
@@ -25,16 +25,18 @@ from regatta.common.data.idempotency import (
     keyed_request,
 )
 from regatta.common.data.outbox import event_parameters, record_event
-from regatta.common.data.repository import MAX_ID, M, Precondition, VersionedRepository
+from regatta.common.data.repository import MAX_ID, M, VersionedRepository
 from regatta.common.http.conditional import (
     CACHE_CONTROL,
     make_etag,
     none_match,
+    parse_if_match,
     precondition_failed,
 )
+from regatta.common.http.context import RequestContext
 from regatta.common.http.pagination import PageRequest, next_cursor
 from regatta.common.http.problems import ProblemError
-from regatta.common.redis.cache import DELETED, CachedResponse, ResponseCache
+from regatta.common.redis.cache import DELETED, CachedResponse
 from regatta.common.telemetry.tracing import current_trace_context
 
 R = TypeVar("R", bound=BaseModel)
@@ -53,26 +55,19 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
+@dataclass(kw_only=True, eq=False)
 class Resource(Generic[M, R]):
     """The contract's behaviour for one resource type under ``/{name}``."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        singular: str,
-        repository: VersionedRepository[M],
-        read_schema: type[R],
-        outbox: Table | None = None,
-    ) -> None:
-        self.name = name
-        self.singular = singular
-        # Events "<singular>.created|updated|deleted", carrying the public representation.
-        self.outbox = outbox
-        self.repository = repository
-        self.read_schema = read_schema
-        self._one = TypeAdapter(read_schema)
-        self._many = TypeAdapter(list[read_schema])  # type: ignore[valid-type]
+    name: str
+    singular: str
+    repository: VersionedRepository[M]
+    read_schema: type[R]
+    outbox: Table | None = None  # events "<singular>.created|updated|deleted" go there
+
+    def __post_init__(self) -> None:
+        self._one = TypeAdapter(self.read_schema)
+        self._many = TypeAdapter(list[self.read_schema])  # type: ignore[name-defined]
         self._cursor = TypeAdapter(str | None)
 
     def cache_key(self, row_id: int) -> str:
@@ -94,20 +89,14 @@ class Resource(Generic[M, R]):
         if not 1 <= row_id <= MAX_ID:
             raise self.not_found(row_id)
 
-    async def read(
-        self, *, database: Database, cache: ResponseCache, row_id: int
-    ) -> CachedResponse:
-        """The rendered resource, read from the database and stored in the cache.
-
-        Cache hits never get here: the cache layer in front of the routes (readcache.py)
-        answers them with the stored bytes.
-        """
+    async def read(self, context: RequestContext, row_id: int) -> CachedResponse:
+        """The rendered resource, read and cached (readcache.py answers the cache's hits)."""
         self._check_id(row_id)
-        row = await self.repository.read(database, row_id)
+        row = await self.repository.read(context.database, row_id)
         if row is None:
             raise self.not_found(row_id)
         entry = self.render(row)
-        await cache.put(self.cache_key(row_id), entry)
+        await context.cache.put(self.cache_key(row_id), entry)
         return entry
 
     async def list(
@@ -117,34 +106,21 @@ class Resource(Generic[M, R]):
         rows = await self.repository.read_page(
             database, after=page.after, limit=page.limit, where=where
         )
-        shown = self._many.validate_python(rows[: page.limit])
-        cursor = next_cursor([row["id"] for row in rows], page.limit)
+        data = self._many.dump_json(self._many.validate_python(rows[: page.limit]))
+        cursor = self._cursor.dump_json(next_cursor([row["id"] for row in rows], page.limit))
         # {"data": [...], "next_cursor": ...}: each part rendered by pydantic-core in one call.
-        return b'{"data":%s,"next_cursor":%s}' % (
-            self._many.dump_json(shown),
-            self._cursor.dump_json(cursor),
-        )
+        return b'{"data":%s,"next_cursor":%s}' % (data, cursor)
 
     async def create(
-        self,
-        *,
-        request: Request,
-        database: Database,
-        store: IdempotencyStore,
-        idempotency_key: str | None,
-        principal: str,
-        values: Mapping[str, Any],
+        self, context: RequestContext, idempotency_key: str | None, values: Mapping[str, Any]
     ) -> StoredResponse:
-        """Insert a row (once per idempotency key) and return the 201 to send or replay.
-
-        The cache is left alone: the new id has no entry to replace (an id SQLite reuses has
-        only its deletion's tombstone), and the first read fills it.
-        """
+        """Insert a row once per idempotency key: the 201 to send or replay (no cache entry yet)."""
+        request, database, store = context.request, context.database, context.store
         keyed = keyed_request(
             method=request.method,
             path=request.url.path,
             key=idempotency_key,
-            scope=principal,
+            scope=context.writer,
             payload=values,
         )
         if database.dialect == "postgresql":
@@ -173,11 +149,9 @@ class Resource(Generic[M, R]):
         keyed: IdempotentRequest | None,
         values: Mapping[str, Any],
     ) -> StoredResponse:
-        # Postgres: the id is drawn first (with the key's look-up), so that the response (and
-        # the event, which carries it) is rendered before the write; then row, event and
-        # idempotency record go in one statement on an autocommit connection: two round trips,
-        # no transaction to hold. The rendering equals what the row reads back as: values are
-        # validated to what the columns store exactly, and the contract suites compare the two.
+        # The id is drawn first (with the key's look-up) so that the response and its event
+        # render before the write: row, event and key then go in one autocommit statement. The
+        # rendering equals the row read back: values are validated to what the columns store.
         claim = store.claim() if keyed is not None else None
         async with database.connect() as connection:
 
@@ -201,17 +175,12 @@ class Resource(Generic[M, R]):
             return response
 
     async def update(
-        self,
-        *,
-        database: Database,
-        cache: ResponseCache,
-        row_id: int,
-        values: Mapping[str, Any],
-        precondition: Precondition | None,
+        self, context: RequestContext, row_id: int, values: Mapping[str, Any]
     ) -> CachedResponse:
-        """Apply a partial update under the precondition; the cache holds the new version after."""
+        """Apply a partial update under If-Match; the cache holds the new version after."""
+        precondition = parse_if_match(context.request.headers.get("if-match"))
         self._check_id(row_id)
-        async with database.transaction() as connection:
+        async with context.database.transaction() as connection:
             outcome = await self.repository.update(connection, row_id, values, precondition)
             entry = self.render(outcome.row) if outcome.row is not None else None
             if entry is not None:
@@ -219,36 +188,25 @@ class Resource(Generic[M, R]):
         if entry is None:
             raise self._write_refused(row_id, outcome.current_version)
         # Replaces any older entry atomically: invalidation and refill in one round trip.
-        await cache.put(self.cache_key(row_id), entry)
+        await context.cache.put(self.cache_key(row_id), entry)
         return entry
 
-    async def delete(
-        self,
-        *,
-        database: Database,
-        cache: ResponseCache,
-        row_id: int,
-        precondition: Precondition | None,
-    ) -> None:
-        """Delete under the precondition; the cache forgets the row before this returns."""
+    async def delete(self, context: RequestContext, row_id: int) -> None:
+        """Delete under If-Match; the cache forgets the row before this returns."""
+        precondition = parse_if_match(context.request.headers.get("if-match"))
         self._check_id(row_id)
-        async with database.transaction() as connection:
+        async with context.database.transaction() as connection:
             outcome = await self.repository.delete(connection, row_id, precondition)
             if outcome.row is not None:
                 await self._record(connection, "deleted", self.render(outcome.row))
         if outcome.row is None:
             raise self._write_refused(row_id, outcome.current_version)
-        await cache.invalidate(self.cache_key(row_id), DELETED)
+        await context.cache.invalidate(self.cache_key(row_id), DELETED)
 
     async def _record(self, connection: Statements, action: str, entry: CachedResponse) -> None:
         if self.outbox is not None:
-            await record_event(
-                connection,
-                self.outbox,
-                f"{self.singular}.{action}",
-                entry.body,
-                current_trace_context(),
-            )
+            event = f"{self.singular}.{action}"
+            await record_event(connection, self.outbox, event, entry.body, current_trace_context())
 
     def _write_refused(self, row_id: int, current_version: int | None) -> ProblemError:
         if current_version is None:
@@ -259,11 +217,7 @@ class Resource(Generic[M, R]):
 def entry_response(
     entry: CachedResponse, *, if_none_match: str | None = None, private: bool = False
 ) -> Response:
-    """200 with the cached bytes, or 304 when the client already has this version.
-
-    ``private``: a response that needs a key to read is for the client only, never a shared
-    cache (``Cache-Control: private``).
-    """
+    """200 with the cached bytes, or 304; ``private``: read with a key, not for shared caches."""
     cache_control = f"private, {CACHE_CONTROL}" if private else CACHE_CONTROL
     headers = {"ETag": entry.etag, "Cache-Control": cache_control}
     if none_match(if_none_match, entry.etag):

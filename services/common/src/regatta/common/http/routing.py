@@ -1,11 +1,4 @@
-"""Route-level conventions every service's router follows: HEAD with GET, no unknown parameters.
-
-Starlette routes HEAD with GET by itself; FastAPI's routes do not (:func:`route_head`).
-
-A query parameter a route does not take is refused (422) rather than ignored: a misspelled
-filter (``?max-price=20``) would otherwise widen a list without a word. Every route whose
-handler takes a request context (context.py) is checked by it with :func:`check_query`.
-"""
+"""Route-level conventions every service's router follows: HEAD with GET, no unknown parameters."""
 
 from __future__ import annotations
 
@@ -22,13 +15,7 @@ from regatta.common.http.problems import invalid_fields
 
 
 def add_routes(app: FastAPI, router: APIRouter) -> None:
-    """Add ``router``'s routes to ``app``'s own list, not as an included router.
-
-    FastAPI 0.165 matches an included router's routes through a wrapper on every request (with
-    the health and resource routers included, about 40 µs of a point read's 380 on the items
-    app, in process); a router's routes are complete as declared (its prefix, tags, responses
-    and dependencies applied), so they need none.
-    """
+    """Add ``router``'s routes to ``app``'s own list (FastAPI wraps an included router's)."""
     for route in router.routes:
         if not isinstance(route, APIRoute):
             raise TypeError(f"only a router of plain routes joins the app this way, not {route!r}")
@@ -92,8 +79,7 @@ def check_query(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    # A few nodes: cheaper than any cache lookup. The documented parameters are those of a
-    # query the handler validates itself (query_parameters).
+    # A few nodes, cheaper than a cache lookup; and those of a query the handler validates itself.
     documented = (route.openapi_extra or {}).get("parameters", ())
     taken = _query_names(route.dependant)
     taken |= {p["name"] for p in documented if p.get("in") == "query"}
@@ -106,11 +92,7 @@ def check_query(request: Request) -> None:
 
 
 def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` documenting ``model``'s fields as query parameters, as FastAPI would.
-
-    For a route whose handler validates its query itself (``PageQuery.of``): the parameters
-    documented this way are the ones :func:`check_query` lets through.
-    """
+    """``openapi_extra`` documenting ``model``'s fields as query parameters, as FastAPI would."""
     schema = model.model_json_schema()
     if "$defs" in schema:
         msg = f"{model.__name__}: only fields of plain types document as query parameters"
@@ -119,10 +101,9 @@ def query_parameters(model: type[BaseModel]) -> dict[str, Any]:
     parameters = []
     for name, field in schema["properties"].items():
         # FastAPI leaves a default of null out of a parameter's schema.
-        documented = {key: v for key, v in field.items() if (key, v) != ("default", None)}
-        parameter = {"name": name, "in": "query", "required": name in required}
-        parameter["schema"] = documented
-        if "description" in documented:
-            parameter["description"] = documented["description"]
+        shown = {key: v for key, v in field.items() if (key, v) != ("default", None)}
+        parameter = {"name": name, "in": "query", "required": name in required, "schema": shown}
+        if "description" in shown:
+            parameter["description"] = shown["description"]
         parameters.append(parameter)
     return {"parameters": parameters}

@@ -19,8 +19,7 @@ class Money(TypeDecorator[Decimal]):
 
     impl = Numeric(12, 2)
     cache_ok = True
-    # asyncpg returns NUMERIC as the Decimal process_result_value would: the executor's reads
-    # keep it as it is (data/executor.py).
+    # asyncpg's NUMERIC is already the Decimal this returns: the executor skips converting it.
     asyncpg_native = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:

@@ -19,16 +19,17 @@ from regatta.common.data.executor import AsyncpgExecutor, EngineExecutor, Execut
 from regatta.common.data.failures import DatabaseUnavailableError, unavailability
 from regatta.common.settings import ServiceSettings
 
-# A generic plan cannot see the values (``name ILIKE $1`` would walk the primary key), and
-# parallel workers cost more than a page: tests/plans pins what these buy.
+# Plans that see the values, and no parallel workers for a page: tests/plans pins what they buy.
 PLANNER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "max_parallel_workers_per_gather": "0"}
 
 # Beside the executor, sessions run only background work (relay, purge, readiness probe).
 BACKGROUND_SESSIONS = 2
+# Only a connection idle this long is pinged: pool_pre_ping costs three round trips a checkout.
+IDLE_PING_SECONDS = 10.0
 
 
 def split_pool(size: int, *, statements: bool = True, sessions: bool = True) -> tuple[int, int]:
-    """``DB_POOL_SIZE`` on Postgres as (executor, sessions) connections; each kind used gets ≥ 1."""
+    """``DB_POOL_SIZE`` on Postgres as (executor, sessions) connections, at least one each used."""
     if not statements:
         return 0, size
     executor = size // 2 if sessions else size - min(BACKGROUND_SESSIONS, size // 2)
@@ -95,10 +96,6 @@ def create_database(
         connect_args=connect_args(settings),
     )
     return Database(engine, executor)
-
-
-# Only a connection idle this long is pinged: pool_pre_ping costs three round trips a checkout.
-IDLE_PING_SECONDS = 10.0
 
 
 def _note_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

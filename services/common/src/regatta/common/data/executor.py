@@ -1,7 +1,4 @@
-"""The one executor of the resources' statements: asyncpg on Postgres, the engine on SQLite.
-
-Each statement traced and timed, its failure a 503 or a fault. Design: services/common/README.md.
-"""
+"""The one executor of the resources' statements: asyncpg on Postgres, the engine on SQLite."""
 
 from __future__ import annotations
 
@@ -38,6 +35,19 @@ IDLE_SECONDS = 300.0
 
 _UNTRACED = trace.NoOpTracer()
 _NO_PARAMETERS: Mapping[str, Any] = {}
+_CLOSED = "the executor is closed"
+# More shapes than a process has statements: some vary in structure; start again, not grow.
+_MAX_COMPILED = 256
+# Idle connections being closed, referenced until done: asyncio keeps only weak references.
+_closing: set[asyncio.Task[None]] = set()
+# A fault of asyncpg's as SQLAlchemy's error for it (the first that matches).
+_FAULTS: tuple[tuple[type[BaseException], type[sa_exc.DBAPIError]], ...] = (
+    (asyncpg.exceptions.IntegrityConstraintViolationError, sa_exc.IntegrityError),
+    (asyncpg.exceptions.SyntaxOrAccessError, sa_exc.ProgrammingError),
+    (asyncpg.exceptions.DataError, sa_exc.DataError),
+    (asyncpg.exceptions.PostgresError, sa_exc.DatabaseError),
+    (Exception, sa_exc.DBAPIError),
+)
 
 
 class Statements(Protocol):
@@ -47,7 +57,6 @@ class Statements(Protocol):
         self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
     ) -> list[dict[str, Any]]:
         """The statement's result rows, by column name (none for a statement without)."""
-        ...
 
 
 class EngineExecutor:
@@ -145,7 +154,7 @@ class AsyncpgExecutor:
     async def acquire(self) -> asyncpg.Connection:
         """A connection in turn (a free one, else a new one), or a 503 in time."""
         if self._closed:
-            raise _failure(None, _closed())
+            raise _failure(None, ConnectionError(_CLOSED))
         started = time.perf_counter()
         timed_out = False
         try:
@@ -174,7 +183,7 @@ class AsyncpgExecutor:
     async def _answering(self) -> asyncpg.Connection:
         """The free connection given back last (one idle a while answers a ping), or a new one."""
         if self._closed:  # also for a request that waited in turn while it closed
-            raise _closed()
+            raise ConnectionError(_CLOSED)
         while self._idle:
             connection, since = self._idle.pop()
             if connection.is_closed():
@@ -314,17 +323,6 @@ class AsyncpgExecutor:
 Executor = AsyncpgExecutor | EngineExecutor
 
 
-def _closed() -> ConnectionError:
-    return ConnectionError("the executor is closed")
-
-
-# Referenced until done: asyncio keeps only weak references to tasks.
-_closing: set[asyncio.Task[None]] = set()
-
-# More shapes than a process has statements: some vary in structure; start again, not grow.
-_MAX_COMPILED = 256
-
-
 class _Compiled:
     """A statement compiled once for asyncpg: its SQL, how to bind values, how to read rows."""
 
@@ -431,15 +429,5 @@ def _failure(sql: str | None, error: Exception) -> Exception:
         return DatabaseUnavailableError(
             sql, None, error, hide_parameters=True, connection_invalidated=broken
         )
-    for kind, wrapper in _FAULTS:
-        if isinstance(error, kind):
-            return wrapper(sql, None, error, hide_parameters=True)
-    return sa_exc.DBAPIError(sql, None, error, hide_parameters=True)
-
-
-_FAULTS: tuple[tuple[type[BaseException], type[sa_exc.DBAPIError]], ...] = (
-    (asyncpg.exceptions.IntegrityConstraintViolationError, sa_exc.IntegrityError),
-    (asyncpg.exceptions.SyntaxOrAccessError, sa_exc.ProgrammingError),
-    (asyncpg.exceptions.DataError, sa_exc.DataError),
-    (asyncpg.exceptions.PostgresError, sa_exc.DatabaseError),
-)
+    wrapper = next(wrapper for kind, wrapper in _FAULTS if isinstance(error, kind))
+    return wrapper(sql, None, error, hide_parameters=True)

@@ -44,6 +44,16 @@ _MAYBE_BROKEN = (
 # uvloop's words for a closed socket; asyncpg's for a connection left mid-statement.
 _BROKEN_SIGNS = ("handler is closed", "another operation", "connection is closed")
 
+# A socket reset or closed under the connection; asyncpg's and uvloop's words for one.
+_CUT = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+_MAYBE_CUT = (RuntimeError, asyncpg.exceptions.InterfaceError)
+_CUT_SIGNS = ("connection is closed", "handler is closed", "connection was closed")
+
 
 def cut(error: BaseException) -> bool:
     """Whether ``error`` says the connection had been closed (not that it timed out)."""
@@ -57,14 +67,3 @@ def cut(error: BaseException) -> bool:
             return True
         cause = cause.__cause__ or getattr(cause, "orig", None) or cause.__context__
     return False
-
-
-# A socket reset or closed under the connection; asyncpg's and uvloop's words for one.
-_CUT = (
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    ConnectionResetError,
-    ConnectionAbortedError,
-    BrokenPipeError,
-)
-_MAYBE_CUT = (RuntimeError, asyncpg.exceptions.InterfaceError)
-_CUT_SIGNS = ("connection is closed", "handler is closed", "connection was closed")

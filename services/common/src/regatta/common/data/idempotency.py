@@ -1,7 +1,4 @@
-"""``Idempotency-Key`` for creating POSTs: the response stored in the write's own transaction.
-
-Design: services/common/README.md.
-"""
+"""``Idempotency-Key`` for creating POSTs: the response stored in the write's own transaction."""
 
 from __future__ import annotations
 
@@ -45,6 +42,7 @@ from regatta.common.data.errors import IdempotencyKeyInFlightError, IdempotencyK
 from regatta.common.data.executor import Statements, statements_of
 
 logger = logging.getLogger("regatta.idempotency")
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def idempotency_table(metadata: MetaData, name: str) -> Table:
@@ -96,9 +94,6 @@ def keyed_request(
     return IdempotentRequest(key=key, scope=scope, fingerprint=digest)
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-
-
 def _canonical(value: Any) -> Any:
     # The validated values' meaning: key order and a number's spelling (3, 3.0, 3e0) do not
     # count, so a re-serialized retry replays; kinds are tagged, so 3 and "3" stay apart.
@@ -120,17 +115,12 @@ class IdempotencyStore:
     """Runs creating writes so that a key is honoured exactly once within the retention window."""
 
     def __init__(
-        self,
-        table: Table,
-        *,
-        ttl_seconds: int,
-        observe: Callable[[str], None] | None = None,
+        self, table: Table, *, ttl_seconds: int, observe: Callable[[str], None] | None = None
     ) -> None:
         self.table = table
         self.ttl = timedelta(seconds=ttl_seconds)
         self._in_flight: set[tuple[str, str]] = set()
         self._claim = self._upsert(postgresql_insert).returning(table.c.key).cte("claim")
-        # The record run() stores in the write's session, by dialect.
         self._records = {
             "postgresql": self._upsert(postgresql_insert),
             "sqlite": self._upsert(sqlite_insert),
@@ -224,10 +214,19 @@ class IdempotencyStore:
         draw: ColumnElement[Any],
         prepare: PrepareWrite,
     ) -> StoredResponse:
-        stored, drawn = await self._look_up(connection, request, draw)
-        if stored is not None:
-            return stored
-        response, write, parameters = await prepare(drawn)
+        # The live record, or else ``draw`` evaluated: one statement either way.
+        look_up = self._looked_up.get(draw)
+        if look_up is None:
+            live = self._live.subquery()
+            drawn = case((live.c.fingerprint.is_(None), draw)).label("drawn")
+            one = select(literal(1).label("one")).subquery()
+            statement: Select[Any] = select(*live.c, drawn).select_from(one.outerjoin(live, true()))
+            self._looked_up[draw] = look_up = statement
+        # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
+        row = (await connection.rows(look_up, self._live_parameters(request)))[0]
+        if row["fingerprint"] is not None:
+            return self._replay(row, request)
+        response, write, parameters = await prepare(row["drawn"])
         claimed = {**parameters, **self.claim_parameters(request, response)}
         counted = await connection.rows(write, claimed)
         if next(iter(counted[0].values())):
@@ -283,27 +282,6 @@ class IdempotencyStore:
     ) -> StoredResponse | None:
         found = await connection.rows(self._live, self._live_parameters(request))
         return self._replay(found[0], request) if found else None
-
-    async def _look_up(
-        self,
-        connection: Statements,
-        request: IdempotentRequest,
-        draw: ColumnElement[Any],
-    ) -> tuple[StoredResponse | None, Any]:
-        # The live record, or else ``draw`` evaluated: one statement either way.
-        found = self._looked_up.get(draw)
-        if found is None:
-            live = self._live.subquery()
-            drawn = case((live.c.fingerprint.is_(None), draw)).label("drawn")
-            one = select(literal(1).label("one")).subquery()
-            statement: Select[Any] = select(*live.c, drawn).select_from(one.outerjoin(live, true()))
-            self._looked_up[draw] = found = statement
-        # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
-        parameters = self._live_parameters(request)
-        row = (await connection.rows(found, parameters))[0]
-        if row["fingerprint"] is None:
-            return None, row["drawn"]
-        return self._replay(row, request), None
 
     def _live_parameters(self, request: IdempotentRequest) -> dict[str, Any]:
         return {"scope": request.scope, "key": request.key, "live_after": utcnow() - self.ttl}

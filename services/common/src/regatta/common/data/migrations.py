@@ -31,8 +31,7 @@ def upgrade_sync(connection: Connection, spec: MigrationSpec) -> None:
     config = Config()
     config.set_main_option("script_location", spec.script_location)
     # Read back by run_env in the service's env.py.
-    config.attributes["connection"] = connection
-    config.attributes["version_table"] = spec.version_table
+    config.attributes.update(connection=connection, version_table=spec.version_table)
     command.upgrade(config, "head")
 
 

@@ -55,10 +55,7 @@ def outbox_table(metadata: MetaData, name: str) -> Table:
 
 
 def event_parameters(
-    event_type: str,
-    payload: bytes,
-    trace_context: str | None,
-    occurred_at: datetime | None = None,
+    event_type: str, payload: bytes, trace_context: str | None, occurred_at: datetime | None = None
 ) -> dict[str, Any]:
     """The parameters of an event's row; ``trace_context`` is the change's, as a JSON carrier."""
     return {
@@ -70,7 +67,6 @@ def event_parameters(
 
 
 def _event_values(outbox: Table) -> dict[str, BindParameter[Any]]:
-    # An event's columns, each from its parameter in event_parameters.
     return {
         "event_type": bindparam("event_type", type_=outbox.c.event_type.type),
         "payload": bindparam("event_payload", type_=outbox.c.payload.type),

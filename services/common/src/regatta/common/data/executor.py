@@ -30,8 +30,7 @@ logger = logging.getLogger("regatta.db")
 # A connection idle this long is pinged before it serves again: a proxy may have dropped it.
 IDLE_PING_SECONDS = 10.0
 PING_TIMEOUT_SECONDS = 1.0
-# A connection idle this long is closed (asyncpg's default).
-IDLE_SECONDS = 300.0
+IDLE_SECONDS = 300.0  # closed when idle this long (asyncpg's default)
 
 _UNTRACED = trace.NoOpTracer()
 _NO_PARAMETERS: Mapping[str, Any] = {}

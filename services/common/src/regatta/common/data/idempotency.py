@@ -72,6 +72,8 @@ class StoredResponse:
 
 # Given the drawn id: the response to store, and the write built on IdempotencyStore.claim().
 PrepareWrite = Callable[[Any], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]]
+# A create in the caller's session, returning the response to store.
+SessionWrite = Callable[[AsyncSession], Awaitable[StoredResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +138,7 @@ class IdempotencyStore:
         self._observe = observe or (lambda _outcome: None)
 
     async def run(
-        self,
-        session: AsyncSession,
-        request: IdempotentRequest | None,
-        write: Callable[[AsyncSession], Awaitable[StoredResponse]],
+        self, session: AsyncSession, request: IdempotentRequest | None, write: SessionWrite
     ) -> StoredResponse:
         """Run ``write`` and commit; with a key, store or replay its response atomically."""
         if request is None:
@@ -214,19 +213,10 @@ class IdempotencyStore:
         draw: ColumnElement[Any],
         prepare: PrepareWrite,
     ) -> StoredResponse:
-        # The live record, or else ``draw`` evaluated: one statement either way.
-        look_up = self._looked_up.get(draw)
-        if look_up is None:
-            live = self._live.subquery()
-            drawn = case((live.c.fingerprint.is_(None), draw)).label("drawn")
-            one = select(literal(1).label("one")).subquery()
-            statement: Select[Any] = select(*live.c, drawn).select_from(one.outerjoin(live, true()))
-            self._looked_up[draw] = look_up = statement
-        # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
-        row = (await connection.rows(look_up, self._live_parameters(request)))[0]
-        if row["fingerprint"] is not None:
-            return self._replay(row, request)
-        response, write, parameters = await prepare(row["drawn"])
+        stored, drawn = await self._look_up(connection, request, draw)
+        if stored is not None:
+            return stored
+        response, write, parameters = await prepare(drawn)
         claimed = {**parameters, **self.claim_parameters(request, response)}
         counted = await connection.rows(write, claimed)
         if next(iter(counted[0].values())):
@@ -238,10 +228,7 @@ class IdempotencyStore:
         return stored
 
     async def _run_keyed(
-        self,
-        session: AsyncSession,
-        request: IdempotentRequest,
-        write: Callable[[AsyncSession], Awaitable[StoredResponse]],
+        self, session: AsyncSession, request: IdempotentRequest, write: SessionWrite
     ) -> StoredResponse:
         dialect = session.get_bind().dialect.name
         if dialect == "postgresql":  # an advisory lock covers every replica
@@ -257,11 +244,7 @@ class IdempotencyStore:
             self._in_flight.discard(claim)
 
     async def _write_keyed(
-        self,
-        session: AsyncSession,
-        request: IdempotentRequest,
-        write: Callable[[AsyncSession], Awaitable[StoredResponse]],
-        dialect: str,
+        self, session: AsyncSession, request: IdempotentRequest, write: SessionWrite, dialect: str
     ) -> StoredResponse:
         async with session.begin():
             if dialect == "postgresql":  # an advisory lock, held to the commit
@@ -282,6 +265,24 @@ class IdempotencyStore:
     ) -> StoredResponse | None:
         found = await connection.rows(self._live, self._live_parameters(request))
         return self._replay(found[0], request) if found else None
+
+    async def _look_up(
+        self, connection: Statements, request: IdempotentRequest, draw: ColumnElement[Any]
+    ) -> tuple[StoredResponse | None, Any]:
+        # The live record, or else ``draw`` evaluated: one statement either way.
+        found = self._looked_up.get(draw)
+        if found is None:
+            live = self._live.subquery()
+            drawn = case((live.c.fingerprint.is_(None), draw)).label("drawn")
+            one = select(literal(1).label("one")).subquery()
+            statement: Select[Any] = select(*live.c, drawn).select_from(one.outerjoin(live, true()))
+            self._looked_up[draw] = found = statement
+        # Safe to repeat: a sequence value drawn by a failed attempt is only a gap.
+        parameters = self._live_parameters(request)
+        row = (await connection.rows(found, parameters))[0]
+        if row["fingerprint"] is None:
+            return None, row["drawn"]
+        return self._replay(row, request), None
 
     def _live_parameters(self, request: IdempotentRequest) -> dict[str, Any]:
         return {"scope": request.scope, "key": request.key, "live_after": utcnow() - self.ttl}

@@ -19,8 +19,7 @@ class Money(TypeDecorator[Decimal]):
 
     impl = Numeric(12, 2)
     cache_ok = True
-    # asyncpg returns NUMERIC as the Decimal process_result_value would: the executor's reads
-    # keep it as it is (data/executor.py).
+    # asyncpg's NUMERIC is already the Decimal this returns: the executor skips converting it.
     asyncpg_native = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
@@ -57,8 +56,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            msg = "naive datetimes are ambiguous; pass an aware UTC datetime"
-            raise ValueError(msg)
+            raise ValueError("naive datetimes are ambiguous; pass an aware UTC datetime")
         return value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:  # noqa: ARG002

@@ -19,29 +19,17 @@ from regatta.common.data.executor import AsyncpgExecutor, EngineExecutor, Execut
 from regatta.common.data.failures import DatabaseUnavailableError, unavailability
 from regatta.common.settings import ServiceSettings
 
-# Server settings of every connection, for the planner (tests/plans pins what they buy):
-# - asyncpg prepares every statement, and after five runs on one connection Postgres may keep
-#   a generic plan that cannot see the values: for ``name ILIKE $1`` that plan walks the
-#   primary key and filters every row. A custom plan per run costs its planning (measured in
-#   tests/load/README.md), less than preparing each statement anew would.
-# - A request reads one page: starting parallel workers costs more than the page itself.
+# Plans that see the values, and no parallel workers for a page: tests/plans pins what they buy.
 PLANNER_SETTINGS = {"plan_cache_mode": "force_custom_plan", "max_parallel_workers_per_gather": "0"}
 
-# Sessions beside the executor's requests run only background work: the outbox relay, the purge
-# of expired idempotency keys, the readiness probe.
+# Beside the executor, sessions run only background work (relay, purge, readiness probe).
 BACKGROUND_SESSIONS = 2
+# Only a connection idle this long is pinged: pool_pre_ping costs three round trips a checkout.
+IDLE_PING_SECONDS = 10.0
 
 
 def split_pool(size: int, *, statements: bool = True, sessions: bool = True) -> tuple[int, int]:
-    """``DB_POOL_SIZE`` on Postgres: connections for the executor, and for sessions.
-
-    ``statements``: requests run on the executor (a service with resources); ``sessions``:
-    requests run in sessions (a service with routes of its own, as notifications). Both: half
-    (rounded down) for the executor. Statements only: sessions keep
-    :data:`BACKGROUND_SESSIONS` at most, the executor takes the rest. Sessions only: they
-    take the whole pool. Each kind in use keeps at least one, so that neither can take the
-    other's when the database is slow.
-    """
+    """``DB_POOL_SIZE`` on Postgres as (executor, sessions) connections, at least one each used."""
     if not statements:
         return 0, size
     executor = size // 2 if sessions else size - min(BACKGROUND_SESSIONS, size // 2)
@@ -55,15 +43,12 @@ def connect_args(settings: ServiceSettings) -> dict[str, Any]:
             "statement_timeout": str(settings.db_statement_timeout_ms),
             "application_name": "regatta",
             **PLANNER_SETTINGS,
-            # Probed after 30 s of silence, then every 5 s, three times: a NAT or firewall on
-            # the way never sees a pooled connection idle long enough to forget it (the common
-            # timeouts are 4 minutes and more), as with Redis (pipelined.py).
+            # Keepalives well inside a NAT's or firewall's idle timeout, as for Redis.
             "tcp_keepalives_idle": "30",
             "tcp_keepalives_interval": "5",
             "tcp_keepalives_count": "3",
         },
-        # Connecting (and so reconnecting after an outage) may take no longer than waiting
-        # for a pooled connection would.
+        # (Re)connecting may take no longer than waiting for a pooled connection.
         "timeout": settings.db_pool_timeout_seconds,
         "command_timeout": settings.db_command_timeout_seconds,
     }
@@ -97,11 +82,7 @@ def create_engine(settings: ServiceSettings, *, pool_size: int | None = None) ->
 def create_database(
     settings: ServiceSettings, *, statements: bool = True, sessions: bool = True
 ) -> Database:
-    """The process's database, its executor chosen by the backend.
-
-    On Postgres, the executor's connections beside the engine's for sessions, split by
-    where requests run (:func:`split_pool`); on SQLite, the engine for both.
-    """
+    """The process's database: on Postgres, an executor beside the sessions' engine."""
     executor_size, sessions_size = split_pool(
         settings.db_pool_size, statements=statements, sessions=sessions
     )
@@ -115,14 +96,6 @@ def create_database(
         connect_args=connect_args(settings),
     )
     return Database(engine, executor)
-
-
-# A connection idle for longer than this is pinged before use. SQLAlchemy's pool_pre_ping
-# pings every checkout, and with asyncpg a ping is three round trips (BEGIN, ";", ROLLBACK):
-# more than the point read it guards. A connection in steady use needs no ping: if the
-# database went away under it, the statement fails, _classify_unavailable marks that a
-# disconnect, and the pool replaces every connection opened before it.
-IDLE_PING_SECONDS = 10.0
 
 
 def _note_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -159,8 +132,7 @@ def _classify_unavailable(context: ExceptionContext) -> BaseException | None:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
-    # WAL lets readers run beside the single writer; busy_timeout queues writers instead of
-    # failing them with "database is locked".
+    # WAL: readers beside the one writer; busy_timeout: writers queue, not "database is locked".
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -178,10 +150,7 @@ def _lower(value: str | None) -> str | None:
 
 
 class Database:
-    """The executor of the resources' statements (executor.py), and the engine with its sessions.
-
-    Created with the process (:func:`create_database`), closed at shutdown.
-    """
+    """The executor of the resources' statements, and the engine with its sessions."""
 
     def __init__(self, engine: AsyncEngine, statements: Executor | None = None) -> None:
         self.engine = engine

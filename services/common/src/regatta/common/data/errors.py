@@ -1,9 +1,4 @@
-"""What the data layer refuses for a client's reason; ``http/problems.py`` renders each one.
-
-The data layer knows nothing of HTTP: it raises these, and the edge turns each into its
-problem response (status, slug, headers). A connection that carried one is sound and is used
-again (a database failure is not one of these: failures.py classifies those).
-"""
+"""What the data layer refuses for a client's reason; ``http/problems.py`` renders each one."""
 
 from __future__ import annotations
 

@@ -1,25 +1,4 @@
-"""The one executor of the resources' statements, chosen once at start-up by the backend.
-
-Reads and creates are single statements, each its own transaction, on a :class:`Statements`
-connection from the executor's ``connect()``; a PATCH or DELETE and its event are two or three
-statements in one ``transaction()``. Either executor runs them:
-
-- on Postgres (:class:`AsyncpgExecutor`): asyncpg runs each statement itself, on a connection
-  of the executor's own. SQLAlchemy compiles the statement once per shape (cached by its cache
-  key, as SQLAlchemy caches its own) and the column types convert the values both ways; no
-  execution context, cursor or greenlet is built per call. On a point read that machinery
-  costs more than the query (tests/load/statements.py measures both).
-- on SQLite (:class:`EngineExecutor`): SQLAlchemy's engine runs them.
-
-Either way each statement opens a client span (through a no-op tracer while tracing is off:
-the same code runs), is timed by one observer, and a failure is told apart as "the database is
-unavailable" (:class:`~regatta.common.data.failures.DatabaseUnavailableError`, a 503) or a
-fault.
-
-ORM units of work (the notifications service, the outbox relay, the keyed create on SQLite)
-run in SQLAlchemy sessions, on the engine's pool: the other part of the process's connections,
-so that neither kind can take them all.
-"""
+"""The one executor of the resources' statements: asyncpg on Postgres, the engine on SQLite."""
 
 from __future__ import annotations
 
@@ -48,18 +27,26 @@ from regatta.common.data.failures import DatabaseUnavailableError, cut, unavaila
 
 logger = logging.getLogger("regatta.db")
 
-# A connection idle this long is pinged before it serves again (a proxy or firewall may have
-# dropped it silently), as the engine's pool pings its own (db.py). A ping is one round trip; a
-# new connection is several and a backend process: a read after 11 s idle took 2.0 ms pinged,
-# 7.0 ms on a new connection (1.4 ms after 5 s idle, not pinged).
+# A connection idle this long is pinged before it serves again: a proxy may have dropped it.
 IDLE_PING_SECONDS = 10.0
-# How long a ping may take before its connection is given up for another.
 PING_TIMEOUT_SECONDS = 1.0
-# A connection idle this long is closed (asyncpg's default): a quiet process lets go of them.
-IDLE_SECONDS = 300.0
+IDLE_SECONDS = 300.0  # closed when idle this long (asyncpg's default)
 
 _UNTRACED = trace.NoOpTracer()
 _NO_PARAMETERS: Mapping[str, Any] = {}
+_CLOSED = "the executor is closed"
+# More shapes than a process has statements: some vary in structure; start again, not grow.
+_MAX_COMPILED = 256
+# Idle connections being closed, referenced until done: asyncio keeps only weak references.
+_closing: set[asyncio.Task[None]] = set()
+# A fault of asyncpg's as SQLAlchemy's error for it (the first that matches).
+_FAULTS: tuple[tuple[type[BaseException], type[sa_exc.DBAPIError]], ...] = (
+    (asyncpg.exceptions.IntegrityConstraintViolationError, sa_exc.IntegrityError),
+    (asyncpg.exceptions.SyntaxOrAccessError, sa_exc.ProgrammingError),
+    (asyncpg.exceptions.DataError, sa_exc.DataError),
+    (asyncpg.exceptions.PostgresError, sa_exc.DatabaseError),
+    (Exception, sa_exc.DBAPIError),
+)
 
 
 class Statements(Protocol):
@@ -69,7 +56,6 @@ class Statements(Protocol):
         self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
     ) -> list[dict[str, Any]]:
         """The statement's result rows, by column name (none for a statement without)."""
-        ...
 
 
 class EngineExecutor:
@@ -133,22 +119,7 @@ class _EngineStatements:
 
 
 class AsyncpgExecutor:
-    """Statements run by asyncpg itself, on up to ``size`` connections of the executor's own.
-
-    ``connect_args`` are asyncpg's (server settings, timeouts), as for the engine; the address
-    and credentials are the engine's URL's. Connections open when first needed. Requests take
-    them in turn, behind a FIFO semaphore of ``size`` permits, and waiting longer than
-    ``acquire_timeout`` for one is a 503, as with the engine's pool. A free connection is
-    taken with no await, the one given back last first (the others may go idle). asyncpg's
-    own pool cost about 20 µs of CPU a request to take and give back a connection, and lets a
-    request that has just arrived take one released for a request already waiting (32
-    requests on 7 connections, 4 s: p99 101 ms through it, 10 ms in turn).
-
-    A connection idle for :data:`IDLE_PING_SECONDS` is pinged when next taken, and one that
-    does not answer is replaced; one idle for :data:`IDLE_SECONDS` is closed; one the server
-    closed is dropped when next taken; one given back mid-statement (a cancelled or timed-out
-    request) or after its connection failed is closed, never handed on.
-    """
+    """Statements run by asyncpg itself, on up to ``size`` connections of its own, in turn."""
 
     def __init__(
         self,
@@ -164,28 +135,25 @@ class AsyncpgExecutor:
         self._size = size
         self._acquire_timeout = acquire_timeout
         self._turns = asyncio.Semaphore(size)
-        # Free connections and when each was given back, oldest first.
+        # Free connections with when each was given back, oldest first.
         self._idle: deque[tuple[asyncpg.Connection, float]] = deque()
         self._lent = 0
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
         self._compiled: dict[Any, _Compiled] = {}
-        # Each statement object already compiled, with the values it carries: the statements
-        # built once (a point read, a create) skip hashing their cache key on every request.
+        # By statement object: the ones built once skip hashing their cache key per request.
         self._by_statement: weakref.WeakKeyDictionary[Any, tuple[_Compiled, Any]] = (
             weakref.WeakKeyDictionary()
         )
-        # Statements' spans go through this tracer (a no-op one until tracing is set up).
+        # Set by telemetry/: spans, each statement's (SQL, seconds), each wait (seconds, timed out).
         self.tracer: Tracer = _UNTRACED
-        # Called with each statement's SQL and seconds (metrics), when set.
         self.observe: Callable[[str, float], None] | None = None
-        # Called with each wait for a connection: seconds, and whether it timed out.
         self.observe_wait: Callable[[float, bool], None] | None = None
 
     async def acquire(self) -> asyncpg.Connection:
         """A connection in turn (a free one, else a new one), or a 503 in time."""
         if self._closed:
-            raise _failure(None, _closed())
+            raise _failure(None, ConnectionError(_CLOSED))
         started = time.perf_counter()
         timed_out = False
         try:
@@ -214,10 +182,10 @@ class AsyncpgExecutor:
     async def _answering(self) -> asyncpg.Connection:
         """The free connection given back last (one idle a while answers a ping), or a new one."""
         if self._closed:  # also for a request that waited in turn while it closed
-            raise _closed()
+            raise ConnectionError(_CLOSED)
         while self._idle:
             connection, since = self._idle.pop()
-            if connection.is_closed():  # the server (or the path to it) closed it
+            if connection.is_closed():
                 continue
             if time.monotonic() - since < IDLE_PING_SECONDS:
                 return connection
@@ -230,12 +198,11 @@ class AsyncpgExecutor:
                 logger.info("an idle connection did not answer (%r); taking another", exc)
             else:
                 return connection
-        # asyncpg's connect timeout bounds the connection; this bounds its set-up too, as the
-        # pool timeout bounds opening one for the engine.
+        # Bounds the codecs' set-up too, not only asyncpg's connect.
         async with asyncio.timeout(self._acquire_timeout):
             connection = await self._connect()
             try:
-                # JSON values decoded and encoded as the dialect's connections have them.
+                # JSON codecs as the dialect's own connections have them.
                 adapted = SimpleNamespace(_connection=connection)
                 await self.dialect.setup_asyncpg_json_codec(adapted)  # type: ignore[attr-defined]
                 await self.dialect.setup_asyncpg_jsonb_codec(adapted)  # type: ignore[attr-defined]
@@ -261,12 +228,11 @@ class AsyncpgExecutor:
         self._turns.release()  # the next in turn
 
     def _close_idle(self) -> None:
-        # Close the connections idle for IDLE_SECONDS; look again when the next one will be.
+        # Closed politely in the background; looks again when the next one will be idle enough.
         self._sweep = None
         now = time.monotonic()
         while self._idle and now - self._idle[0][1] >= IDLE_SECONDS:
             connection, _ = self._idle.popleft()
-            # Closed politely, in the background: the sweep holds nobody up.
             closing = asyncio.ensure_future(connection.close(timeout=PING_TIMEOUT_SECONDS))
             _closing.add(closing)
             closing.add_done_callback(_closing.discard)
@@ -281,9 +247,8 @@ class AsyncpgExecutor:
         try:
             yield _AsyncpgStatements(self, connection)
         except BaseException as exc:
-            # A connection whose request failed on its own (a constraint, a statement timeout,
-            # a client error) serves on; one cancelled mid-statement, or that broke or a
-            # client-side timeout left mid-statement, is closed.
+            # A request's own failure (a constraint, statement_timeout) leaves it fit to serve;
+            # a cancellation, a break or a client-side timeout mid-statement does not.
             reusable = isinstance(exc, Exception) and not unavailability(exc)[1]
             self.release(connection, reusable=reusable)
             raise
@@ -303,13 +268,7 @@ class AsyncpgExecutor:
     async def read(
         self, statement: Executable, parameters: Mapping[str, Any] = _NO_PARAMETERS
     ) -> list[dict[str, Any]]:
-        """One read; run once more on another connection if this one had been cut.
-
-        A kept connection may have been closed by the server or a proxy since its last use,
-        and the read be the first to notice. A read is safe to repeat; a timeout is not
-        repeated (it would only double the wait). Writes are never repeated: a failure that
-        may have come after the commit is a 503, and a keyed retry replays or completes it.
-        """
+        """One read, run again on a fresh connection if a kept one had been cut (not timed out)."""
         try:
             async with self.connect() as connection:
                 return await connection.rows(statement, parameters)
@@ -359,29 +318,15 @@ class AsyncpgExecutor:
             self._turns.release()
 
 
-# The executor of the resources' statements, by backend (db.py chooses it). Both offer
-# connect(), transaction(), read(), in_use(), size() and close(), and the tracer, observe and
-# observe_wait hooks that telemetry/ sets.
+# Chosen by db.py; both have the same methods and telemetry hooks.
 Executor = AsyncpgExecutor | EngineExecutor
-
-
-def _closed() -> ConnectionError:
-    return ConnectionError("the executor is closed")
-
-
-# Idle connections being closed: referenced until done, as asyncio keeps only weak references.
-_closing: set[asyncio.Task[None]] = set()
-
-# More shapes than a process's statements means statements built with varying structure:
-# start again rather than grow.
-_MAX_COMPILED = 256
 
 
 class _Compiled:
     """A statement compiled once for asyncpg: its SQL, how to bind values, how to read rows."""
 
     def __init__(self, statement: Executable, dialect: Dialect, key: Any = None) -> None:
-        # With its cache key, to take the values another statement of this shape carries.
+        # With the cache key, to take the values another statement of this shape carries.
         compiled = cast("ClauseElement", statement).compile(dialect=dialect, cache_key=key)
         assert isinstance(compiled, SQLCompiler)  # noqa: S101 -- a statement compiles to SQL
         names = compiled.positiontup
@@ -401,9 +346,8 @@ class _Compiled:
             (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
             for name in names
         ]
-        # asyncpg's values are already what the dialect's types return (the JSON codecs, and
-        # numerics as Decimals), so only TypeDecorators convert: those whose conversion would
-        # change what asyncpg returns (columns.py marks the others ``asyncpg_native``).
+        # asyncpg returns what the dialect's types would; only TypeDecorators convert, unless
+        # columns.py marks them ``asyncpg_native``.
         selected = getattr(statement, "selected_columns", ())
         converted = [
             (column.key, column.type)
@@ -457,7 +401,7 @@ class _AsyncpgStatements:
         executor = self._executor
         compiled, carried = executor.compiled(statement)
         arguments = compiled.arguments(parameters, carried)
-        # Named and described as SQLAlchemy's instrumentation names the session statements.
+        # Named as SQLAlchemy's instrumentation names the sessions' statements.
         span = executor.tracer.start_span(
             compiled.operation,
             kind=SpanKind.CLIENT,
@@ -478,25 +422,11 @@ class _AsyncpgStatements:
 
 
 def _failure(sql: str | None, error: Exception) -> Exception:
-    """``error`` of asyncpg as SQLAlchemy would have raised it: unavailable (503), or a fault.
-
-    A failure that may come after the commit (a timeout, a connection lost mid-statement) is
-    "unavailable" and never repeated: a keyed retry then replays or completes the write.
-    """
+    """``error`` of asyncpg as SQLAlchemy would have raised it: unavailable (503), or a fault."""
     unavailable, broken = unavailability(error)
     if unavailable:
         return DatabaseUnavailableError(
             sql, None, error, hide_parameters=True, connection_invalidated=broken
         )
-    for kind, wrapper in _FAULTS:
-        if isinstance(error, kind):
-            return wrapper(sql, None, error, hide_parameters=True)
-    return sa_exc.DBAPIError(sql, None, error, hide_parameters=True)
-
-
-_FAULTS: tuple[tuple[type[BaseException], type[sa_exc.DBAPIError]], ...] = (
-    (asyncpg.exceptions.IntegrityConstraintViolationError, sa_exc.IntegrityError),
-    (asyncpg.exceptions.SyntaxOrAccessError, sa_exc.ProgrammingError),
-    (asyncpg.exceptions.DataError, sa_exc.DataError),
-    (asyncpg.exceptions.PostgresError, sa_exc.DatabaseError),
-)
+    wrapper = next(wrapper for kind, wrapper in _FAULTS if isinstance(error, kind))
+    return wrapper(sql, None, error, hide_parameters=True)

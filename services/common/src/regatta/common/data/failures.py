@@ -11,12 +11,7 @@ class DatabaseUnavailableError(sa_exc.OperationalError):
 
 
 def unavailability(error: BaseException) -> tuple[bool, bool]:
-    """Whether ``error`` means "unavailable" (503, not a fault: 500); whether it broke.
-
-    asyncpg reports a statement timeout and a connection lost mid-statement as plain errors;
-    they mean the same as a refused connection. A connection that broke, or that a client-side
-    timeout left mid-statement, is not to be used again.
-    """
+    """Whether ``error`` means "unavailable" (503, not 500); whether it broke its connection."""
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, _UNAVAILABLE_CONNECTION_FINE):
@@ -29,15 +24,12 @@ def unavailability(error: BaseException) -> tuple[bool, bool]:
     return False, False
 
 
-# statement_timeout (the statement is gone, the connection is fine), and the server short of
-# resources (SQLSTATE class 53: connection slots above all, when the pools of every pod
-# outgrow max_connections; also disk, memory, a configured limit).
+# statement_timeout, and the server short of resources (SQLSTATE 53: connection slots above all).
 _UNAVAILABLE_CONNECTION_FINE = (
     asyncpg.exceptions.QueryCanceledError,
     asyncpg.exceptions.InsufficientResourcesError,
 )
-# Connection-level failures, and the server ending the session (an administrator, a restart
-# or a crash: the rest of SQLSTATE class 57 besides a cancelled statement).
+# Connection-level failures, and the server ending the session (the rest of SQLSTATE 57).
 _BROKEN = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
@@ -52,6 +44,16 @@ _MAYBE_BROKEN = (
 # uvloop's words for a closed socket; asyncpg's for a connection left mid-statement.
 _BROKEN_SIGNS = ("handler is closed", "another operation", "connection is closed")
 
+# A socket reset or closed under the connection; asyncpg's and uvloop's words for one.
+_CUT = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+_MAYBE_CUT = (RuntimeError, asyncpg.exceptions.InterfaceError)
+_CUT_SIGNS = ("connection is closed", "handler is closed", "connection was closed")
+
 
 def cut(error: BaseException) -> bool:
     """Whether ``error`` says the connection had been closed (not that it timed out)."""
@@ -65,14 +67,3 @@ def cut(error: BaseException) -> bool:
             return True
         cause = cause.__cause__ or getattr(cause, "orig", None) or cause.__context__
     return False
-
-
-# A socket reset or closed under the connection; asyncpg's and uvloop's words for one.
-_CUT = (
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    ConnectionResetError,
-    ConnectionAbortedError,
-    BrokenPipeError,
-)
-_MAYBE_CUT = (RuntimeError, asyncpg.exceptions.InterfaceError)
-_CUT_SIGNS = ("connection is closed", "handler is closed", "connection was closed")

@@ -1,18 +1,4 @@
-"""``Idempotency-Key`` for creating POSTs, with the IETF draft's semantics.
-
-The first request with a key runs and its response is stored *in the same transaction* as the
-write, so a replay can never disagree with what was created. Within the retention window the
-same key with the same request replays the stored response; with a different request it gets
-422. Two ways to get there:
-
-- :meth:`IdempotencyStore.run`: while the write runs, the key is locked (a transaction-scoped
-  advisory lock on Postgres, shared by every replica; an in-process set on the single-process
-  SQLite default) and a concurrent request with the same key gets 409.
-- :meth:`IdempotencyStore.run_claiming` (Postgres; the versioned resources' creates): the key
-  is claimed by the very statement that writes, so no lock spans round trips; a concurrent
-  request with the same key waits on the key's index entry for that one statement and then
-  replays the response.
-"""
+"""``Idempotency-Key`` for creating POSTs: the response stored in the write's own transaction."""
 
 from __future__ import annotations
 
@@ -56,6 +42,7 @@ from regatta.common.data.errors import IdempotencyKeyInFlightError, IdempotencyK
 from regatta.common.data.executor import Statements, statements_of
 
 logger = logging.getLogger("regatta.idempotency")
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def idempotency_table(metadata: MetaData, name: str) -> Table:
@@ -83,9 +70,10 @@ class StoredResponse:
     replayed: bool = False
 
 
-# Given the id drawn by the look-up: the response to store, and the write (statement and
-# parameters) built on IdempotencyStore.claim().
+# Given the drawn id: the response to store, and the write built on IdempotencyStore.claim().
 PrepareWrite = Callable[[Any], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]]
+# A create in the caller's session, returning the response to store.
+SessionWrite = Callable[[AsyncSession], Awaitable[StoredResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +88,7 @@ class IdempotentRequest:
 def keyed_request(
     *, method: str, path: str, key: str | None, scope: str, payload: Any
 ) -> IdempotentRequest | None:
-    """What a creating request with ``payload`` asks for under its key, or None without one.
-
-    Its fingerprint is a digest of the request's meaning, over its validated values. Key order
-    and whitespace do not count, nor how a number is spelled: ``3``, ``3.0``, ``3e0`` (and the
-    Decimal ``3.00``) are one value, so a client that re-serializes a retry replays.
-    """
+    """What a creating request asks for under its key (None without one), fingerprinted."""
     if key is None:
         return None
     canonical = _COMPACT.encode([method, path, _canonical(payload)])
@@ -113,11 +96,9 @@ def keyed_request(
     return IdempotentRequest(key=key, scope=scope, fingerprint=digest)
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-
-
 def _canonical(value: Any) -> Any:
-    # Each value tagged with its kind, so that the number 3 and the string "3" stay apart.
+    # The validated values' meaning: key order and a number's spelling (3, 3.0, 3e0) do not
+    # count, so a re-serialized retry replays; kinds are tagged, so 3 and "3" stay apart.
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int | float | Decimal):
@@ -136,17 +117,12 @@ class IdempotencyStore:
     """Runs creating writes so that a key is honoured exactly once within the retention window."""
 
     def __init__(
-        self,
-        table: Table,
-        *,
-        ttl_seconds: int,
-        observe: Callable[[str], None] | None = None,
+        self, table: Table, *, ttl_seconds: int, observe: Callable[[str], None] | None = None
     ) -> None:
         self.table = table
         self.ttl = timedelta(seconds=ttl_seconds)
         self._in_flight: set[tuple[str, str]] = set()
         self._claim = self._upsert(postgresql_insert).returning(table.c.key).cte("claim")
-        # The record stored in the session of a write (run()), by dialect.
         self._records = {
             "postgresql": self._upsert(postgresql_insert),
             "sqlite": self._upsert(sqlite_insert),
@@ -159,14 +135,10 @@ class IdempotencyStore:
             table.c.key == bindparam("key"),
             table.c.created_at > bindparam("live_after"),  # an expired record frees its key
         )
-        # Told each keyed request's outcome: stored, replayed, conflict or mismatch.
         self._observe = observe or (lambda _outcome: None)
 
     async def run(
-        self,
-        session: AsyncSession,
-        request: IdempotentRequest | None,
-        write: Callable[[AsyncSession], Awaitable[StoredResponse]],
+        self, session: AsyncSession, request: IdempotentRequest | None, write: SessionWrite
     ) -> StoredResponse:
         """Run ``write`` and commit; with a key, store or replay its response atomically."""
         if request is None:
@@ -181,23 +153,10 @@ class IdempotencyStore:
         draw: ColumnElement[Any],
         prepare: PrepareWrite,
     ) -> StoredResponse:
-        """Postgres, on an autocommit connection: store or replay in one write statement.
-
-        A live record is replayed (or refused with 422) as in :meth:`run`. Otherwise the same
-        look-up evaluates ``draw`` (the new row's id from its sequence: no round trip of its
-        own), and ``prepare(drawn)`` renders the response and returns the write as a
-        statement and its parameters. The statement is built on :meth:`claim`, which claims
-        the key with that response as its record (one row if the key was free or its record
-        expired, none if a live record holds it); it writes only if the claim did and counts
-        the rows it wrote. Claim, write and record are one statement and so one transaction:
-        two requests with one key race on the key's unique index, and the loser, finding no
-        row written, replays the winner's response once it is committed. No lock is held
-        across round trips.
-        """
+        """Postgres: replay a live record, or else claim the key and write in one statement."""
         return await self._observed(self._claim_or_replay(connection, request, draw, prepare))
 
     async def _observed(self, outcome: Awaitable[StoredResponse]) -> StoredResponse:
-        # Count a keyed request's outcome: stored, replayed, conflict or mismatch.
         try:
             response = await outcome
         except IdempotencyKeyInFlightError:
@@ -214,9 +173,7 @@ class IdempotencyStore:
         return self._claim
 
     def _upsert(self, insert: Callable[[Table], PostgresInsert | SQLiteInsert]) -> Insert:
-        # A record of the key. Its parameters are claim_<column> and claim_expired_at, as
-        # claim_parameters() names them. An expired record may still be there (the purge runs
-        # now and then): it frees the key, so the new record replaces it in the same statement.
+        # Parameters as claim_parameters() names them; an unpurged expired record is replaced.
         table = self.table
         values = {
             column.key: bindparam(f"claim_{column.key}", type_=column.type) for column in table.c
@@ -264,22 +221,19 @@ class IdempotencyStore:
         counted = await connection.rows(write, claimed)
         if next(iter(counted[0].values())):
             return response
-        # Another request with this key won the race between the look-up and the write.
+        # Another request with this key won the race on its index entry: replay its response.
         stored = await self._find(connection, request)
         if stored is None:  # ... and its record expired in between: let the client retry
             raise IdempotencyKeyInFlightError
         return stored
 
     async def _run_keyed(
-        self,
-        session: AsyncSession,
-        request: IdempotentRequest,
-        write: Callable[[AsyncSession], Awaitable[StoredResponse]],
+        self, session: AsyncSession, request: IdempotentRequest, write: SessionWrite
     ) -> StoredResponse:
         dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":  # _write_keyed's advisory lock covers every replica
+        if dialect == "postgresql":  # an advisory lock covers every replica
             return await self._write_keyed(session, request, write, dialect)
-        # The single process of the SQLite default holds the keys in flight in memory.
+        # SQLite runs in one process: the keys in flight are held in memory.
         claim = (request.scope, request.key)
         if claim in self._in_flight:
             raise IdempotencyKeyInFlightError
@@ -290,11 +244,7 @@ class IdempotencyStore:
             self._in_flight.discard(claim)
 
     async def _write_keyed(
-        self,
-        session: AsyncSession,
-        request: IdempotentRequest,
-        write: Callable[[AsyncSession], Awaitable[StoredResponse]],
-        dialect: str,
+        self, session: AsyncSession, request: IdempotentRequest, write: SessionWrite, dialect: str
     ) -> StoredResponse:
         async with session.begin():
             if dialect == "postgresql":  # an advisory lock, held to the commit
@@ -317,10 +267,7 @@ class IdempotencyStore:
         return self._replay(found[0], request) if found else None
 
     async def _look_up(
-        self,
-        connection: Statements,
-        request: IdempotentRequest,
-        draw: ColumnElement[Any],
+        self, connection: Statements, request: IdempotentRequest, draw: ColumnElement[Any]
     ) -> tuple[StoredResponse | None, Any]:
         # The live record, or else ``draw`` evaluated: one statement either way.
         found = self._looked_up.get(draw)

@@ -30,9 +30,8 @@ def upgrade_sync(connection: Connection, spec: MigrationSpec) -> None:
     """Upgrade to head on an open connection (run through ``AsyncConnection.run_sync``)."""
     config = Config()
     config.set_main_option("script_location", spec.script_location)
-    # What run_env reads back in the service's env.py.
-    config.attributes["connection"] = connection
-    config.attributes["version_table"] = spec.version_table
+    # Read back by run_env in the service's env.py.
+    config.attributes.update(connection=connection, version_table=spec.version_table)
     command.upgrade(config, "head")
 
 

@@ -1,11 +1,4 @@
-"""The outbox: a service's events, written in the transaction of the change they describe.
-
-A change records its event with :func:`record_event` on the connection of its own transaction
-(or, in a create of one statement, with :func:`event_for_each`), so an event exists exactly when
-its change does. The relay (``redis/events.py``) takes the
-oldest unpublished rows, publishes them and marks them published in one transaction
-(:func:`take_unpublished`, :func:`mark_published`); :func:`backlog` is what its gauges report.
-"""
+"""The outbox: events written in their change's transaction; the relay's statements."""
 
 from __future__ import annotations
 
@@ -62,16 +55,9 @@ def outbox_table(metadata: MetaData, name: str) -> Table:
 
 
 def event_parameters(
-    event_type: str,
-    payload: bytes,
-    trace_context: str | None,
-    occurred_at: datetime | None = None,
+    event_type: str, payload: bytes, trace_context: str | None, occurred_at: datetime | None = None
 ) -> dict[str, Any]:
-    """The parameters of an event's row (:func:`record_event`, :func:`event_for_each`).
-
-    ``trace_context`` is the change's trace as a JSON carrier (telemetry/tracing.py), so that
-    the event's consumers join it; ``occurred_at`` is now unless given.
-    """
+    """The parameters of an event's row; ``trace_context`` is the change's, as a JSON carrier."""
     return {
         "event_type": event_type,
         "event_payload": payload.decode(),
@@ -81,7 +67,6 @@ def event_parameters(
 
 
 def _event_values(outbox: Table) -> dict[str, BindParameter[Any]]:
-    # An event's columns, each from its parameter in event_parameters.
     return {
         "event_type": bindparam("event_type", type_=outbox.c.event_type.type),
         "payload": bindparam("event_payload", type_=outbox.c.payload.type),
@@ -105,21 +90,14 @@ async def record_event(
 
 
 def event_for_each(outbox: Table, written: CTE) -> CTE:
-    """Postgres: an event for each row ``written`` yields, as a CTE of the same statement.
-
-    Its parameters are :func:`event_parameters`' (the repository's one-statement create).
-    """
+    """Postgres: an event (:func:`event_parameters`) for each row ``written`` yields, as a CTE."""
     values = _event_values(outbox)
     event = select(*values.values()).select_from(written)
     return insert(outbox).from_select(list(values), event).cte("event")
 
 
 async def take_unpublished(session: AsyncSession, outbox: Table, limit: int) -> Sequence[Row[Any]]:
-    """The oldest ``limit`` unpublished events, held until the session's transaction ends.
-
-    On Postgres, rows another replica's relay holds are skipped, so relays work side by side
-    without taking the same rows.
-    """
+    """The oldest ``limit`` unpublished events, locked to the transaction; others' locks skipped."""
     query = select(outbox).where(outbox.c.published_at.is_(None)).order_by(outbox.c.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
@@ -131,7 +109,7 @@ async def mark_published(
 ) -> None:
     """Mark the events ``ids`` published at ``published_at``."""
     if session.get_bind().dialect.name == "postgresql":
-        # One array parameter: IN would render a parameter per id (and a statement per count).
+        # One array parameter: IN would render one per id (and a statement per count).
         taken = outbox.c.id == any_(bindparam("ids", list(ids), type_=ARRAY(outbox.c.id.type)))
     else:
         taken = outbox.c.id.in_(ids)
@@ -140,8 +118,7 @@ async def mark_published(
 
 async def backlog(session: AsyncSession, outbox: Table) -> tuple[int, datetime | None]:
     """How many events wait, and when the oldest of them occurred (None when none waits)."""
-    # The oldest event is the first unpublished one by id: one row of the partial index,
-    # where min(occurred_at) would read every waiting row.
+    # The first unpublished by id is one row of the partial index; min() would read them all.
     first = (
         select(outbox.c.occurred_at)
         .where(outbox.c.published_at.is_(None))

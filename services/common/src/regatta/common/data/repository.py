@@ -1,9 +1,4 @@
-"""Rows with an integer ``version`` for optimistic concurrency, and the SQL that keeps it honest.
-
-Updates and deletes are single conditional statements (``WHERE id = :id AND version IN (...)``),
-so of several writers holding the same ETag exactly one wins, on Postgres (the row lock makes
-the others re-check the condition) and on SQLite (one writer at a time) alike.
-"""
+"""Versioned rows, and conditional writes of which exactly one of several racing writers wins."""
 
 from __future__ import annotations
 
@@ -78,7 +73,7 @@ class VersionedRepository(Generic[M]):
         self.table = table
         self._by_id = select(table).where(table.c.id == bindparam("id"))
         self._version_of = select(table.c.version).where(table.c.id == bindparam("id"))
-        # Pages in id order, built once (a list's filters are added to them per request).
+        # Pages in id order, built once; a list adds its filters per request.
         self._first_page = select(table).order_by(table.c.id).limit(bindparam("limit"))
         self._later_page = self._first_page.where(table.c.id > bindparam("after"))
         # Postgres: the next id of the table's sequence, drawn before a row is written.
@@ -89,14 +84,7 @@ class VersionedRepository(Generic[M]):
     def create(
         self, names: tuple[str, ...], claim: CTE | None, outbox: Table | None
     ) -> Select[Any]:
-        """Postgres: INSERT a row of ``names`` (parameters ``row_<name>``), and its event.
-
-        The row is inserted only if ``claim`` (idempotency.py) yields a row; the event
-        (parameters: outbox.py's ``event_parameters``) goes to ``outbox`` from the inserted
-        row; the statement counts the rows inserted. Data-modifying CTEs all run, referenced
-        or not: one statement, one transaction. Built once per shape, with parameters, so
-        SQLAlchemy's compiled cache serves it.
-        """
+        """Postgres: insert a row (``row_<name>``) if ``claim`` yields, and its event; a count."""
         statement = self._creates.get((names, claim, outbox))
         if statement is not None:
             return statement
@@ -174,9 +162,7 @@ class VersionedRepository(Generic[M]):
         table = self.table
         condition: list[ColumnElement[bool]] = []
         if precondition is not None and not precondition.any_version:
-            # One equality per version (rarely more than one): a statement of one shape per
-            # count, where IN would need a list parameter, which asyncpg runs as an array.
-            # No versions (only tags that are not ours): nothing matches.
+            # One equality per version, not IN (an array on asyncpg); no versions: no match.
             versions = [table.c.version == known for known in sorted(precondition.versions)]
             condition.append(or_(*versions) if versions else false())
         statement = statement.where(table.c.id == row_id, *condition)

@@ -1,12 +1,6 @@
-"""Platform events: an outbox written with the change, relayed to a stream.
+"""Platform events: an outbox written with the change, relayed to a stream (Redis or in-process).
 
-A service that publishes events inserts an outbox row (``data/outbox.py``) in the same
-transaction as the change it describes, so an event exists exactly when its change does. A
-relay task in every replica of that service moves unpublished rows to the stream (a Redis
-Stream shared by every service; in the single-process embedded default, straight to the
-in-process consumer) and only then marks them published. If Redis is down the rows wait;
-nothing is lost, and a row published twice (a crash between the publish and the mark) is
-de-duplicated by its event id downstream.
+Design: services/common/README.md.
 """
 
 from __future__ import annotations
@@ -15,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -45,22 +39,15 @@ class Event:
 
     id: str
     type: str
-    # The changed resource's representation, as the JSON text it was rendered to: relayed as
-    # it is, parsed only by a consumer that needs its values.
-    payload: str
+    payload: str  # the resource's JSON as rendered, parsed only by a consumer that needs it
     occurred_at: str
     trace_context: str | None = None
 
     def fields(self) -> dict[str, str]:
         """The event as flat string fields (a Redis Stream entry)."""
-        fields = {
-            "id": self.id,
-            "type": self.type,
-            "payload": self.payload,
-            "occurred_at": self.occurred_at,
-        }
-        if self.trace_context:
-            fields["trace_context"] = self.trace_context
+        fields = asdict(self)
+        if not self.trace_context:
+            del fields["trace_context"]
         return fields
 
     @classmethod
@@ -115,12 +102,7 @@ class InProcessEventStream:
 
 
 class RedisEventStream:
-    """A Redis Stream shared by every service; its consumers read it through consumer groups.
-
-    Events leave over the process's pipelined connection (pipelined.py): a relay's batch of
-    XADDs is one write. A consumer reads ``key`` on ``redis`` with a group of its own (the
-    notifications worker's ``ConsumerGroup``).
-    """
+    """A Redis Stream shared by every service, written over ``pipelined``, read on ``redis``."""
 
     def __init__(self, redis: Redis, key: str, pipelined: PipelinedRedis) -> None:
         self.redis = redis
@@ -154,7 +136,7 @@ async def relay_outbox(
     tracer: Tracer,
 ) -> None:
     """Until ``pause`` says stop: move unpublished rows to the stream, oldest first, then mark."""
-    # Zero is an answer ("nothing relayed", "no failure"): the series exist from the start.
+    # Zero is an answer: the series exist from the start.
     metrics.outbox_relayed.labels(source)
     metrics.outbox_relay_errors.labels(source)
     relay = _Relay(database, outbox, source, stream, metrics, tracer)

@@ -29,16 +29,13 @@ class ServiceSettings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./data/regatta.db")
-    # A fixed pool by default: SQLAlchemy closes an overflow connection as soon as it comes
-    # back to a full pool, and under sustained load (more requests than pooled connections)
-    # that is dozens of new connections a second, each costing more than many queries
-    # (tests/load/README.md). Overflow remains for short bursts above a steady load.
+    # A fixed pool: under sustained load SQLAlchemy would close and reopen overflow connections
+    # dozens of times a second (tests/load/README.md). Overflow is for short bursts.
     db_pool_size: int = Field(default=15, ge=1, le=200)
     db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
-    # Client-side bound on any one statement's round trip: the server's statement_timeout
-    # cannot fire when the network to it is gone, and a request must never hang on it.
+    # Client-side bound on a round trip: statement_timeout cannot fire when the network is gone.
     db_command_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
     redis_url: SecretStr | None = None
     redis_key_prefix: str = Field(default="regatta:", pattern=r"^[A-Za-z0-9:_.-]{0,64}$")
@@ -51,15 +48,13 @@ class ServiceSettings(BaseSettings):
     cors_allow_credentials: bool = False
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
-    # Rate limiting (ratelimit.py): per client (its API key, else its address), per route class,
-    # shared by every replica through Redis (in-process without REDIS_URL). Off unless enabled.
+    # Per client (API key, else address) and route class; in Redis, else in-process (ratelimit.py).
     rate_limit_enabled: bool = False
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
-    # Requests a client may make per window (all at once, then at an even pace); 0: unlimited.
+    # Requests per window (all at once, then at an even pace); 0: unlimited.
     rate_limit_reads: int = Field(default=1200, ge=0, le=1_000_000)
     rate_limit_writes: int = Field(default=120, ge=0, le=1_000_000)
-    # Peers whose X-Forwarded-For is believed (the ingress); anyone else is keyed by its own
-    # address. Uvicorn's proxy headers follow the same list.
+    # Peers whose X-Forwarded-For is believed (the ingress), by the rate limit and uvicorn.
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
         default_factory=_LOOPBACK.copy
     )
@@ -67,13 +62,11 @@ class ServiceSettings(BaseSettings):
     migrate_wait_seconds: float = Field(default=300, ge=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # Above the ingress's upstream keep-alive (nginx: 60 s), so the proxy closes idle
-    # connections first and never sends a request on one uvicorn is closing.
+    # Above nginx's upstream keep-alive (60 s): it never reuses a connection uvicorn is closing.
     keepalive_seconds: int = Field(default=75, ge=1)
     graceful_shutdown_seconds: int = Field(default=20, ge=1)
-    # After SIGTERM, keep serving this long with readiness at 503 before draining, so load
-    # balancers that poll readiness stop sending first (Kubernetes: the chart's preStop sleep
-    # does this instead, hence 0 by default).
+    # After SIGTERM, serve this long with readiness at 503 so balancers stop sending first
+    # (0: on Kubernetes the chart's preStop sleep does it).
     shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     # One JSON object per line for Loki; "text" reads better in a terminal.
@@ -82,7 +75,7 @@ class ServiceSettings(BaseSettings):
     @field_validator("cors_origins", "api_keys", "trusted_proxies", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
-        # The environment gives these lists comma-separated (NoDecode: not as JSON).
+        # Comma-separated in the environment (NoDecode: not JSON).
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

@@ -1,7 +1,4 @@
-"""Read-through cache of response bytes and ETags, monotonic in version: Redis, memory or none.
-
-Design (tombstones, the generation after an outage): services/common/README.md.
-"""
+"""Response cache monotonic in version (Redis, memory, none). Design: services/common/README.md."""
 
 from __future__ import annotations
 
@@ -23,6 +20,8 @@ logger = logging.getLogger("regatta.cache")
 
 # A deletion's version: newer than any the row could have had.
 DELETED = 2**53 - 1
+# Most keys owed a tombstone (a write while Redis was down); the generation covers the rest.
+MAX_OWED_TOMBSTONES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +86,6 @@ class NullCache:
 
     async def invalidate(self, key: str, version: int) -> None:
         """Nothing to forget."""
-
-
-# Most keys owed a tombstone (a write while Redis was down); the generation covers the rest.
-MAX_OWED_TOMBSTONES = 10_000
 
 
 class CacheGeneration:

@@ -19,6 +19,13 @@ from urllib.parse import unquote, urlsplit
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+# Keepalives, so that no NAT forgets a quiet connection and a vanished peer is found early.
+_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+_BULK, _SIMPLE, _INTEGER, _ERROR, _ARRAY = (ord(kind) for kind in "$+:-*")
+
+# A decoded reply: bulk and simple strings as bytes, integers as int, nil as None, arrays.
+Reply = bytes | int | list["Reply"] | None
+
 
 class RedisUnavailableError(ConnectionError):
     """Redis could not answer: connection refused, lost, timed out or protocol error."""
@@ -72,19 +79,9 @@ class Script:
         return cls(encoded, hashlib.sha1(encoded, usedforsecurity=False).hexdigest().encode())
 
 
-# Keepalives, so that no NAT forgets a quiet connection and a vanished peer is found early.
-_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
-
-
 def _command(*args: bytes) -> bytes:
     parts = [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]
     return b"*%d\r\n" % len(args) + b"".join(parts)
-
-
-_BULK, _SIMPLE, _INTEGER, _ERROR, _ARRAY = (ord(kind) for kind in "$+:-*")
-
-# A decoded reply: bulk and simple strings as bytes, integers as int, nil as None, arrays.
-Reply = bytes | int | list["Reply"] | None
 
 
 class _Replies(asyncio.Protocol):

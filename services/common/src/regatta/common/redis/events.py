@@ -1,7 +1,4 @@
-"""Platform events: an outbox written with the change, relayed to a stream (Redis or in-process).
-
-Design: services/common/README.md.
-"""
+"""Events: an outbox row per change, relayed to a stream. Design: services/common/README.md."""
 
 from __future__ import annotations
 
@@ -43,12 +40,12 @@ class Event:
     occurred_at: str
     trace_context: str | None = None
 
-    def fields(self) -> dict[str, str]:
-        """The event as flat string fields (a Redis Stream entry)."""
+    def fields(self) -> list[bytes]:
+        """The event as a Redis Stream entry: each field's name, then its value."""
         fields = asdict(self)
         if not self.trace_context:
             del fields["trace_context"]
-        return fields
+        return [part.encode() for pair in fields.items() for part in pair]
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> Event:
@@ -68,9 +65,6 @@ class Event:
         return max((utcnow() - occurred).total_seconds(), 0.0)
 
 
-EventHandler = Callable[[Event], Awaitable[None]]
-
-
 class EventStream(Protocol):
     """Where relays publish events."""
 
@@ -86,9 +80,9 @@ class InProcessEventStream:
     """The embedded default: publishing hands each event straight to the in-process consumers."""
 
     def __init__(self) -> None:
-        self._handlers: list[EventHandler] = []
+        self._handlers: list[Callable[[Event], Awaitable[None]]] = []
 
-    def subscribe(self, handler: EventHandler) -> None:
+    def subscribe(self, handler: Callable[[Event], Awaitable[None]]) -> None:
         """Receive every event published from now on."""
         self._handlers.append(handler)
 
@@ -113,16 +107,12 @@ class RedisEventStream:
     async def publish(self, events: Sequence[Event]) -> None:
         """XADD every event, trimming the stream approximately; raise if any was refused."""
         added = await asyncio.gather(
-            *(self._pipelined.execute(*self._xadd, *_flat(event.fields())) for event in events),
+            *(self._pipelined.execute(*self._xadd, *event.fields()) for event in events),
             return_exceptions=True,
         )
         failed = next((result for result in added if isinstance(result, BaseException)), None)
         if failed is not None:
             raise failed
-
-
-def _flat(fields: dict[str, str]) -> list[bytes]:
-    return [part.encode() for pair in fields.items() for part in pair]
 
 
 async def relay_outbox(

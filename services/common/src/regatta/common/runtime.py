@@ -70,10 +70,7 @@ class Runtime:
         self.wakeups[name].set()
 
     def start(self, name: str, work: Callable[[], Awaitable[None]]) -> None:
-        """Run ``work`` in the background until shutdown, restarting it if it crashes.
-
-        It should loop waiting in :meth:`pause`, so that shutdown does not cancel it mid-query.
-        """
+        """Run ``work`` until shutdown, restarted if it crashes; it should wait in :meth:`pause`."""
         self.tasks.append(asyncio.create_task(self._supervise(name, work), name=name))
 
     async def pause(self, seconds: float, *, wake_on: str | None = None) -> bool:
@@ -123,18 +120,15 @@ async def open_runtime(
     statements: bool = True,
     sessions: bool = True,
 ) -> AsyncIterator[Runtime]:
-    """Open the pools the settings call for; close them (tasks first) on the way out.
-
-    ``statements`` and ``sessions`` say where requests run, to split the database's pool.
-    """
+    """Open the pools the settings call for, split by where requests run; stop tasks, then close."""
     database = create_database(settings, statements=statements, sessions=sessions)
     redis: Redis | None = None
-    reader = create_pipelined(
+    pipelined = create_pipelined(
         settings, tracing.tracer(tracer_provider, "opentelemetry.instrumentation.redis")
     )
     cache: ResponseCache = NullCache()
     events: EventStream = InProcessEventStream()
-    if settings.redis_url is None or reader is None:
+    if settings.redis_url is None or pipelined is None:
         if settings.cache_enabled:
             cache = MemoryCache(
                 ttl_seconds=settings.cache_ttl_seconds, max_entries=settings.cache_max_entries
@@ -151,11 +145,11 @@ async def open_runtime(
             retry_on_timeout=False,
             redis_connect_func=generation.on_connect if settings.cache_enabled else None,
         )
-        events = RedisEventStream(redis, settings.redis_key_prefix + "events", reader)
+        events = RedisEventStream(redis, settings.redis_key_prefix + "events", pipelined)
         if settings.cache_enabled:
-            reader.on_connect = partial(generation.advance, redis)
+            pipelined.on_connect = partial(generation.advance, redis)
             cache = RedisCache(
-                reader,
+                pipelined,
                 ttl_seconds=settings.cache_ttl_seconds,
                 prefix=settings.redis_key_prefix + CACHE_KEYS,
                 generation=generation,
@@ -165,22 +159,13 @@ async def open_runtime(
         tracing.trace_database(database, tracer_provider)
         if redis is not None:
             tracing.instrument_redis(redis, tracer_provider)
-    runtime = Runtime(
-        settings=settings,
-        database=database,
-        redis=redis,
-        cache=cache,
-        events=events,
-        metrics=metrics,
-        tracer_provider=tracer_provider,
-        pipelined=reader,
-    )
+    runtime = Runtime(settings, database, redis, cache, events, metrics, tracer_provider, pipelined)
     try:
         yield runtime
     finally:
         await runtime.stop_tasks()
-        if reader is not None:
-            await reader.aclose()
+        if pipelined is not None:
+            await pipelined.aclose()
         if redis is not None:
             await redis.aclose()
         await database.close()

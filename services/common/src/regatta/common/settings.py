@@ -29,8 +29,7 @@ class ServiceSettings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./data/regatta.db")
-    # A fixed pool: under sustained load SQLAlchemy would close and reopen overflow connections
-    # dozens of times a second (tests/load/README.md). Overflow is for short bursts.
+    # Fixed: under sustained load, overflow connections churn (tests/load/README.md); for bursts.
     db_pool_size: int = Field(default=15, ge=1, le=200)
     db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
@@ -65,8 +64,7 @@ class ServiceSettings(BaseSettings):
     # Above nginx's upstream keep-alive (60 s): it never reuses a connection uvicorn is closing.
     keepalive_seconds: int = Field(default=75, ge=1)
     graceful_shutdown_seconds: int = Field(default=20, ge=1)
-    # After SIGTERM, serve this long with readiness at 503 so balancers stop sending first
-    # (0: on Kubernetes the chart's preStop sleep does it).
+    # Readiness 503 this long after SIGTERM, before draining (0: the chart's preStop sleeps).
     shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     # One JSON object per line for Loki; "text" reads better in a terminal.
@@ -82,23 +80,20 @@ class ServiceSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_insecure(self) -> Self:
+        production = self.environment is Environment.PRODUCTION
         if "*" in self.cors_origins and self.cors_allow_credentials:
             msg = "CORS_ORIGINS='*' cannot be combined with CORS_ALLOW_CREDENTIALS"
-            raise ValueError(msg)
-        if self.environment is Environment.PRODUCTION:
-            if self.uses_sqlite:
-                msg = "production needs DATABASE_URL pointing at Postgres, not the SQLite default"
-                raise ValueError(msg)
-            if self.redis_url is None:
-                msg = "production needs REDIS_URL: the cache must be shared by every replica"
-                raise ValueError(msg)
-            if not self.api_keys and self.api_keys_file is None:
-                msg = "production needs API_KEYS or API_KEYS_FILE: writes must not be open"
-                raise ValueError(msg)
-            if "*" in self.cors_origins:
-                msg = "production refuses CORS_ORIGINS='*'"
-                raise ValueError(msg)
-        return self
+        elif production and self.uses_sqlite:
+            msg = "production needs DATABASE_URL pointing at Postgres, not the SQLite default"
+        elif production and self.redis_url is None:
+            msg = "production needs REDIS_URL: the cache must be shared by every replica"
+        elif production and not self.api_keys and self.api_keys_file is None:
+            msg = "production needs API_KEYS or API_KEYS_FILE: writes must not be open"
+        elif production and "*" in self.cors_origins:
+            msg = "production refuses CORS_ORIGINS='*'"
+        else:
+            return self
+        raise ValueError(msg)
 
     @property
     def uses_sqlite(self) -> bool:

@@ -23,6 +23,21 @@ DELETED = 2**53 - 1
 # Most keys owed a tombstone (a write while Redis was down); the generation covers the rest.
 MAX_OWED_TOMBSTONES = 10_000
 
+# Refuse to move an entry back in version; stamp it with the current generation. Layout: version,
+# "" (the layout before generations reads it as a miss), generation, ETag ("" if a tombstone), body.
+_STORE_SCRIPT = Script.of("""
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(string.match(current, '^(%d+)\\n'))
+  if version and version > tonumber(ARGV[1]) then
+    return 0
+  end
+end
+local generation = redis.call('GET', KEYS[2]) or '0'
+redis.call('SET', KEYS[1], ARGV[1] .. '\\n\\n' .. generation .. '\\n' .. ARGV[2], 'PX', ARGV[3])
+return 1
+""")
+
 
 @dataclass(frozen=True, slots=True)
 class CachedResponse:
@@ -50,7 +65,6 @@ class MemoryCache:
     """In-process cache for the embedded default (one process, so coherent by construction)."""
 
     def __init__(self, *, ttl_seconds: int, max_entries: int) -> None:
-        # (version, entry or None for a tombstone)
         self._entries: TTLCache[str, tuple[int, CachedResponse | None]] = TTLCache(
             maxsize=max_entries, ttl=ttl_seconds
         )
@@ -104,22 +118,6 @@ class CacheGeneration:
     async def advance(self, redis: Redis) -> None:
         """Advance the generation (for pipelined.py's connections, not opened by redis-py)."""
         self.current = int(await redis.incr(self.key))
-
-
-# Refuse to move an entry back in version; stamp it with the current generation. Layout: version,
-# "" (the layout before generations reads it as a miss), generation, ETag ("" if a tombstone), body.
-_STORE_SCRIPT = Script.of("""
-local current = redis.call('GET', KEYS[1])
-if current then
-  local version = tonumber(string.match(current, '^(%d+)\\n'))
-  if version and version > tonumber(ARGV[1]) then
-    return 0
-  end
-end
-local generation = redis.call('GET', KEYS[2]) or '0'
-redis.call('SET', KEYS[1], ARGV[1] .. '\\n\\n' .. generation .. '\\n' .. ARGV[2], 'PX', ARGV[3])
-return 1
-""")
 
 
 class RedisCache:

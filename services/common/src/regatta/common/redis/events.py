@@ -61,8 +61,7 @@ class Event:
 
     def age_seconds(self) -> float:
         """How long ago the change behind the event was committed."""
-        occurred = datetime.fromisoformat(self.occurred_at)
-        return max((utcnow() - occurred).total_seconds(), 0.0)
+        return max((utcnow() - datetime.fromisoformat(self.occurred_at)).total_seconds(), 0.0)
 
 
 class EventStream(Protocol):

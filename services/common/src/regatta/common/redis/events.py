@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Protocol
 
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 from redis.asyncio import Redis
 from sqlalchemy import Table
 
@@ -165,26 +165,22 @@ class _Relay:
             rows = await take_unpublished(session, self.outbox, RELAY_BATCH)
             if not rows:
                 return 0
-            # One producer span per event, in the trace of the change that wrote it.
-            spans = [
-                self.tracer.start_span(
+            spans: list[Span] = []
+            events: list[Event] = []
+            for row in rows:
+                event_id = f"{self.source}:{row.id}"
+                # A producer span in the trace of the change that wrote the event.
+                span = self.tracer.start_span(
                     f"publish {row.event_type}",
                     context=parent_context(row.trace_context),
                     kind=SpanKind.PRODUCER,
-                    attributes={"messaging.message.id": f"{self.source}:{row.id}"},
+                    attributes={"messaging.message.id": event_id},
                 )
-                for row in rows
-            ]
-            events = [
-                Event(
-                    id=f"{self.source}:{row.id}",
-                    type=row.event_type,
-                    payload=row.payload,
-                    occurred_at=row.occurred_at.isoformat().replace("+00:00", "Z"),
-                    trace_context=carrier_of(span),
+                spans.append(span)
+                occurred_at = row.occurred_at.isoformat().replace("+00:00", "Z")
+                events.append(
+                    Event(event_id, row.event_type, row.payload, occurred_at, carrier_of(span))
                 )
-                for row, span in zip(rows, spans, strict=True)
-            ]
             try:
                 await self.stream.publish(events)
             finally:

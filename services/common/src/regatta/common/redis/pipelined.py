@@ -1,7 +1,6 @@
 """The per-request Redis commands over one shared connection: pipelined, no pool, no lock.
 
-Measured against redis-py, coredis and valkey-glide (figures: tests/load/README.md and
-services/common/README.md). Design: services/common/README.md.
+Measured against redis-py, coredis, valkey-glide: tests/load/README.md, services/common/README.md.
 """
 
 from __future__ import annotations

@@ -89,11 +89,11 @@ class Runtime:
             self.wakeups[wake_on].clear()
         return self.stopping.is_set()
 
-    async def stop_tasks(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
-        """Ask background tasks to stop, give them ``grace_seconds``, then cancel the rest."""
+    async def stop_tasks(self) -> None:
+        """Ask background tasks to stop, give them ``STOP_GRACE_SECONDS``, then cancel the rest."""
         self.stopping.set()
         if self.tasks:
-            _, pending = await asyncio.wait(self.tasks, timeout=grace_seconds)
+            _, pending = await asyncio.wait(self.tasks, timeout=STOP_GRACE_SECONDS)
             for task in pending:
                 logger.warning("background task %s did not stop in time; cancelling", task)
                 task.cancel()
@@ -136,10 +136,9 @@ async def open_runtime(
     else:
         # Every connection either client opens first advances the shared cache's generation.
         generation = CacheGeneration(settings.redis_key_prefix + CACHE_KEYS + "generation")
-        # Short timeouts: a slow Redis degrades to the database, not a hang.
         redis = Redis.from_url(
             settings.redis_url.get_secret_value(),
-            socket_timeout=2.0,
+            socket_timeout=2.0,  # short: a slow Redis degrades to the database, not a hang
             socket_connect_timeout=0.5,
             health_check_interval=10,
             retry_on_timeout=False,

@@ -10,6 +10,8 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+_LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
+
 
 class Environment(StrEnum):
     """Where the process runs; anything but development refuses insecure defaults."""
@@ -17,9 +19,6 @@ class Environment(StrEnum):
     DEVELOPMENT = "development"
     TEST = "test"
     PRODUCTION = "production"
-
-
-_LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
 
 
 class ServiceSettings(BaseSettings):
@@ -67,8 +66,7 @@ class ServiceSettings(BaseSettings):
     # Readiness 503 this long after SIGTERM, before draining (0: the chart's preStop sleeps).
     shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
-    # One JSON object per line for Loki; "text" reads better in a terminal.
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["json", "text"] = "json"  # JSON lines for Loki; "text" for a terminal
 
     @field_validator("cors_origins", "api_keys", "trusted_proxies", mode="before")
     @classmethod

@@ -137,8 +137,7 @@ class RedisCache:
         self._ttl_ms = ttl_seconds * 1000
         # A default one stays at 0: every entry is trusted.
         self.generation = generation or CacheGeneration(prefix + "generation")
-        # key → version of the tombstone a write could not leave, oldest first
-        self._owed: OrderedDict[str, int] = OrderedDict()
+        self._owed: OrderedDict[str, int] = OrderedDict()  # key → tombstone version, oldest first
         self._repaying = asyncio.Lock()
         self.observer = observer
 

@@ -21,7 +21,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 # Keepalives, so that no NAT forgets a quiet connection and a vanished peer is found early.
 _KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
 _BULK, _SIMPLE, _INTEGER, _ERROR, _ARRAY = (ord(kind) for kind in "$+:-*")
-
 # A decoded reply: bulk and simple strings as bytes, integers as int, nil as None, arrays.
 Reply = bytes | int | list["Reply"] | None
 
@@ -91,7 +90,6 @@ class _Replies(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._buffer = bytearray()
-        # Commands sent in one turn of the event loop leave in one write.
         self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

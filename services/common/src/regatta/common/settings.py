@@ -10,6 +10,8 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+_LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
+
 
 class Environment(StrEnum):
     """Where the process runs; anything but development refuses insecure defaults."""
@@ -19,9 +21,6 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
-_LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
-
-
 class ServiceSettings(BaseSettings):
     """Configuration common to every service; each service subclasses it."""
 
@@ -29,16 +28,12 @@ class ServiceSettings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./data/regatta.db")
-    # A fixed pool by default: SQLAlchemy closes an overflow connection as soon as it comes
-    # back to a full pool, and under sustained load (more requests than pooled connections)
-    # that is dozens of new connections a second, each costing more than many queries
-    # (tests/load/README.md). Overflow remains for short bursts above a steady load.
+    # Fixed: under sustained load, overflow connections churn (tests/load/README.md); for bursts.
     db_pool_size: int = Field(default=15, ge=1, le=200)
     db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     db_statement_timeout_ms: int = Field(default=10_000, ge=0)
-    # Client-side bound on any one statement's round trip: the server's statement_timeout
-    # cannot fire when the network to it is gone, and a request must never hang on it.
+    # Client-side bound on a round trip: statement_timeout cannot fire when the network is gone.
     db_command_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
     redis_url: SecretStr | None = None
     redis_key_prefix: str = Field(default="regatta:", pattern=r"^[A-Za-z0-9:_.-]{0,64}$")
@@ -51,15 +46,13 @@ class ServiceSettings(BaseSettings):
     cors_allow_credentials: bool = False
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = None
-    # Rate limiting (ratelimit.py): per client (its API key, else its address), per route class,
-    # shared by every replica through Redis (in-process without REDIS_URL). Off unless enabled.
+    # Per client (API key, else address) and route class; in Redis, else in-process (ratelimit.py).
     rate_limit_enabled: bool = False
     rate_limit_window_seconds: int = Field(default=60, ge=1, le=86_400)
-    # Requests a client may make per window (all at once, then at an even pace); 0: unlimited.
+    # Requests per window (all at once, then at an even pace); 0: unlimited.
     rate_limit_reads: int = Field(default=1200, ge=0, le=1_000_000)
     rate_limit_writes: int = Field(default=120, ge=0, le=1_000_000)
-    # Peers whose X-Forwarded-For is believed (the ingress); anyone else is keyed by its own
-    # address. Uvicorn's proxy headers follow the same list.
+    # Peers whose X-Forwarded-For is believed (the ingress), by the rate limit and uvicorn.
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
         default_factory=_LOOPBACK.copy
     )
@@ -67,45 +60,38 @@ class ServiceSettings(BaseSettings):
     migrate_wait_seconds: float = Field(default=300, ge=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # Above the ingress's upstream keep-alive (nginx: 60 s), so the proxy closes idle
-    # connections first and never sends a request on one uvicorn is closing.
+    # Above nginx's upstream keep-alive (60 s): it never reuses a connection uvicorn is closing.
     keepalive_seconds: int = Field(default=75, ge=1)
     graceful_shutdown_seconds: int = Field(default=20, ge=1)
-    # After SIGTERM, keep serving this long with readiness at 503 before draining, so load
-    # balancers that poll readiness stop sending first (Kubernetes: the chart's preStop sleep
-    # does this instead, hence 0 by default).
+    # Readiness 503 this long after SIGTERM, before draining (0: the chart's preStop sleeps).
     shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
-    # One JSON object per line for Loki; "text" reads better in a terminal.
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["json", "text"] = "json"  # JSON lines for Loki; "text" for a terminal
 
     @field_validator("cors_origins", "api_keys", "trusted_proxies", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
-        # The environment gives these lists comma-separated (NoDecode: not as JSON).
+        # Comma-separated in the environment (NoDecode: not JSON).
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @model_validator(mode="after")
     def _refuse_insecure(self) -> Self:
+        production = self.environment is Environment.PRODUCTION
         if "*" in self.cors_origins and self.cors_allow_credentials:
             msg = "CORS_ORIGINS='*' cannot be combined with CORS_ALLOW_CREDENTIALS"
-            raise ValueError(msg)
-        if self.environment is Environment.PRODUCTION:
-            if self.uses_sqlite:
-                msg = "production needs DATABASE_URL pointing at Postgres, not the SQLite default"
-                raise ValueError(msg)
-            if self.redis_url is None:
-                msg = "production needs REDIS_URL: the cache must be shared by every replica"
-                raise ValueError(msg)
-            if not self.api_keys and self.api_keys_file is None:
-                msg = "production needs API_KEYS or API_KEYS_FILE: writes must not be open"
-                raise ValueError(msg)
-            if "*" in self.cors_origins:
-                msg = "production refuses CORS_ORIGINS='*'"
-                raise ValueError(msg)
-        return self
+        elif production and self.uses_sqlite:
+            msg = "production needs DATABASE_URL pointing at Postgres, not the SQLite default"
+        elif production and self.redis_url is None:
+            msg = "production needs REDIS_URL: the cache must be shared by every replica"
+        elif production and not self.api_keys and self.api_keys_file is None:
+            msg = "production needs API_KEYS or API_KEYS_FILE: writes must not be open"
+        elif production and "*" in self.cors_origins:
+            msg = "production refuses CORS_ORIGINS='*'"
+        else:
+            return self
+        raise ValueError(msg)
 
     @property
     def uses_sqlite(self) -> bool:

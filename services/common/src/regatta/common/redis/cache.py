@@ -1,20 +1,4 @@
-"""Read-through cache of final response bytes and their ETag: Redis when configured, else memory.
-
-Every entry carries the resource version it was rendered from. A write leaves a *tombstone* at
-its new version before it returns, and a reader may only store an entry whose version is not
-older than what the cache holds. So a reader that fetched the row just before a write commits
-can never put the old bytes back after the write's invalidation: no replica serves a stale item
-after a successful write.
-
-A write made while Redis is unreachable cannot leave its tombstone, so Redis may come back
-holding the old bytes. Two things keep them from being served. Every Redis connection a process
-opens first advances a shared *generation* counter, and the process then trusts only entries
-stored at that generation or later (entries are stamped with the generation current when they
-are stored). An outage breaks every connection, so after it each process reconnects, advances
-the generation and reads the old bytes as misses: the first read after recovery goes to the
-database. And the tombstones that could not be written are remembered and written once Redis
-answers again, which also covers a process cut off from Redis alone.
-"""
+"""Response cache monotonic in version (Redis, memory, none). Design: services/common/README.md."""
 
 from __future__ import annotations
 
@@ -30,11 +14,29 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
 from regatta.common.redis.pipelined import PipelinedRedis, Script
+from regatta.common.telemetry.metrics import PlatformMetrics
 
 logger = logging.getLogger("regatta.cache")
 
-# The version a deletion leaves behind: newer than any version the row could have had.
+# A deletion's version: newer than any the row could have had.
 DELETED = 2**53 - 1
+# Most keys owed a tombstone (a write while Redis was down); the generation covers the rest.
+MAX_OWED_TOMBSTONES = 10_000
+
+# Refuse to move an entry back in version; stamp it with the current generation. Layout: version,
+# "" (the layout before generations reads it as a miss), generation, ETag ("" if a tombstone), body.
+_STORE_SCRIPT = Script.of("""
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(string.match(current, '^(%d+)\\n'))
+  if version and version > tonumber(ARGV[1]) then
+    return 0
+  end
+end
+local generation = redis.call('GET', KEYS[2]) or '0'
+redis.call('SET', KEYS[1], ARGV[1] .. '\\n\\n' .. generation .. '\\n' .. ARGV[2], 'PX', ARGV[3])
+return 1
+""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,6 @@ class MemoryCache:
     """In-process cache for the embedded default (one process, so coherent by construction)."""
 
     def __init__(self, *, ttl_seconds: int, max_entries: int) -> None:
-        # Value: (version, entry or None for a tombstone).
         self._entries: TTLCache[str, tuple[int, CachedResponse | None]] = TTLCache(
             maxsize=max_entries, ttl=ttl_seconds
         )
@@ -101,13 +102,8 @@ class NullCache:
         """Nothing to forget."""
 
 
-# Tombstones owed to Redis (writes made while it was unreachable), at most this many keys; the
-# generation covers the rest when the outage broke the connections.
-MAX_OWED_TOMBSTONES = 10_000
-
-
 class CacheGeneration:
-    """The oldest generation of cache entries this process trusts (see the module docstring)."""
+    """The oldest generation of cache entries this process trusts."""
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -120,36 +116,8 @@ class CacheGeneration:
         self.current = int(await connection.read_response())
 
     async def advance(self, redis: Redis) -> None:
-        """Advance the generation (for a connection that redis-py does not open: pipelined.py)."""
+        """Advance the generation (for pipelined.py's connections, not opened by redis-py)."""
         self.current = int(await redis.incr(self.key))
-
-
-# One round trip, atomic: refuse to move an entry backwards in version; stamp it with the
-# current generation. Layout: version, an empty line (so readers of the layout before
-# generations see a miss, not garbage), generation, ETag (empty for a tombstone), body.
-_STORE_IF_NOT_OLDER = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local version = tonumber(string.match(current, '^(%d+)\\n'))
-  if version and version > tonumber(ARGV[1]) then
-    return 0
-  end
-end
-local generation = redis.call('GET', KEYS[2]) or '0'
-redis.call('SET', KEYS[1], ARGV[1] .. '\\n\\n' .. generation .. '\\n' .. ARGV[2], 'PX', ARGV[3])
-return 1
-"""
-_STORE_SCRIPT = Script.of(_STORE_IF_NOT_OLDER)
-
-
-class CacheObserver(Protocol):
-    """What a shared cache reports besides hits and misses (PlatformMetrics)."""
-
-    def observe_redis(self, key: str, operation: str, seconds: float) -> None:
-        """One round trip to Redis for ``key`` took ``seconds``."""
-
-    def count_cache_error(self, key: str, operation: str) -> None:
-        """A ``read`` or ``write`` of ``key`` failed."""
 
 
 class RedisCache:
@@ -162,27 +130,25 @@ class RedisCache:
         ttl_seconds: int,
         prefix: str = "",
         generation: CacheGeneration | None = None,
-        observer: CacheObserver | None = None,
+        observer: PlatformMetrics | None = None,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl_ms = ttl_seconds * 1000
-        # Without one (a client whose connections do not advance it), every entry is trusted.
+        # A default one stays at 0: every entry is trusted.
         self.generation = generation or CacheGeneration(prefix + "generation")
-        # key → version of the tombstone a write could not leave, oldest first.
-        self._owed: OrderedDict[str, int] = OrderedDict()
+        self._owed: OrderedDict[str, int] = OrderedDict()  # key → tombstone version, oldest first
         self._repaying = asyncio.Lock()
         self.observer = observer
 
     async def get(self, key: str) -> CachedResponse | None:
         """The entry under ``key``, or None."""
         if self._owed and not await self._repay():
-            return None  # Redis is still unreachable, or may hold what those writes replaced
+            return None  # Redis is down, or may hold what those writes replaced
         started = time.perf_counter()
         try:
             raw = await self._redis.get((self._prefix + key).encode())
-        # Not only RedisError: uvloop reports a write to a socket Redis closed as RuntimeError.
-        except Exception as exc:  # noqa: BLE001 -- a cache never fails what the database can serve
+        except Exception as exc:  # noqa: BLE001 -- uvloop raises RuntimeError on a closed socket
             logger.warning("cache read failed, serving from the database: %r", exc)
             self._observe(key, "cache_get", started, failed="read")
             return None
@@ -213,8 +179,7 @@ class RedisCache:
         except Exception as exc:  # noqa: BLE001 -- as in get()
             logger.warning("cache write failed for %s, will retry its invalidation: %r", key, exc)
             self._observe(key, "cache_store", started, failed="write")
-            # It may have been a write's invalidation: leave a tombstone at its version once
-            # Redis answers (harmless if it was only a reader's fill).
+            # Perhaps a write's invalidation: owe a tombstone (harmless after a reader's fill).
             self._owed[key] = max(version, self._owed.pop(key, 0))
             if len(self._owed) > MAX_OWED_TOMBSTONES:
                 self._owed.popitem(last=False)

@@ -1,13 +1,4 @@
-"""Platform events: an outbox written with the change, relayed to a stream.
-
-A service that publishes events inserts an outbox row (``data/outbox.py``) in the same
-transaction as the change it describes, so an event exists exactly when its change does. A
-relay task in every replica of that service moves unpublished rows to the stream (a Redis
-Stream shared by every service; in the single-process embedded default, straight to the
-in-process consumer) and only then marks them published. If Redis is down the rows wait;
-nothing is lost, and a row published twice (a crash between the publish and the mark) is
-de-duplicated by its event id downstream.
-"""
+"""Events: an outbox row per change, relayed to a stream. Design: services/common/README.md."""
 
 from __future__ import annotations
 
@@ -15,11 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Protocol
 
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 from redis.asyncio import Redis
 from sqlalchemy import Table
 
@@ -45,23 +36,16 @@ class Event:
 
     id: str
     type: str
-    # The changed resource's representation, as the JSON text it was rendered to: relayed as
-    # it is, parsed only by a consumer that needs its values.
-    payload: str
+    payload: str  # the resource's JSON as rendered, parsed only by a consumer that needs it
     occurred_at: str
     trace_context: str | None = None
 
-    def fields(self) -> dict[str, str]:
-        """The event as flat string fields (a Redis Stream entry)."""
-        fields = {
-            "id": self.id,
-            "type": self.type,
-            "payload": self.payload,
-            "occurred_at": self.occurred_at,
-        }
-        if self.trace_context:
-            fields["trace_context"] = self.trace_context
-        return fields
+    def fields(self) -> list[bytes]:
+        """The event as a Redis Stream entry: each field's name, then its value."""
+        fields = asdict(self)
+        if not self.trace_context:
+            del fields["trace_context"]
+        return [part.encode() for pair in fields.items() for part in pair]
 
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes]) -> Event:
@@ -77,11 +61,7 @@ class Event:
 
     def age_seconds(self) -> float:
         """How long ago the change behind the event was committed."""
-        occurred = datetime.fromisoformat(self.occurred_at)
-        return max((utcnow() - occurred).total_seconds(), 0.0)
-
-
-EventHandler = Callable[[Event], Awaitable[None]]
+        return max((utcnow() - datetime.fromisoformat(self.occurred_at)).total_seconds(), 0.0)
 
 
 class EventStream(Protocol):
@@ -99,9 +79,9 @@ class InProcessEventStream:
     """The embedded default: publishing hands each event straight to the in-process consumers."""
 
     def __init__(self) -> None:
-        self._handlers: list[EventHandler] = []
+        self._handlers: list[Callable[[Event], Awaitable[None]]] = []
 
-    def subscribe(self, handler: EventHandler) -> None:
+    def subscribe(self, handler: Callable[[Event], Awaitable[None]]) -> None:
         """Receive every event published from now on."""
         self._handlers.append(handler)
 
@@ -115,12 +95,7 @@ class InProcessEventStream:
 
 
 class RedisEventStream:
-    """A Redis Stream shared by every service; its consumers read it through consumer groups.
-
-    Events leave over the process's pipelined connection (pipelined.py): a relay's batch of
-    XADDs is one write. A consumer reads ``key`` on ``redis`` with a group of its own (the
-    notifications worker's ``ConsumerGroup``).
-    """
+    """A Redis Stream shared by every service, written over ``pipelined``, read on ``redis``."""
 
     def __init__(self, redis: Redis, key: str, pipelined: PipelinedRedis) -> None:
         self.redis = redis
@@ -131,16 +106,12 @@ class RedisEventStream:
     async def publish(self, events: Sequence[Event]) -> None:
         """XADD every event, trimming the stream approximately; raise if any was refused."""
         added = await asyncio.gather(
-            *(self._pipelined.execute(*self._xadd, *_flat(event.fields())) for event in events),
+            *(self._pipelined.execute(*self._xadd, *event.fields()) for event in events),
             return_exceptions=True,
         )
         failed = next((result for result in added if isinstance(result, BaseException)), None)
         if failed is not None:
             raise failed
-
-
-def _flat(fields: dict[str, str]) -> list[bytes]:
-    return [part.encode() for pair in fields.items() for part in pair]
 
 
 async def relay_outbox(
@@ -154,7 +125,7 @@ async def relay_outbox(
     tracer: Tracer,
 ) -> None:
     """Until ``pause`` says stop: move unpublished rows to the stream, oldest first, then mark."""
-    # Zero is an answer ("nothing relayed", "no failure"): the series exist from the start.
+    # Zero is an answer: the series exist from the start.
     metrics.outbox_relayed.labels(source)
     metrics.outbox_relay_errors.labels(source)
     relay = _Relay(database, outbox, source, stream, metrics, tracer)
@@ -194,26 +165,22 @@ class _Relay:
             rows = await take_unpublished(session, self.outbox, RELAY_BATCH)
             if not rows:
                 return 0
-            # One producer span per event, in the trace of the change that wrote it.
-            spans = [
-                self.tracer.start_span(
+            spans: list[Span] = []
+            events: list[Event] = []
+            for row in rows:
+                event_id = f"{self.source}:{row.id}"
+                # A producer span in the trace of the change that wrote the event.
+                span = self.tracer.start_span(
                     f"publish {row.event_type}",
                     context=parent_context(row.trace_context),
                     kind=SpanKind.PRODUCER,
-                    attributes={"messaging.message.id": f"{self.source}:{row.id}"},
+                    attributes={"messaging.message.id": event_id},
                 )
-                for row in rows
-            ]
-            events = [
-                Event(
-                    id=f"{self.source}:{row.id}",
-                    type=row.event_type,
-                    payload=row.payload,
-                    occurred_at=row.occurred_at.isoformat().replace("+00:00", "Z"),
-                    trace_context=carrier_of(span),
+                spans.append(span)
+                occurred_at = row.occurred_at.isoformat().replace("+00:00", "Z")
+                events.append(
+                    Event(event_id, row.event_type, row.payload, occurred_at, carrier_of(span))
                 )
-                for row, span in zip(rows, spans, strict=True)
-            ]
             try:
                 await self.stream.publish(events)
             finally:

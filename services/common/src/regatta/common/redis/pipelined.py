@@ -1,22 +1,6 @@
-"""The Redis client of the per-request commands: one pipelined connection, no pool, no lock.
+"""The per-request Redis commands over one shared connection: pipelined, no pool, no lock.
 
-Every request sends one or two commands (a cache ``GET``, a rate-limit script). Redis answers
-commands on one connection in order, so concurrent requests share one connection: each writes
-its command and waits for its reply in a FIFO. This client does only that, traced or not (each
-command is a client span, through a tracer that is a no-op while tracing is off). The relay's
-XADDs of the events writes cause go this way too, a batch in one write; everything else
-(blocking stream reads, health checks, administration) goes through redis-py.
-
-It stays because no maintained client comes close on these commands
-(``tests/load/redis_clients.py``, 32 tasks on one uvloop loop): a cached GET costs 6.6 µs of CPU
-here against 41 µs for redis-py 8.1 with hiredis (pool), 30-44 µs for valkey-glide 2.6 and
-62-91 µs for coredis 6.9. In ``make bench`` with redis-py carrying these commands
-(``BENCH_REDIS_CLIENT=redis-py``) a cached GET runs at 0.47 times F instead of 0.86.
-
-Failure is fast and contained: a reply that takes longer than ``timeout`` closes the connection
-and fails every waiting reader with :class:`RedisUnavailableError` (callers treat it as a
-miss); after a failed connect, calls fail at once for ``retry_after`` seconds instead of
-queueing behind a dead address; the next call after that reconnects.
+Measured against redis-py, coredis, valkey-glide: tests/load/README.md, services/common/README.md.
 """
 
 from __future__ import annotations
@@ -33,6 +17,12 @@ from urllib.parse import unquote, urlsplit
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+# Keepalives, so that no NAT forgets a quiet connection and a vanished peer is found early.
+_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+_BULK, _SIMPLE, _INTEGER, _ERROR, _ARRAY = (ord(kind) for kind in "$+:-*")
+# A decoded reply: bulk and simple strings as bytes, integers as int, nil as None, arrays.
+Reply = bytes | int | list["Reply"] | None
 
 
 class RedisUnavailableError(ConnectionError):
@@ -52,10 +42,7 @@ class Endpoint:
 
     @classmethod
     def from_url(cls, url: str) -> Endpoint:
-        """The endpoint of a ``redis://`` or ``rediss://`` (TLS) URL.
-
-        Raises ValueError for anything else (sockets, query options), naming what is accepted.
-        """
+        """The endpoint of a ``redis://`` or ``rediss://`` (TLS) URL; ValueError for others."""
         parts = urlsplit(url)
         path = parts.path.strip("/")
         if (
@@ -90,22 +77,9 @@ class Script:
         return cls(encoded, hashlib.sha1(encoded, usedforsecurity=False).hexdigest().encode())
 
 
-# TCP keepalives on the shared connection: a probe after 30 s of silence, then every 5 s,
-# three unanswered and it is closed (what redis-py gives the other client by default). They
-# keep a NAT or firewall from forgetting a quiet connection (the common idle timeouts are 4
-# minutes and more), and find a peer that vanished before a request waits its timeout on it.
-_KEEPALIVE = (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
-
-
 def _command(*args: bytes) -> bytes:
     parts = [b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in args]
     return b"*%d\r\n" % len(args) + b"".join(parts)
-
-
-_BULK, _SIMPLE, _INTEGER, _ERROR, _ARRAY = (ord(kind) for kind in "$+:-*")
-
-# A decoded reply: bulk and simple strings as bytes, integers as int, nil as None, arrays.
-Reply = bytes | int | list["Reply"] | None
 
 
 class _Replies(asyncio.Protocol):
@@ -116,7 +90,6 @@ class _Replies(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._buffer = bytearray()
-        # Commands sent in one turn of the event loop leave in one write (one system call).
         self._outgoing: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -233,7 +206,6 @@ class PipelinedRedis:
         tracer: Tracer | None = None,
     ) -> None:
         self.endpoint = endpoint
-        # A client span per command; a no-op tracer while tracing is off.
         self.tracer = tracer or trace.NoOpTracer()
         self._span_attributes: dict[str, str | int] = {
             "db.system": "redis",
@@ -242,8 +214,7 @@ class PipelinedRedis:
             "net.peer.port": endpoint.port,
             "net.transport": "ip_tcp",
         }
-        # Awaited after every (re)connect, before the connection carries a read (cache.py
-        # advances its generation there); if it fails, so does the connect.
+        # Awaited after every (re)connect, before any read (cache.py advances its generation).
         self.on_connect = on_connect
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -264,7 +235,7 @@ class PipelinedRedis:
         return await self._traced(args[0].decode(), len(args), _command(*args))
 
     async def _traced(self, name: str, length: int, command: bytes) -> Reply:
-        # The span redis-py's instrumentation makes for a command (arguments elided).
+        # The span redis-py's instrumentation makes (arguments elided).
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT)
         if span.is_recording():
             span.set_attributes(self._span_attributes)

@@ -1,10 +1,6 @@
-"""Metrics of a Regatta process: what it exports to Prometheus, and how.
+"""Metrics: what a Regatta app exports to Prometheus at ``/metrics``, one process or several.
 
-Every app owns a ``CollectorRegistry`` (tests build many apps in one process) served at
-``/metrics`` — the Prometheus text format, or OpenMetrics with trace exemplars when the scraper
-asks for it. Route templates, never paths, label HTTP metrics, so ids cannot explode cardinality.
-With ``PROMETHEUS_MULTIPROC_DIR`` set, the processes serving together write their values to files
-there and ``/metrics`` adds them up (prometheus_client's multiprocess mode).
+Design: services/common/README.md.
 """
 
 from __future__ import annotations
@@ -217,10 +213,7 @@ class PlatformMetrics:
             r.register(_WithLabels(prometheus_client.ProcessCollector(registry=None), service_name))
 
     def part(self, declare: Callable[[CollectorRegistry], P]) -> P:
-        """The metrics ``declare`` registers in this app's registry, declared at the first call.
-
-        A service's own families (the notifications workers') stay in the service.
-        """
+        """The metrics ``declare`` registers in this app's registry, declared at the first call."""
         made = self._parts.get(declare)
         if made is None:
             made = self._parts[declare] = declare(self.registry)
@@ -229,8 +222,7 @@ class PlatformMetrics:
     def start_at_zero(self, route: APIRoute) -> None:
         """Make a route's request series, for its success status and 500, at 0.
 
-        A counter that appears with its first increment hides that increment from ``rate()``:
-        the first 5xx of a route would never reach the error ratio.
+        A series born with its first increment hides it from ``rate()`` (the first 5xx).
         """
         statuses = dict.fromkeys((str(route.status_code or 200), "500"))
         for method in sorted(route.methods or ()):
@@ -240,11 +232,7 @@ class PlatformMetrics:
     def observe_request(
         self, scope: Scope, handler: str, start: Message | None, seconds: float
     ) -> None:
-        """Count and time one HTTP request, and write its log line.
-
-        ``handler`` is its route's template, ``start`` the response's start message (None:
-        the request failed before one was sent, a 500).
-        """
+        """Count, time and log one request; ``start`` None: it failed before a response (500)."""
         method = scope["method"]
         code = start["status"] if start is not None else 500
         status = str(code)
@@ -305,12 +293,7 @@ class PlatformMetrics:
         self.redis_command.labels(key.split(":", 1)[0], operation).observe(seconds)
 
     def instrument_database(self, database: Database) -> None:
-        """Measure the pool waits and statements of ``database``'s engine (once per engine).
-
-        Statements through SQLAlchemy are timed by its cursor events, those asyncpg runs itself
-        (executor.py) by the executor's observer. A failed statement (a statement timeout above
-        all) is timed too.
-        """
+        """Time the pool waits and statements (failed ones too) of ``database``, once per engine."""
         sync_engine = database.engine.sync_engine
         if sync_engine in self._instrumented:
             return
@@ -345,8 +328,8 @@ class PlatformMetrics:
         self._time_waits(sync_engine.pool, database.statements)
 
     def _time_waits(self, pool: Pool, executor: Executor) -> None:
-        # Waits for a connection of the engine's pool, or of the executor's (executor.py) for
-        # the resources' statements on Postgres: their duration, and timeouts counted as such.
+        # Waits for a connection of the engine's pool, or of the executor's (on Postgres):
+        # timed, and timeouts counted.
         waited = self.pool_wait.labels(self.service_name)
         timeouts = self.pool_timeouts.labels(self.service_name)
         get = pool._do_get  # noqa: SLF001
@@ -372,11 +355,7 @@ class PlatformMetrics:
         executor.observe_wait = observe_wait
 
     def sample_pool(self, database: Database) -> None:
-        """Record the pools' size and connections in use (read from the pools, no I/O).
-
-        The engine's pool and the executor's count together. The first sample also
-        instruments the database.
-        """
+        """Record the size and use of the engine's and the executor's pools together (no I/O)."""
         self.instrument_database(database)
         pool = database.engine.pool
         if isinstance(pool, QueuePool):  # SQLite's in-memory StaticPool has no size
@@ -392,8 +371,7 @@ API_KEY_ID_STATE: Final = "api_key_id"
 def api_key_id(request: Request, principal: KeyPrincipal | None) -> str | None:
     """The id of the valid API key a request carries (``key-<digest>``), else None.
 
-    Taken from the request's state when the rate limiter already worked it out, else
-    from ``principal`` (the keys' look-up; None while keys are off).
+    The rate limiter may have worked it out already (the request's state).
     """
     known = request.scope.get("state", {}).get(API_KEY_ID_STATE)
     if known is not None:
@@ -402,13 +380,6 @@ def api_key_id(request: Request, principal: KeyPrincipal | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip() or principal is None:
         return None
     return principal(token.strip())
-
-
-def statement_operation(statement: str) -> str:
-    """The operation label of a SQL statement: its first keyword when a common one."""
-    head = statement.lstrip()[:8].split(None, 1)
-    keyword = head[0].lower() if head else ""
-    return keyword if keyword in STATEMENT_OPERATIONS else "other"
 
 
 class _WithLabels(Collector):
@@ -429,6 +400,13 @@ class _WithLabels(Collector):
             yield labelled
 
 
+def statement_operation(statement: str) -> str:
+    """The operation label of a SQL statement: its first keyword when a common one."""
+    head = statement.lstrip()[:8].split(None, 1)
+    keyword = head[0].lower() if head else ""
+    return keyword if keyword in STATEMENT_OPERATIONS else "other"
+
+
 def trace_exemplar() -> dict[str, str] | None:
     """The current sampled trace as an exemplar, linking a latency bucket to a trace."""
     context = trace.get_current_span().get_span_context()
@@ -438,14 +416,7 @@ def trace_exemplar() -> dict[str, str] | None:
 
 
 class RequestMetricsMiddleware:
-    """Count, time and log every request (pure ASGI), labelled by its route's template.
-
-    The router leaves the route it matched in the scope (``scope["route"]``; a route whose
-    path matched but not its methods, for a 405), and so does the read cache for the route it
-    answers for: the label is the template (``/items/{item_id}``), never the path, and costs
-    no matching of its own. A request no route matched is counted under ``none``; probes and
-    scrapes (``UNOBSERVED_PATHS``) not at all.
-    """
+    """Count, time and log every request (pure ASGI) under ``scope["route"]``'s template."""
 
     def __init__(self, app: ASGIApp, metrics: PlatformMetrics) -> None:
         self.app = app
@@ -480,12 +451,7 @@ def instrument_http(
     key_principal: KeyPrincipal | None,
     database: Callable[[], Database | None],
 ) -> None:
-    """Measure and log every request (:class:`RequestMetricsMiddleware`) and serve ``/metrics``.
-
-    Every route's series start at 0 (:meth:`PlatformMetrics.start_at_zero`). Log lines name
-    a request's API key by ``key_principal``; each scrape samples the pools of ``database()``
-    (None before the lifespan opens it).
-    """
+    """Measure and log every request, and serve ``/metrics`` (sampling ``database()``'s pools)."""
     metrics.key_principal = key_principal
     for route in app.routes:
         if isinstance(route, APIRoute) and route.path not in UNOBSERVED_PATHS:
@@ -509,8 +475,7 @@ def instrument_http(
 async def leave_on_exit() -> AsyncIterator[None]:
     """When the app stops, in multiprocess mode: live gauges stop counting this process.
 
-    Done at the end of the lifespan, because uvicorn ends the process by re-raising the
-    signal that stopped it, and then no ``atexit`` hook runs.
+    Done in the lifespan: uvicorn's exit (the stopping signal re-raised) runs no ``atexit`` hook.
     """
     try:
         yield

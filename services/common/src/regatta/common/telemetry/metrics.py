@@ -51,7 +51,6 @@ LAG_BUCKETS: Final = (
 UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
 # How many (route, method, status) series observe_request keeps at hand.
 MAX_REMEMBERED_SERIES: Final = 1024
-STATEMENT_OPERATIONS: Final = ("select", "insert", "update", "delete")
 
 
 def multiprocess_dir() -> str | None:
@@ -300,11 +299,14 @@ class PlatformMetrics:
         self._instrumented.add(sync_engine)
         by_operation = {
             operation: self.db_statement.labels(self.service_name, operation)
-            for operation in (*STATEMENT_OPERATIONS, "other")
+            for operation in ("select", "insert", "update", "delete", "other")
         }
 
         def observe(statement: str, seconds: float) -> None:
-            by_operation[statement_operation(statement)].observe(seconds)
+            # Labelled by the statement's first keyword when a common one.
+            head = statement.lstrip()[:8].split(None, 1)
+            keyword = head[0].lower() if head else "other"
+            by_operation[keyword if keyword in by_operation else "other"].observe(seconds)
 
         def before(*args: Any) -> None:
             context = args[4]
@@ -398,13 +400,6 @@ class _WithLabels(Collector):
                 for sample in family.samples
             ]
             yield labelled
-
-
-def statement_operation(statement: str) -> str:
-    """The operation label of a SQL statement: its first keyword when a common one."""
-    head = statement.lstrip()[:8].split(None, 1)
-    keyword = head[0].lower() if head else ""
-    return keyword if keyword in STATEMENT_OPERATIONS else "other"
 
 
 def trace_exemplar() -> dict[str, str] | None:

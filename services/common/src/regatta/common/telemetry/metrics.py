@@ -23,14 +23,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import Pool, QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regatta.common.telemetry.logs import log_request, request_logged
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import ExceptionContext
-    from sqlalchemy.pool import Pool
 
     from regatta.common.data.db import Database
     from regatta.common.data.executor import Executor
@@ -92,14 +91,9 @@ class PlatformMetrics:
         def gauge(name: str, documentation: str, *, mode: Literal["livesum", "livemax"]) -> Gauge:
             return Gauge(name, documentation, ("service_name",), multiprocess_mode=mode, registry=r)
 
-        def histogram(
-            name: str,
-            documentation: str,
-            labels: tuple[str, ...] = (),
-            buckets: Sequence[float] = LATENCY_BUCKETS,
-        ) -> Histogram:
+        def histogram(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Histogram:
             labelnames = ("service_name", *labels)
-            return Histogram(name, documentation, labelnames, buckets=buckets, registry=r)
+            return Histogram(name, documentation, labelnames, buckets=LATENCY_BUCKETS, registry=r)
 
         self.http_requests = counter(
             "http_requests_total",
@@ -183,10 +177,12 @@ class PlatformMetrics:
         self.outbox_relayed = counter(
             "regatta_outbox_relayed_total", "Platform events relayed from the outbox to the stream."
         )
-        self.outbox_relay_lag = histogram(
+        self.outbox_relay_lag = Histogram(
             "regatta_outbox_relay_lag_seconds",
             "Time from an event's commit to its publication on the stream.",
+            ("service_name",),
             buckets=LAG_BUCKETS,
+            registry=r,
         )
         self.outbox_relay_errors = counter(
             "regatta_outbox_relay_errors_total",

@@ -26,14 +26,12 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
+from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider, TraceState
 
 from regatta.common.telemetry.metrics import UNOBSERVED_PATHS
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.trace import Link
-    from opentelemetry.trace.span import TraceState
     from opentelemetry.util.types import Attributes
     from redis.asyncio import Redis
 

@@ -1,7 +1,4 @@
-"""Logs: one JSON object per line on stdout, with the request id, the trace and secrets masked.
-
-Design: services/common/README.md.
-"""
+"""JSON log lines with request and trace ids, secrets masked. Design: services/common/README.md."""
 
 from __future__ import annotations
 

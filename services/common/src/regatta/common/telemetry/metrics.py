@@ -1,7 +1,4 @@
-"""Metrics: what a Regatta app exports to Prometheus at ``/metrics``, one process or several.
-
-Design: services/common/README.md.
-"""
+"""What an app exports to Prometheus, one process or several. Design: services/common/README.md."""
 
 from __future__ import annotations
 
@@ -48,7 +45,6 @@ LAG_BUCKETS: Final = (
 
 # Probes and scrapes are neither measured nor traced: they would drown the signal.
 UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
-# How many (route, method, status) series observe_request keeps at hand.
 MAX_REMEMBERED_SERIES: Final = 1024
 
 
@@ -58,11 +54,8 @@ def multiprocess_dir() -> str | None:
 
 
 P = TypeVar("P")
-
 # A request series: its service name, its request counter and its duration histogram.
 _RequestSeries = tuple[str, Counter, Histogram]
-
-
 # The API keys' look-up: a presented key's stable id, or None (http/auth.py's ApiKeys).
 KeyPrincipal = Callable[[str], "str | None"]
 
@@ -105,7 +98,6 @@ class PlatformMetrics:
             "Time from the request's arrival to the end of its response, by route template.",
             ("handler", "method"),
         )
-        # (handler, method, status) → its series, made once (see _series_of).
         self._request_series: dict[tuple[str, str, str], _RequestSeries] = {}
         self.rate_limited = counter(
             "regatta_rate_limited_requests_total", "Requests refused with 429 Too Many Requests."
@@ -215,10 +207,7 @@ class PlatformMetrics:
         return cast("P", made)
 
     def start_at_zero(self, route: APIRoute) -> None:
-        """Make a route's request series, for its success status and 500, at 0.
-
-        A series born with its first increment hides it from ``rate()`` (the first 5xx).
-        """
+        """Make a route's series for its success status and 500 at 0: a first 5xx reaches rate()."""
         statuses = dict.fromkeys((str(route.status_code or 200), "500"))
         for method in sorted(route.methods or ()):
             for status in statuses:
@@ -256,9 +245,8 @@ class PlatformMetrics:
             )
 
     def _series_of(self, handler: str, method: str, status: str) -> _RequestSeries:
-        # labels() validates and looks its arguments up under a lock: a few µs a request that
-        # a dictionary of the series already made saves. Handlers are route templates (or
-        # "none"), so the dictionary stays small; past its bound, series are not remembered.
+        # Remembered, so a request skips labels() (it validates under a lock: a few µs).
+        # Handlers are templates (or "none"): few series; past the bound, none are added.
         # The service is the template's first segment when it names one, else this app's.
         first = handler.split("/", 2)[1] if handler.startswith("/") else ""
         service = first if first in self.services else self.service_name
@@ -326,8 +314,7 @@ class PlatformMetrics:
         self._time_waits(sync_engine.pool, database.statements)
 
     def _time_waits(self, pool: Pool, executor: Executor) -> None:
-        # Waits for a connection of the engine's pool, or of the executor's (on Postgres):
-        # timed, and timeouts counted.
+        # Waits for a connection, of the engine's pool or the executor's: timed, timeouts counted.
         waited = self.pool_wait.labels(self.service_name)
         timeouts = self.pool_timeouts.labels(self.service_name)
         get = pool._do_get  # noqa: SLF001
@@ -367,10 +354,7 @@ API_KEY_ID_STATE: Final = "api_key_id"
 
 
 def api_key_id(request: Request, principal: KeyPrincipal | None) -> str | None:
-    """The id of the valid API key a request carries (``key-<digest>``), else None.
-
-    The rate limiter may have worked it out already (the request's state).
-    """
+    """The id (``key-<digest>``) of the valid API key a request carries, else None."""
     known = request.scope.get("state", {}).get(API_KEY_ID_STATE)
     if known is not None:
         return str(known)
@@ -464,10 +448,7 @@ def instrument_http(
 
 @contextlib.asynccontextmanager
 async def leave_on_exit() -> AsyncIterator[None]:
-    """When the app stops, in multiprocess mode: live gauges stop counting this process.
-
-    Done in the lifespan: uvicorn's exit (the stopping signal re-raised) runs no ``atexit`` hook.
-    """
+    """Multiprocess mode: live gauges drop this process as the app stops (uvicorn skips atexit)."""
     try:
         yield
     finally:

@@ -1,7 +1,4 @@
-"""Traces, when the ``OTEL_*`` variables ask for them, and trace context carried with events.
-
-Design: services/common/README.md.
-"""
+"""Traces from ``OTEL_*``, and their context kept with events. Design: services/common/README.md."""
 
 from __future__ import annotations
 
@@ -160,10 +157,7 @@ class _ProcessTracing:
 
 
 def tracer_provider_from_environment(service_name: str) -> TracerProvider | None:
-    """This process's tracer provider, built once from ``OTEL_*``; None while tracing is off.
-
-    An SDK provider installed first (``opentelemetry-instrument``) is used as it is.
-    """
+    """This process's tracer provider (one installed first, or from ``OTEL_*``), or None: off."""
     if _ProcessTracing.decided:
         return _ProcessTracing.provider
     _ProcessTracing.decided = True

@@ -1,16 +1,4 @@
-"""Logs: one JSON object per line on stdout, carrying the request id and the trace.
-
-Every line has ``time``, ``level``, ``logger``, ``message`` and ``service``; ``request_id``,
-``trace_id`` and ``span_id`` whenever the line is written inside a request or a traced span;
-and the fields its caller passed in ``extra`` (a request line adds ``route``, ``method``,
-``path``, ``status``, ``duration_ms``, ``client``, ``response_bytes`` and, for a request with a
-valid API key, ``api_key_id``). Loki parses these fields (``observability/alloy``)
-and Grafana turns ``trace_id`` into a link to the trace.
-
-Nothing secret belongs in a log line, and callers never log bodies, headers or credentials. As
-a second line of defence the formatter blanks fields whose names say they are secret and masks
-bearer tokens and URL passwords in messages and tracebacks.
-"""
+"""JSON log lines with request and trace ids, secrets masked. Design: services/common/README.md."""
 
 from __future__ import annotations
 
@@ -33,21 +21,10 @@ _RECORD_ATTRIBUTES: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
     | {"message", "asctime", "taskName", "color_message"}
 )
+# Fields blanked whatever they hold: names of secrets, and of settings that hold one.
 _SECRET_FIELDS: Final = frozenset(
-    {
-        "api_key",
-        "api_keys",
-        "authorization",
-        "body",
-        "database_url",
-        "password",
-        "redis_url",
-        "secret",
-        "secret_name",
-        "smtp_password",
-        "token",
-        "webhook_signing_secret",
-    }
+    {"api_key", "api_keys", "authorization", "body", "password", "secret", "secret_name", "token"}
+    | {"database_url", "redis_url", "smtp_password", "webhook_signing_secret"}
 )
 REDACTED: Final = "[redacted]"
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+")
@@ -125,12 +102,7 @@ def log_request(
     api_key_id: str | None = None,
     response_bytes: int | None = None,
 ) -> None:
-    """The one line a request leaves (never its query string, headers or body).
-
-    ``client`` is the caller's address (behind trusted proxies, the forwarded one),
-    ``api_key_id`` the non-secret id of a valid API key (``key-<digest>``, never the key), and
-    ``response_bytes`` the size of the response body as sent (compressed, if it was).
-    """
+    """The one line a request leaves (never its query string, headers, body or API key)."""
     level = logging.ERROR if status >= SERVER_ERROR else logging.INFO
     duration_ms = round(duration_seconds * 1000, 3)
     extra: dict[str, object] = {

@@ -1,11 +1,4 @@
-"""Metrics of a Regatta process: what it exports to Prometheus, and how.
-
-Every app owns a ``CollectorRegistry`` (tests build many apps in one process) served at
-``/metrics`` — the Prometheus text format, or OpenMetrics with trace exemplars when the scraper
-asks for it. Route templates, never paths, label HTTP metrics, so ids cannot explode cardinality.
-With ``PROMETHEUS_MULTIPROC_DIR`` set, the processes serving together write their values to files
-there and ``/metrics`` adds them up (prometheus_client's multiprocess mode).
-"""
+"""What an app exports to Prometheus, one process or several. Design: services/common/README.md."""
 
 from __future__ import annotations
 
@@ -27,14 +20,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import Pool, QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from regatta.common.telemetry.logs import log_request, request_logged
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import ExceptionContext
-    from sqlalchemy.pool import Pool
 
     from regatta.common.data.db import Database
     from regatta.common.data.executor import Executor
@@ -53,9 +45,7 @@ LAG_BUCKETS: Final = (
 
 # Probes and scrapes are neither measured nor traced: they would drown the signal.
 UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
-# How many (route, method, status) series observe_request keeps at hand.
 MAX_REMEMBERED_SERIES: Final = 1024
-STATEMENT_OPERATIONS: Final = ("select", "insert", "update", "delete")
 
 
 def multiprocess_dir() -> str | None:
@@ -64,11 +54,8 @@ def multiprocess_dir() -> str | None:
 
 
 P = TypeVar("P")
-
 # A request series: its service name, its request counter and its duration histogram.
 _RequestSeries = tuple[str, Counter, Histogram]
-
-
 # The API keys' look-up: a presented key's stable id, or None (http/auth.py's ApiKeys).
 KeyPrincipal = Callable[[str], "str | None"]
 
@@ -97,14 +84,9 @@ class PlatformMetrics:
         def gauge(name: str, documentation: str, *, mode: Literal["livesum", "livemax"]) -> Gauge:
             return Gauge(name, documentation, ("service_name",), multiprocess_mode=mode, registry=r)
 
-        def histogram(
-            name: str,
-            documentation: str,
-            labels: tuple[str, ...] = (),
-            buckets: Sequence[float] = LATENCY_BUCKETS,
-        ) -> Histogram:
+        def histogram(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Histogram:
             labelnames = ("service_name", *labels)
-            return Histogram(name, documentation, labelnames, buckets=buckets, registry=r)
+            return Histogram(name, documentation, labelnames, buckets=LATENCY_BUCKETS, registry=r)
 
         self.http_requests = counter(
             "http_requests_total",
@@ -116,7 +98,6 @@ class PlatformMetrics:
             "Time from the request's arrival to the end of its response, by route template.",
             ("handler", "method"),
         )
-        # (handler, method, status) → its series, made once (see _series_of).
         self._request_series: dict[tuple[str, str, str], _RequestSeries] = {}
         self.rate_limited = counter(
             "regatta_rate_limited_requests_total", "Requests refused with 429 Too Many Requests."
@@ -188,10 +169,12 @@ class PlatformMetrics:
         self.outbox_relayed = counter(
             "regatta_outbox_relayed_total", "Platform events relayed from the outbox to the stream."
         )
-        self.outbox_relay_lag = histogram(
+        self.outbox_relay_lag = Histogram(
             "regatta_outbox_relay_lag_seconds",
             "Time from an event's commit to its publication on the stream.",
+            ("service_name",),
             buckets=LAG_BUCKETS,
+            registry=r,
         )
         self.outbox_relay_errors = counter(
             "regatta_outbox_relay_errors_total",
@@ -217,21 +200,14 @@ class PlatformMetrics:
             r.register(_WithLabels(prometheus_client.ProcessCollector(registry=None), service_name))
 
     def part(self, declare: Callable[[CollectorRegistry], P]) -> P:
-        """The metrics ``declare`` registers in this app's registry, declared at the first call.
-
-        A service's own families (the notifications workers') stay in the service.
-        """
+        """The metrics ``declare`` registers in this app's registry, declared at the first call."""
         made = self._parts.get(declare)
         if made is None:
             made = self._parts[declare] = declare(self.registry)
         return cast("P", made)
 
     def start_at_zero(self, route: APIRoute) -> None:
-        """Make a route's request series, for its success status and 500, at 0.
-
-        A counter that appears with its first increment hides that increment from ``rate()``:
-        the first 5xx of a route would never reach the error ratio.
-        """
+        """Make a route's series for its success status and 500 at 0: a first 5xx reaches rate()."""
         statuses = dict.fromkeys((str(route.status_code or 200), "500"))
         for method in sorted(route.methods or ()):
             for status in statuses:
@@ -240,11 +216,7 @@ class PlatformMetrics:
     def observe_request(
         self, scope: Scope, handler: str, start: Message | None, seconds: float
     ) -> None:
-        """Count and time one HTTP request, and write its log line.
-
-        ``handler`` is its route's template, ``start`` the response's start message (None:
-        the request failed before one was sent, a 500).
-        """
+        """Count, time and log one request; ``start`` None: it failed before a response (500)."""
         method = scope["method"]
         code = start["status"] if start is not None else 500
         status = str(code)
@@ -273,9 +245,8 @@ class PlatformMetrics:
             )
 
     def _series_of(self, handler: str, method: str, status: str) -> _RequestSeries:
-        # labels() validates and looks its arguments up under a lock: a few µs a request that
-        # a dictionary of the series already made saves. Handlers are route templates (or
-        # "none"), so the dictionary stays small; past its bound, series are not remembered.
+        # Remembered, so a request skips labels() (it validates under a lock: a few µs).
+        # Handlers are templates (or "none"): few series; past the bound, none are added.
         # The service is the template's first segment when it names one, else this app's.
         first = handler.split("/", 2)[1] if handler.startswith("/") else ""
         service = first if first in self.services else self.service_name
@@ -305,23 +276,21 @@ class PlatformMetrics:
         self.redis_command.labels(key.split(":", 1)[0], operation).observe(seconds)
 
     def instrument_database(self, database: Database) -> None:
-        """Measure the pool waits and statements of ``database``'s engine (once per engine).
-
-        Statements through SQLAlchemy are timed by its cursor events, those asyncpg runs itself
-        (executor.py) by the executor's observer. A failed statement (a statement timeout above
-        all) is timed too.
-        """
+        """Time the pool waits and statements (failed ones too) of ``database``, once per engine."""
         sync_engine = database.engine.sync_engine
         if sync_engine in self._instrumented:
             return
         self._instrumented.add(sync_engine)
         by_operation = {
             operation: self.db_statement.labels(self.service_name, operation)
-            for operation in (*STATEMENT_OPERATIONS, "other")
+            for operation in ("select", "insert", "update", "delete", "other")
         }
 
         def observe(statement: str, seconds: float) -> None:
-            by_operation[statement_operation(statement)].observe(seconds)
+            # Labelled by the statement's first keyword when a common one.
+            head = statement.lstrip()[:8].split(None, 1)
+            keyword = head[0].lower() if head else "other"
+            by_operation[keyword if keyword in by_operation else "other"].observe(seconds)
 
         def before(*args: Any) -> None:
             context = args[4]
@@ -345,8 +314,7 @@ class PlatformMetrics:
         self._time_waits(sync_engine.pool, database.statements)
 
     def _time_waits(self, pool: Pool, executor: Executor) -> None:
-        # Waits for a connection of the engine's pool, or of the executor's (executor.py) for
-        # the resources' statements on Postgres: their duration, and timeouts counted as such.
+        # Waits for a connection, of the engine's pool or the executor's: timed, timeouts counted.
         waited = self.pool_wait.labels(self.service_name)
         timeouts = self.pool_timeouts.labels(self.service_name)
         get = pool._do_get  # noqa: SLF001
@@ -372,11 +340,7 @@ class PlatformMetrics:
         executor.observe_wait = observe_wait
 
     def sample_pool(self, database: Database) -> None:
-        """Record the pools' size and connections in use (read from the pools, no I/O).
-
-        The engine's pool and the executor's count together. The first sample also
-        instruments the database.
-        """
+        """Record the size and use of the engine's and the executor's pools together (no I/O)."""
         self.instrument_database(database)
         pool = database.engine.pool
         if isinstance(pool, QueuePool):  # SQLite's in-memory StaticPool has no size
@@ -390,11 +354,7 @@ API_KEY_ID_STATE: Final = "api_key_id"
 
 
 def api_key_id(request: Request, principal: KeyPrincipal | None) -> str | None:
-    """The id of the valid API key a request carries (``key-<digest>``), else None.
-
-    Taken from the request's state when the rate limiter already worked it out, else
-    from ``principal`` (the keys' look-up; None while keys are off).
-    """
+    """The id (``key-<digest>``) of the valid API key a request carries, else None."""
     known = request.scope.get("state", {}).get(API_KEY_ID_STATE)
     if known is not None:
         return str(known)
@@ -402,13 +362,6 @@ def api_key_id(request: Request, principal: KeyPrincipal | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip() or principal is None:
         return None
     return principal(token.strip())
-
-
-def statement_operation(statement: str) -> str:
-    """The operation label of a SQL statement: its first keyword when a common one."""
-    head = statement.lstrip()[:8].split(None, 1)
-    keyword = head[0].lower() if head else ""
-    return keyword if keyword in STATEMENT_OPERATIONS else "other"
 
 
 class _WithLabels(Collector):
@@ -438,14 +391,7 @@ def trace_exemplar() -> dict[str, str] | None:
 
 
 class RequestMetricsMiddleware:
-    """Count, time and log every request (pure ASGI), labelled by its route's template.
-
-    The router leaves the route it matched in the scope (``scope["route"]``; a route whose
-    path matched but not its methods, for a 405), and so does the read cache for the route it
-    answers for: the label is the template (``/items/{item_id}``), never the path, and costs
-    no matching of its own. A request no route matched is counted under ``none``; probes and
-    scrapes (``UNOBSERVED_PATHS``) not at all.
-    """
+    """Count, time and log every request (pure ASGI) under ``scope["route"]``'s template."""
 
     def __init__(self, app: ASGIApp, metrics: PlatformMetrics) -> None:
         self.app = app
@@ -480,12 +426,7 @@ def instrument_http(
     key_principal: KeyPrincipal | None,
     database: Callable[[], Database | None],
 ) -> None:
-    """Measure and log every request (:class:`RequestMetricsMiddleware`) and serve ``/metrics``.
-
-    Every route's series start at 0 (:meth:`PlatformMetrics.start_at_zero`). Log lines name
-    a request's API key by ``key_principal``; each scrape samples the pools of ``database()``
-    (None before the lifespan opens it).
-    """
+    """Measure and log every request, and serve ``/metrics`` (sampling ``database()``'s pools)."""
     metrics.key_principal = key_principal
     for route in app.routes:
         if isinstance(route, APIRoute) and route.path not in UNOBSERVED_PATHS:
@@ -507,11 +448,7 @@ def instrument_http(
 
 @contextlib.asynccontextmanager
 async def leave_on_exit() -> AsyncIterator[None]:
-    """When the app stops, in multiprocess mode: live gauges stop counting this process.
-
-    Done at the end of the lifespan, because uvicorn ends the process by re-raising the
-    signal that stopped it, and then no ``atexit`` hook runs.
-    """
+    """Multiprocess mode: live gauges drop this process as the app stops (uvicorn skips atexit)."""
     try:
         yield
     finally:

@@ -1,12 +1,4 @@
-"""Traces of a Regatta process: when they are on, what is traced, and how context travels.
-
-Off unless the standard ``OTEL_*`` variables ask for them (an OTLP endpoint, or
-``OTEL_TRACES_EXPORTER``). Then FastAPI, SQLAlchemy, Redis and httpx spans go out over OTLP/HTTP,
-sampled parent-based by trace-id ratio. When off nothing is instrumented: the only cost left is
-a context lookup where trace context is stored. Trace context travels with platform events (in
-the outbox row, the stream entry and the notification row), so a webhook delivery's span belongs
-to the trace of the request that caused it.
-"""
+"""Traces from ``OTEL_*``, and their context kept with events. Design: services/common/README.md."""
 
 from __future__ import annotations
 
@@ -23,29 +15,20 @@ from opentelemetry import propagate, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_OFF,
-    ALWAYS_ON,
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-    TraceIdRatioBased,
-)
-from opentelemetry.trace import Span, SpanKind, Tracer, TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider, TraceState
 
 from regatta.common.telemetry.metrics import UNOBSERVED_PATHS
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.trace import Link
-    from opentelemetry.trace.span import TraceState
     from opentelemetry.util.types import Attributes
     from redis.asyncio import Redis
 
@@ -56,11 +39,7 @@ logger = logging.getLogger("regatta.tracing")
 
 @contextlib.asynccontextmanager
 async def flush_on_exit(provider: TracerProvider | None) -> AsyncIterator[None]:
-    """When the app stops: send the spans still queued.
-
-    Done at the end of the lifespan, because uvicorn ends the process by re-raising the
-    signal that stopped it, and then no ``atexit`` hook runs.
-    """
+    """When the app stops, send the spans still queued (uvicorn's exit runs no ``atexit`` hook)."""
     try:
         yield
     finally:
@@ -86,11 +65,7 @@ def tracing_requested(environ: Mapping[str, str]) -> bool:
 
 
 class DropOrphanClientSpans(Sampler):
-    """Never start a trace with a client span: a background poll's query is noise, not a trace.
-
-    Spans of requests, deliveries and events, and everything under them, are sampled by the
-    delegate (parent-based trace-id ratio unless ``OTEL_TRACES_SAMPLER`` says otherwise).
-    """
+    """Never start a trace with a client span: a background poll's query is noise, not a trace."""
 
     def __init__(self, delegate: Sampler) -> None:
         self.delegate = delegate
@@ -127,12 +102,12 @@ def sampler_from_environment(environ: Mapping[str, str]) -> Sampler:
         ratio = 1.0
     ratio = min(max(ratio, 0.0), 1.0)
     samplers: dict[str, Sampler] = {
-        "always_on": ALWAYS_ON,
-        "always_off": ALWAYS_OFF,
-        "traceidratio": TraceIdRatioBased(ratio),
-        "parentbased_always_on": ParentBased(ALWAYS_ON),
-        "parentbased_always_off": ParentBased(ALWAYS_OFF),
-        "parentbased_traceidratio": ParentBased(TraceIdRatioBased(ratio)),
+        "always_on": sampling.ALWAYS_ON,
+        "always_off": sampling.ALWAYS_OFF,
+        "traceidratio": sampling.TraceIdRatioBased(ratio),
+        "parentbased_always_on": sampling.ParentBased(sampling.ALWAYS_ON),
+        "parentbased_always_off": sampling.ParentBased(sampling.ALWAYS_OFF),
+        "parentbased_traceidratio": sampling.ParentBased(sampling.TraceIdRatioBased(ratio)),
     }
     if name not in samplers:
         logger.warning("unknown OTEL_TRACES_SAMPLER %r; using parentbased_traceidratio", name)
@@ -182,12 +157,7 @@ class _ProcessTracing:
 
 
 def tracer_provider_from_environment(service_name: str) -> TracerProvider | None:
-    """This process's tracer provider, built once from ``OTEL_*``; None while tracing is off.
-
-    A provider someone else installed first (``opentelemetry-instrument``, an embedding program)
-    is used as it is. ``service_name`` names the process unless ``OTEL_SERVICE_NAME`` or
-    ``OTEL_RESOURCE_ATTRIBUTES`` does.
-    """
+    """This process's tracer provider (one installed first, or from ``OTEL_*``), or None: off."""
     if _ProcessTracing.decided:
         return _ProcessTracing.provider
     _ProcessTracing.decided = True

@@ -1,1 +1,1 @@
-"""Shared building blocks of every Regatta service. A library: imported, never run."""
+"""Shared building blocks of every Regatta service; services/common/README.md maps them."""

@@ -1,6 +1,6 @@
 """API keys for writes and private reads: SHA-256 digests, compared in constant time, never logged.
 
-Rotatable: ``API_KEYS_FILE`` is re-read when it changes. Design: services/common/README.md.
+Rotatable: ``API_KEYS_FILE`` is re-read when it changes.
 """
 
 from __future__ import annotations

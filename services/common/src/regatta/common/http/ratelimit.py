@@ -1,7 +1,4 @@
-"""Per-client rate limits per route class, shared by every replica: GCRA in Redis, fail-open.
-
-Design: services/common/README.md.
-"""
+"""Per-client rate limits per route class, shared by every replica: GCRA in Redis, fail-open."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The response cache in front of the routes: ``GET /{resource}/{id}`` answered from final bytes.
 
 A hit is answered byte for byte as the route would (test_read_cache.py).
-Design: services/common/README.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""One versioned resource end to end: cached reads, idempotent creates, conditional writes.
-
-Design: services/common/README.md.
-"""
+"""One versioned resource end to end: cached reads, idempotent creates, conditional writes."""
 
 from __future__ import annotations
 

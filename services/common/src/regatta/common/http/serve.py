@@ -1,7 +1,4 @@
-"""Run an app with uvicorn as the platform expects: one process, uvloop, httptools, a drain.
-
-Design: services/common/README.md.
-"""
+"""Run an app with uvicorn as the platform expects: one process, uvloop, httptools, a drain."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Response cache monotonic in version (Redis, memory, none). Design: services/common/README.md."""
+"""Response cache monotonic in version (Redis, memory, none)."""
 
 from __future__ import annotations
 

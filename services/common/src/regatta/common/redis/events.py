@@ -1,4 +1,4 @@
-"""Events: an outbox row per change, relayed to a stream. Design: services/common/README.md."""
+"""Events: an outbox row per change, relayed to a stream."""
 
 from __future__ import annotations
 

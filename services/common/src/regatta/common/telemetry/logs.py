@@ -1,4 +1,4 @@
-"""JSON log lines with request and trace ids, secrets masked. Design: services/common/README.md."""
+"""JSON log lines with request and trace ids, secrets masked."""
 
 from __future__ import annotations
 

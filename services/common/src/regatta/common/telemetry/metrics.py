@@ -1,4 +1,4 @@
-"""What an app exports to Prometheus, one process or several. Design: services/common/README.md."""
+"""What an app exports to Prometheus, one process or several."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Traces from ``OTEL_*``, and their context kept with events. Design: services/common/README.md."""
+"""Traces from ``OTEL_*``, and their context kept with events."""
 
 from __future__ import annotations
 

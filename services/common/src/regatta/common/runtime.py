@@ -158,7 +158,16 @@ async def open_runtime(
         tracing.trace_database(database, tracer_provider)
         if redis is not None:
             tracing.instrument_redis(redis, tracer_provider)
-    runtime = Runtime(settings, database, redis, cache, events, metrics, tracer_provider, pipelined)
+    runtime = Runtime(
+        settings=settings,
+        database=database,
+        redis=redis,
+        cache=cache,
+        events=events,
+        metrics=metrics,
+        tracer_provider=tracer_provider,
+        pipelined=pipelined,
+    )
     try:
         yield runtime
     finally:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +11,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
-from sqlalchemy.sql import Executable
 
-from regatta.common.data.executor import AsyncpgExecutor, EngineExecutor, Executor, Statements
+from regatta.common.data.executor import AsyncpgExecutor, EngineExecutor, Executor
 from regatta.common.data.failures import DatabaseUnavailableError, unavailability
 from regatta.common.settings import ServiceSettings
 
@@ -157,25 +154,16 @@ class Database:
         # expire_on_commit=False: objects stay readable after commit without a lazy reload.
         self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
         self.statements: Executor = statements or EngineExecutor(engine)
+        # The executor's own: a connection for single statements (each its own transaction),
+        # one in a transaction (statements that stand or fall together), one read's rows.
+        self.connect = self.statements.connect
+        self.transaction = self.statements.transaction
+        self.read = self.statements.read
 
     @property
     def dialect(self) -> str:
         """The backend name: ``postgresql`` or ``sqlite``."""
         return self.engine.dialect.name
-
-    def connect(self) -> AbstractAsyncContextManager[Statements]:
-        """A connection for one or a few single statements (each its own transaction)."""
-        return self.statements.connect()
-
-    def transaction(self) -> AbstractAsyncContextManager[Statements]:
-        """A connection in a transaction, for a few statements that stand or fall together."""
-        return self.statements.transaction()
-
-    async def read(
-        self, statement: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> list[dict[str, Any]]:
-        """The rows of one read, on a connection of its own."""
-        return await self.statements.read(statement, parameters or {})
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""

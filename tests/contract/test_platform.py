@@ -331,5 +331,5 @@ async def test_the_database_pool_is_split_by_where_requests_run(
     for name, app in apps.items():
         async with lifespan(app):
             database = platform_of(app).serving.database
-            split[name] = (database.statements.size(), database.engine.pool.size())  # type: ignore[attr-defined]
+            split[name] = (database.statements.size, database.engine.pool.size())  # type: ignore[attr-defined]
     assert split == {"items": (13, 2), "notifications": (0, 15), "embedded": (7, 8)}

@@ -106,10 +106,10 @@ async def test_reads_share_the_executors_connections_and_never_take_more(
     database: db.Database,
 ) -> None:
     assert isinstance(database.statements, executor.AsyncpgExecutor)
-    assert database.statements.size() == 2
+    assert database.statements.size == 2
     rows = await asyncio.gather(*(database.read(sleeping(0.02), {}) for _ in range(12)))
     assert len({row[0]["pid"] for row in rows}) == 2  # twelve reads, two connections
-    assert database.statements.in_use() == 0
+    assert database.statements.in_use == 0
     pids = {await pid(database) for _ in range(20)}
     assert pids <= {row[0]["pid"] for row in rows}  # kept between reads, not opened anew
 
@@ -397,7 +397,7 @@ async def test_a_read_past_its_command_timeout_does_not_hand_its_connection_on(
             await database.read(sleeping(1))
         async with asyncio.timeout(0.5):
             assert await pid(database) != first
-        assert database.statements.in_use() == 0
+        assert database.statements.in_use == 0
     finally:
         await database.close()
 
@@ -418,7 +418,7 @@ async def test_a_request_waiting_when_the_executor_closes_is_unavailable(
         await waiting
     with pytest.raises(DatabaseUnavailableError):
         await pid(database)
-    assert statements.in_use() == 0
+    assert statements.in_use == 0
     await database.close()
 
 

@@ -61,6 +61,10 @@ class Statements(Protocol):
 class EngineExecutor:
     """Statements through SQLAlchemy's engine, autocommit (SQLite; any engine in tests)."""
 
+    # No connections beyond the engine's pool, which counts its own.
+    size = 0
+    in_use = 0
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._transactional = engine
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -87,14 +91,6 @@ class EngineExecutor:
         """One read on a connection of its own."""
         async with self.connect() as connection:
             return await connection.rows(statement, parameters)
-
-    def in_use(self) -> int:
-        """None beyond the engine's pool, which counts its own."""
-        return 0
-
-    def size(self) -> int:
-        """None beyond the engine's pool."""
-        return 0
 
     async def close(self) -> None:
         """Nothing of its own to close: the engine is disposed by its owner."""
@@ -132,12 +128,12 @@ class AsyncpgExecutor:
         self.dialect = engine.dialect
         _, address = self.dialect.create_connect_args(engine.url)
         self._connect = partial(asyncpg.connect, **address, **connect_args)
-        self._size = size
+        self.size = size  # the most connections it opens
         self._acquire_timeout = acquire_timeout
         self._turns = asyncio.Semaphore(size)
         # Free connections with when each was given back, oldest first.
         self._idle: deque[tuple[asyncpg.Connection, float]] = deque()
-        self._lent = 0
+        self.in_use = 0  # connections lent out right now
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
         self._compiled: dict[Any, _Compiled] = {}
@@ -176,7 +172,7 @@ class AsyncpgExecutor:
         finally:
             if self.observe_wait is not None:
                 self.observe_wait(time.perf_counter() - started, timed_out)
-        self._lent += 1
+        self.in_use += 1
         return connection
 
     async def _answering(self) -> asyncpg.Connection:
@@ -213,7 +209,7 @@ class AsyncpgExecutor:
 
     def release(self, connection: asyncpg.Connection, *, reusable: bool = True) -> None:
         """Give ``connection`` back: kept for the next in turn, or closed if not ``reusable``."""
-        self._lent -= 1
+        self.in_use -= 1
         if (
             reusable
             and not self._closed
@@ -295,26 +291,18 @@ class AsyncpgExecutor:
         self._by_statement[statement] = known = (found, key.bindparams)
         return known
 
-    def in_use(self) -> int:
-        """Connections lent out right now."""
-        return self._lent
-
-    def size(self) -> int:
-        """The most connections the executor opens."""
-        return self._size
-
     async def close(self) -> None:
         """Close every connection, once the lent ones are given back."""
         self._closed = True
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
-        for _ in range(self._size):  # every turn back: nothing is lent any more
+        for _ in range(self.size):  # every turn back: nothing is lent any more
             await self._turns.acquire()
         while self._idle:
             connection, _ = self._idle.popleft()
             await connection.close(timeout=PING_TIMEOUT_SECONDS)
-        for _ in range(self._size):  # for a second close
+        for _ in range(self.size):  # for a second close
             self._turns.release()
 
 

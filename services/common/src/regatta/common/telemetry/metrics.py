@@ -345,8 +345,8 @@ class PlatformMetrics:
         pool = database.engine.pool
         if isinstance(pool, QueuePool):  # SQLite's in-memory StaticPool has no size
             statements = database.statements
-            self.pool_size.labels(self.service_name).set(pool.size() + statements.size())
-            in_use = pool.checkedout() + statements.in_use()
+            self.pool_size.labels(self.service_name).set(pool.size() + statements.size)
+            in_use = pool.checkedout() + statements.in_use
             self.pool_checked_out.labels(self.service_name).set(in_use)
 
 

@@ -31,10 +31,7 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from regatta.common.data.columns import UTCDateTime, utcnow
@@ -70,7 +67,7 @@ class StoredResponse:
     replayed: bool = False
 
 
-# Given the drawn id: the response to store, and the write built on IdempotencyStore.claim().
+# Given the drawn id: the response to store, and the write built on IdempotencyStore.claim.
 PrepareWrite = Callable[[Any], Awaitable[tuple[StoredResponse, Select[Any], dict[str, Any]]]]
 # A create in the caller's session, returning the response to store.
 SessionWrite = Callable[[AsyncSession], Awaitable[StoredResponse]]
@@ -122,10 +119,11 @@ class IdempotencyStore:
         self.table = table
         self.ttl = timedelta(seconds=ttl_seconds)
         self._in_flight: set[tuple[str, str]] = set()
-        self._claim = self._upsert(postgresql_insert).returning(table.c.key).cte("claim")
+        # The Postgres CTE claiming a key (parameters: claim_parameters()).
+        self.claim: CTE = self._upsert(postgresql.insert).returning(table.c.key).cte("claim")
         self._records = {
-            "postgresql": self._upsert(postgresql_insert),
-            "sqlite": self._upsert(sqlite_insert),
+            "postgresql": self._upsert(postgresql.insert),
+            "sqlite": self._upsert(sqlite.insert),
         }
         self._looked_up: dict[ColumnElement[Any], Select[Any]] = {}
         self._live = select(
@@ -168,11 +166,7 @@ class IdempotencyStore:
         self._observe("replayed" if response.replayed else "stored")
         return response
 
-    def claim(self) -> CTE:
-        """The Postgres CTE claiming a key (parameters: :meth:`claim_parameters`)."""
-        return self._claim
-
-    def _upsert(self, insert: Callable[[Table], PostgresInsert | SQLiteInsert]) -> Insert:
+    def _upsert(self, insert: Callable[[Table], postgresql.Insert | sqlite.Insert]) -> Insert:
         # Parameters as claim_parameters() names them; an unpurged expired record is replaced.
         table = self.table
         values = {

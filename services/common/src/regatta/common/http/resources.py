@@ -149,7 +149,7 @@ class Resource(Generic[M, R]):
         # The id is drawn first (with the key's look-up) so that the response and its event
         # render before the write: row, event and key then go in one autocommit statement. The
         # rendering equals the row read back: values are validated to what the columns store.
-        claim = store.claim() if keyed is not None else None
+        claim = store.claim if keyed is not None else None
         async with database.connect() as connection:
 
             async def prepare(row_id: int) -> tuple[StoredResponse, Select[Any], dict[str, Any]]:

@@ -154,8 +154,7 @@ class Database:
         # expire_on_commit=False: objects stay readable after commit without a lazy reload.
         self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
         self.statements: Executor = statements or EngineExecutor(engine)
-        # The executor's own: a connection for single statements (each its own transaction),
-        # one in a transaction (statements that stand or fall together), one read's rows.
+        # The executor's: single statements (each its own transaction), a transaction, a read.
         self.connect = self.statements.connect
         self.transaction = self.statements.transaction
         self.read = self.statements.read

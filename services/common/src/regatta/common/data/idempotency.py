@@ -199,7 +199,7 @@ class IdempotencyStore:
     def claim_parameters(
         self, request: IdempotentRequest, response: StoredResponse
     ) -> dict[str, Any]:
-        """The parameters of :meth:`claim` for ``request`` answered by ``response``."""
+        """The parameters of :attr:`claim` for ``request`` answered by ``response``."""
         now = utcnow()
         return {
             "claim_scope": request.scope,
@@ -246,8 +246,7 @@ class IdempotencyStore:
             if stored is not None:
                 return stored
             response = await write(session)
-            record = self.claim_parameters(request, response)
-            await session.execute(self._records[dialect], record)
+            await session.execute(self._records[dialect], self.claim_parameters(request, response))
             return response
 
     async def _find(

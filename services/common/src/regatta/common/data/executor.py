@@ -359,13 +359,8 @@ class _Compiled:
                 for value in (values[name],)
             ]
         except Exception as exc:  # a value its type refuses: SQLAlchemy's error for it
-            raise sa_exc.StatementError(
-                f"({type(exc).__module__}.{type(exc).__name__}) {exc}",
-                self.sql,
-                None,
-                exc,
-                hide_parameters=True,
-            ) from exc
+            message = f"({type(exc).__module__}.{type(exc).__name__}) {exc}"
+            raise sa_exc.StatementError(message, self.sql, None, exc, hide_parameters=True) from exc
 
     def convert(self, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
         """Rows by column name, converted by the TypeDecorators."""

@@ -44,7 +44,7 @@ def parse_if_match(if_match: str | None) -> Precondition | None:
     versions = set()
     for tag in tags:
         inner = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else ""  # noqa: PLR2004
-        if inner.isdigit() and len(inner) <= 18:  # noqa: PLR2004 -- fits a BIGINT
+        if inner.isascii() and inner.isdigit() and len(inner) <= 18:  # noqa: PLR2004 -- BIGINT
             versions.add(int(inner))
     return Precondition(any_version=False, versions=frozenset(versions))
 

@@ -135,7 +135,7 @@ class RequestBodyMiddleware:
     ) -> Response | None:
         # A body declared too large is refused at once: no client holds a connection by declaring
         # gigabytes and sending nothing.
-        if declared is not None and not declared.isdigit():
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
             return problem_response(400, "Content-Length is not a number.")
         if declared is not None and int(declared) > self.max_bytes:
             return self.too_large()

@@ -49,7 +49,7 @@ class Endpoint:
             parts.scheme not in {"redis", "rediss"}
             or not parts.hostname
             or parts.query
-            or (path and not path.isdigit())
+            or (path and not (path.isascii() and path.isdigit()))
         ):
             message = "a Redis URL must be redis://[user:password@]host[:port][/db] or rediss://"
             raise ValueError(message)

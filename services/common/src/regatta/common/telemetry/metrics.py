@@ -68,14 +68,12 @@ class PlatformMetrics:
         *,
         service_name: str,
         services: Sequence[str] = (),
-        registry: CollectorRegistry | None = None,
     ) -> None:
         self.service_name = service_name
         self.services = frozenset(services)
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = r = CollectorRegistry()
         # Who a request's API key names, for its log line (instrument_http sets it).
         self.key_principal: KeyPrincipal | None = None
-        r = self.registry
 
         # Every family is labelled by service_name first, and lives in this app's registry.
         def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:

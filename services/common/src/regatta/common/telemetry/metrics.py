@@ -370,14 +370,12 @@ class _WithLabels(Collector):
         self.service_name = service_name
 
     def collect(self) -> Iterable[Metric]:
-        """The inner collector's families, each sample labelled."""
-        for family in self.inner.collect():  # copied: the inner collector's stay its own
-            labelled = Metric(family.name, family.documentation, family.type, family.unit)
-            labelled.samples = [
+        for family in self.inner.collect():  # made afresh at each collect()
+            family.samples = [
                 sample._replace(labels={**sample.labels, "service_name": self.service_name})
                 for sample in family.samples
             ]
-            yield labelled
+            yield family
 
 
 def trace_exemplar() -> dict[str, str] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -26,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from regatta.common.telemetry.logs import log_request, request_logged
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
     from sqlalchemy.engine import ExceptionContext
 
     from regatta.common.data.db import Database
@@ -43,7 +46,6 @@ LAG_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 )  # fmt: skip
 
-# Probes and scrapes are neither measured nor traced: they would drown the signal.
 UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
 MAX_REMEMBERED_SERIES: Final = 1024
 
@@ -75,7 +77,6 @@ class PlatformMetrics:
         # Who a request's API key names, for its log line (instrument_http sets it).
         self.key_principal: KeyPrincipal | None = None
 
-        # Every family is labelled by service_name first, and lives in this app's registry.
         def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, documentation, ("service_name", *labels), registry=r)
 
@@ -119,7 +120,6 @@ class PlatformMetrics:
         self.pool_checked_out = gauge(
             "regatta_db_pool_checked_out", "Database connections currently in use.", mode="livesum"
         )
-        # Why is it slow: waiting for a pooled connection, the statements, Redis.
         self.pool_wait = histogram(
             "regatta_db_pool_wait_seconds",
             "Time to get a connection from the database pool (waiting for a free one, or "
@@ -243,9 +243,7 @@ class PlatformMetrics:
             )
 
     def _series_of(self, handler: str, method: str, status: str) -> _RequestSeries:
-        # Remembered, so a request skips labels() (it validates under a lock: a few µs).
-        # Handlers are templates (or "none"): few series; past the bound, none are added.
-        # The service is the template's first segment when it names one, else this app's.
+        # Remembered (up to a bound), so a request skips labels(): it validates under a lock.
         first = handler.split("/", 2)[1] if handler.startswith("/") else ""
         service = first if first in self.services else self.service_name
         series = (
@@ -332,8 +330,7 @@ class PlatformMetrics:
             if timed_out:
                 timeouts.inc()
 
-        # SQLAlchemy has no event before a checkout: its pool's one method that waits (or
-        # connects) is timed instead, on this pool object only.
+        # SQLAlchemy has no event before a checkout: this pool's method that waits is timed.
         pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
         executor.observe_wait = observe_wait
 
@@ -443,10 +440,12 @@ def instrument_http(
 
 
 @contextlib.asynccontextmanager
-async def leave_on_exit() -> AsyncIterator[None]:
-    """Multiprocess mode: live gauges drop this process as the app stops (uvicorn skips atexit)."""
+async def leave_on_exit(tracer_provider: TracerProvider | None) -> AsyncIterator[None]:
+    """As the app stops (uvicorn skips ``atexit``): send the queued spans, leave live gauges."""
     try:
         yield
     finally:
+        if isinstance(tracer_provider, SdkTracerProvider):
+            await asyncio.to_thread(tracer_provider.force_flush, 5000)  # milliseconds
         if multiprocess_dir() is not None:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

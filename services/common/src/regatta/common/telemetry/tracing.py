@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Final
 
 from fastapi import FastAPI
 from opentelemetry import propagate, trace
@@ -35,17 +34,6 @@ if TYPE_CHECKING:
     from regatta.common.data.db import Database
 
 logger = logging.getLogger("regatta.tracing")
-
-
-@contextlib.asynccontextmanager
-async def flush_on_exit(provider: TracerProvider | None) -> AsyncIterator[None]:
-    """When the app stops, send the spans still queued (uvicorn's exit runs no ``atexit`` hook)."""
-    try:
-        yield
-    finally:
-        force_flush = getattr(provider, "force_flush", None)
-        if callable(force_flush):
-            await asyncio.to_thread(force_flush, 5000)  # milliseconds
 
 
 SUPPORTED_OTLP_PROTOCOL: Final = "http/protobuf"
@@ -178,7 +166,6 @@ def tracer_provider_from_environment(service_name: str) -> TracerProvider | None
         if isinstance(exporter, ConsoleSpanExporter):
             provider.add_span_processor(SimpleSpanProcessor(exporter))
         else:
-            # Batches leave from a background thread: the event loop never waits on export.
             provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _ProcessTracing.provider = provider
@@ -239,13 +226,11 @@ def parent_context(carrier: str | None) -> Context | None:
     """The context stored in a JSON carrier, to start a span under; None without one."""
     if not carrier:
         return None
-    try:
-        fields: Any = json.loads(carrier)
-    except ValueError:
-        return None
-    if not isinstance(fields, dict):
-        return None
-    return propagate.extract({str(key): str(value) for key, value in fields.items()})
+    with contextlib.suppress(ValueError):
+        fields = json.loads(carrier)
+        if isinstance(fields, dict):
+            return propagate.extract({str(key): str(value) for key, value in fields.items()})
+    return None
 
 
 def continue_trace(

@@ -14,13 +14,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.trace import sampling
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
+from opentelemetry.sdk.trace import export, sampling
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider, TraceState
 
@@ -34,8 +28,6 @@ if TYPE_CHECKING:
     from regatta.common.data.db import Database
 
 logger = logging.getLogger("regatta.tracing")
-
-
 SUPPORTED_OTLP_PROTOCOL: Final = "http/protobuf"
 
 
@@ -102,17 +94,17 @@ def sampler_from_environment(environ: Mapping[str, str]) -> Sampler:
     return DropOrphanClientSpans(samplers.get(name, samplers["parentbased_traceidratio"]))
 
 
-def exporters_from_environment(environ: Mapping[str, str]) -> list[SpanExporter] | None:
+def exporters_from_environment(environ: Mapping[str, str]) -> list[export.SpanExporter] | None:
     """The span exporters ``OTEL_TRACES_EXPORTER`` names; None when one cannot be honoured."""
     names = [
         name.strip().lower()
         for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")
         if name.strip() not in {"", "none"}
     ]
-    exporters: list[SpanExporter] = []
+    exporters: list[export.SpanExporter] = []
     for name in names:
         if name == "console":
-            exporters.append(ConsoleSpanExporter())
+            exporters.append(export.ConsoleSpanExporter())
         elif name == "otlp":
             protocol = environ.get(
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
@@ -126,11 +118,9 @@ def exporters_from_environment(environ: Mapping[str, str]) -> list[SpanExporter]
                 )
                 return None
             # Imported here: the exporter pulls in requests, needless while tracing is off.
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-                OTLPSpanExporter,
-            )
+            from opentelemetry.exporter.otlp.proto.http import trace_exporter  # noqa: PLC0415
 
-            exporters.append(OTLPSpanExporter())
+            exporters.append(trace_exporter.OTLPSpanExporter())
         else:
             logger.error("unknown OTEL_TRACES_EXPORTER %r: tracing stays off", name)
             return None
@@ -163,10 +153,10 @@ def tracer_provider_from_environment(service_name: str) -> TracerProvider | None
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
     provider = SdkTracerProvider(resource=resource, sampler=sampler_from_environment(os.environ))
     for exporter in exporters:
-        if isinstance(exporter, ConsoleSpanExporter):
-            provider.add_span_processor(SimpleSpanProcessor(exporter))
+        if isinstance(exporter, export.ConsoleSpanExporter):
+            provider.add_span_processor(export.SimpleSpanProcessor(exporter))
         else:
-            provider.add_span_processor(BatchSpanProcessor(exporter))
+            provider.add_span_processor(export.BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _ProcessTracing.provider = provider
     return provider

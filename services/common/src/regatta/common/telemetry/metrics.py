@@ -16,9 +16,8 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, multiprocess
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -48,18 +47,18 @@ LAG_BUCKETS: Final = (
 
 UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
 MAX_REMEMBERED_SERIES: Final = 1024
-
-
-def multiprocess_dir() -> str | None:
-    """The directory shared by processes serving together, when metrics are multi-process."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
+API_KEY_ID_STATE: Final = "api_key_id"  # where the rate limiter leaves a request's key id
 
 P = TypeVar("P")
 # A request series: its service name, its request counter and its duration histogram.
 _RequestSeries = tuple[str, Counter, Histogram]
 # The API keys' look-up: a presented key's stable id, or None (http/auth.py's ApiKeys).
 KeyPrincipal = Callable[[str], "str | None"]
+
+
+def multiprocess_dir() -> str | None:
+    """The directory shared by processes serving together, when metrics are multi-process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class PlatformMetrics:
@@ -74,8 +73,7 @@ class PlatformMetrics:
         self.service_name = service_name
         self.services = frozenset(services)
         self.registry = r = CollectorRegistry()
-        # Who a request's API key names, for its log line (instrument_http sets it).
-        self.key_principal: KeyPrincipal | None = None
+        self.key_principal: KeyPrincipal | None = None  # for log lines; instrument_http sets it
 
         def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, documentation, ("service_name", *labels), registry=r)
@@ -146,8 +144,7 @@ class PlatformMetrics:
             "operation (read: served from the database; write: retried later).",
             ("operation",),
         )
-        # Engines whose statements and pool waits are measured (instrument_database).
-        self._instrumented: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._instrumented: weakref.WeakSet[Any] = weakref.WeakSet()  # engines instrumented
         self.idempotency = counter(
             "regatta_idempotency_requests_total",
             "Creating requests with an Idempotency-Key, by outcome "
@@ -184,8 +181,7 @@ class PlatformMetrics:
             mode="livemax",
         )
         self.up.labels(service_name).set(1)
-        # Metrics a service declares for itself (part()), made once each.
-        self._parts: dict[Callable[[CollectorRegistry], Any], Any] = {}
+        self._parts: dict[Callable[[CollectorRegistry], Any], Any] = {}  # part()'s, made once
         # Zero is an answer ("nothing was refused"), so these exist before the first event.
         for name in services:
             self.rate_limited.labels(name)
@@ -343,9 +339,6 @@ class PlatformMetrics:
             self.pool_size.labels(self.service_name).set(pool.size() + statements.size())
             in_use = pool.checkedout() + statements.in_use()
             self.pool_checked_out.labels(self.service_name).set(in_use)
-
-
-API_KEY_ID_STATE: Final = "api_key_id"
 
 
 def api_key_id(request: Request, principal: KeyPrincipal | None) -> str | None:

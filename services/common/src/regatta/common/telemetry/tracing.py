@@ -38,10 +38,8 @@ def tracing_requested(environ: Mapping[str, str]) -> bool:
     exporters = environ.get("OTEL_TRACES_EXPORTER")
     if exporters is not None:
         return any(name.strip() not in {"", "none"} for name in exporters.split(","))
-    return bool(
-        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
+    endpoints = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    return any(environ.get(name) for name in endpoints)
 
 
 class DropOrphanClientSpans(Sampler):
@@ -182,8 +180,7 @@ def trace_database(database: Database, provider: TracerProvider) -> None:
     unused = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
     sql_tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
     EngineTracer(sql_tracer, database.engine.sync_engine, unused)  # type: ignore[no-untyped-call]
-    # The statements asyncpg runs itself (executor.py) span through the same tracer.
-    database.statements.tracer = sql_tracer
+    database.statements.tracer = sql_tracer  # and those asyncpg runs itself (executor.py)
 
 
 def instrument_redis(client: Redis, provider: TracerProvider) -> None:

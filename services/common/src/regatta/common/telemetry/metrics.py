@@ -50,10 +50,8 @@ MAX_REMEMBERED_SERIES: Final = 1024
 API_KEY_ID_STATE: Final = "api_key_id"  # where the rate limiter leaves a request's key id
 
 P = TypeVar("P")
-# A request series: its service name, its request counter and its duration histogram.
-_RequestSeries = tuple[str, Counter, Histogram]
-# The API keys' look-up: a presented key's stable id, or None (http/auth.py's ApiKeys).
-KeyPrincipal = Callable[[str], "str | None"]
+_RequestSeries = tuple[str, Counter, Histogram]  # its service, request counter and durations
+KeyPrincipal = Callable[[str], "str | None"]  # a presented API key's id, or None (http/auth.py)
 
 
 def multiprocess_dir() -> str | None:
@@ -189,8 +187,7 @@ class PlatformMetrics:
                 self.cache_errors.labels(name, operation)
             for outcome in ("stored", "replayed", "conflict", "mismatch"):
                 self.idempotency.labels(name, outcome)
-        if multiprocess_dir() is None:
-            # Per-process CPU and memory; in multiprocess mode only files are aggregated.
+        if multiprocess_dir() is None:  # CPU and memory; multiprocess mode adds up only files
             r.register(_WithLabels(prometheus_client.ProcessCollector(registry=None), service_name))
 
     def part(self, declare: Callable[[CollectorRegistry], P]) -> P:

@@ -87,8 +87,8 @@ def freeze_clock(app: FastAPI) -> None:
     assert len(limiters) == 1
     limiter = limiters[0]
     assert isinstance(limiter, RateLimiter)
-    assert limiter.memory is not None
-    limiter.memory.clock = lambda: 10**12
+    assert isinstance(limiter.store, MemoryStore)
+    limiter.store.clock = lambda: 10**12
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -387,7 +387,7 @@ async def test_any_store_failure_fails_open_and_pauses_before_asking_again() -> 
     store = BrokenStore(max_window_seconds=60)
     policy = Policy("reads", quota=1, window_seconds=60)
     limiter = RateLimiter(
-        reads=policy, writes=None, key_prefix="t:", proxies=TrustedProxies([]), memory=store
+        reads=policy, writes=None, key_prefix="t:", proxies=TrustedProxies([]), store=store
     )
     scope = {"type": "http", "headers": [], "client": PEER}
     assert await limiter.acquire(scope, policy) is None
@@ -412,7 +412,7 @@ async def test_while_redis_fails_one_request_at_a_time_asks_it_again() -> None:
     store.release = asyncio.Event()
     policy = Policy("reads", quota=1, window_seconds=60)
     limiter = RateLimiter(
-        reads=policy, writes=None, key_prefix="t:", proxies=TrustedProxies([]), memory=store
+        reads=policy, writes=None, key_prefix="t:", proxies=TrustedProxies([]), store=store
     )
     scope = {"type": "http", "headers": [], "client": PEER}
     store.release.set()

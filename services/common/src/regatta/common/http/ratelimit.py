@@ -194,8 +194,8 @@ class RateLimiter:
     key_prefix: str
     proxies: TrustedProxies
     store: MemoryStore | RedisStore
+    unavailable: Counter  # requests served unchecked, the store being unreachable
     api_keys: ApiKeys | None = None
-    unavailable: Counter | None = None
     _paused_until: float = field(default=0.0, init=False)
     _failing: bool = field(default=False, init=False)
     _probing: bool = field(default=False, init=False)
@@ -234,7 +234,7 @@ class RateLimiter:
         if self._failing:
             # One request at a time asks again, after the pause; the others pass unchecked.
             if self._probing or time.monotonic() < self._paused_until:
-                self._count_unavailable()
+                self.unavailable.inc()
                 return None
             self._probing = probe = True
         key = f"{self.key_prefix}{policy.name}:{self.identity(scope)}"
@@ -243,7 +243,7 @@ class RateLimiter:
         # Any error (uvloop's RuntimeError on a closed transport too): the limiter fails no request.
         except Exception as exc:  # noqa: BLE001
             self._paused_until = time.monotonic() + RETRY_PAUSE_SECONDS
-            self._count_unavailable()
+            self.unavailable.inc()
             if not self._failing:
                 self._failing = True
                 logger.warning("rate limiter cannot reach Redis, serving unchecked: %r", exc)
@@ -255,10 +255,6 @@ class RateLimiter:
             self._failing = False
             logger.warning("rate limiter reaches Redis again; limits apply")
         return decision
-
-    def _count_unavailable(self) -> None:
-        if self.unavailable is not None:
-            self.unavailable.inc()
 
 
 def _seconds(micros: int) -> int:

@@ -67,7 +67,7 @@ async def cache_hits(client: httpx.AsyncClient, base: str) -> float:
 
 @dataclass
 class CacheClient:
-    """What a replica holds: clients whose every connection advances the generation first."""
+    """What a replica holds: a pipelined connection advancing the generation as it opens."""
 
     redis: Redis
     cache: RedisCache
@@ -79,14 +79,9 @@ class CacheClient:
 
 
 def cache_client(port: int) -> CacheClient:
-    """The pipelined connection (reads and stores), redis-py advancing the generation."""
+    """The pipelined connection (reads and stores), advancing the generation through redis-py."""
     generation = CacheGeneration("t:cache:generation")
-    redis = Redis(
-        port=port,
-        socket_timeout=0.5,
-        socket_connect_timeout=0.5,
-        redis_connect_func=generation.on_connect,
-    )
+    redis = Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
     reader = PipelinedRedis(
         Endpoint("127.0.0.1", port),
         timeout=0.5,

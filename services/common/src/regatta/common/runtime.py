@@ -134,18 +134,17 @@ async def open_runtime(
                 ttl_seconds=settings.cache_ttl_seconds, max_entries=settings.cache_max_entries
             )
     else:
-        # Every connection either client opens first advances the shared cache's generation.
-        generation = CacheGeneration(settings.redis_key_prefix + CACHE_KEYS + "generation")
         redis = Redis.from_url(
             settings.redis_url.get_secret_value(),
             socket_timeout=2.0,  # short: a slow Redis degrades to the database, not a hang
             socket_connect_timeout=0.5,
             health_check_interval=10,
             retry_on_timeout=False,
-            redis_connect_func=generation.on_connect if settings.cache_enabled else None,
         )
         events = RedisEventStream(redis, settings.redis_key_prefix + "events", pipelined)
         if settings.cache_enabled:
+            generation = CacheGeneration(settings.redis_key_prefix + CACHE_KEYS + "generation")
+            # Advanced by each new pipelined connection: the only one that reads the cache.
             pipelined.on_connect = partial(generation.advance, redis)
             cache = RedisCache(
                 pipelined,

@@ -11,7 +11,6 @@ from typing import Protocol
 
 from cachetools import TTLCache
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 
 from regatta.common.redis.pipelined import PipelinedRedis, Script
 from regatta.common.telemetry.metrics import PlatformMetrics
@@ -102,21 +101,15 @@ class NullCache:
         """Nothing to forget."""
 
 
+@dataclass
 class CacheGeneration:
     """The oldest generation of cache entries this process trusts."""
 
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.current = 0
-
-    async def on_connect(self, connection: AbstractConnection) -> None:
-        """Set up a new redis-py connection, then advance the generation before any command."""
-        await connection.on_connect()
-        await connection.send_command("INCR", self.key)
-        self.current = int(await connection.read_response())
+    key: str
+    current: int = 0
 
     async def advance(self, redis: Redis) -> None:
-        """Advance the generation (for pipelined.py's connections, not opened by redis-py)."""
+        """Advance the generation: the pipelined connection, which reads the cache, is new."""
         self.current = int(await redis.incr(self.key))
 
 

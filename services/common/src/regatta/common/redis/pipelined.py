@@ -1,7 +1,4 @@
-"""The per-request Redis commands over one shared connection: pipelined, no pool, no lock.
-
-Measured against redis-py, coredis, valkey-glide: tests/load/README.md, services/common/README.md.
-"""
+"""The per-request Redis commands over one shared connection: pipelined, no pool, no lock."""
 
 from __future__ import annotations
 
@@ -101,11 +98,15 @@ class _Replies(asyncio.Protocol):
                 if hasattr(socket, option):  # macOS names TCP_KEEPIDLE differently
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
-    def send(self, command: bytes) -> None:
-        """Queue ``command``; everything queued in this turn of the loop is written together."""
+    def request(self, command: bytes, timeout: float) -> asyncio.Future[Reply]:
+        """Queue ``command`` (what this turn of the loop queues is written together); its reply."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
+        self.waiting.append((future, loop.time() + timeout))
         if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._outgoing.append(command)
+        return future
 
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
@@ -264,11 +265,7 @@ class PipelinedRedis:
         replies = self._replies
         if replies is None or replies.closed:
             replies = await self._connect()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Reply] = loop.create_future()
-        replies.waiting.append((future, loop.time() + self.timeout))
-        replies.send(command)
-        return await future
+        return await replies.request(command, self.timeout)
 
     async def aclose(self) -> None:
         """Close the connection; waiting readers fail."""
@@ -303,9 +300,8 @@ class PipelinedRedis:
             return replies
 
     async def _open(self) -> _Replies:
-        loop = asyncio.get_running_loop()
         endpoint = self.endpoint
-        _, replies = await loop.create_connection(
+        _, replies = await asyncio.get_running_loop().create_connection(
             _Replies,
             endpoint.host,
             endpoint.port,
@@ -317,12 +313,8 @@ class PipelinedRedis:
             setup.append(_command(b"AUTH", *auth, endpoint.password.encode()))
         if endpoint.db:
             setup.append(_command(b"SELECT", str(endpoint.db).encode()))
-        futures = [loop.create_future() for _ in setup]
-        for future, command in zip(futures, setup, strict=True):
-            replies.waiting.append((future, loop.time() + self.connect_timeout))
-            replies.send(command)
         try:
-            await asyncio.gather(*futures)
+            await asyncio.gather(*(replies.request(each, self.connect_timeout) for each in setup))
         except RedisUnavailableError:
             replies.fail(RedisUnavailableError("setup refused"))
             raise

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from regatta.common.redis.cache import CachedResponse, CacheGeneration, RedisCache
+from regatta.common.redis.cache import CachedResponse, RedisCache
 from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 from tests.eventually import eventually
 from tests.reliability.conftest import FaultyStack
@@ -80,16 +80,15 @@ class CacheClient:
 
 def cache_client(port: int) -> CacheClient:
     """The pipelined connection (reads and stores), advancing the generation through redis-py."""
-    generation = CacheGeneration("t:cache:generation")
     redis = Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
     reader = PipelinedRedis(
         Endpoint("127.0.0.1", port),
         timeout=0.5,
         connect_timeout=0.5,
         retry_after=0.0,  # production waits a second before reconnecting; not needed here
-        on_connect=partial(generation.advance, redis),
     )
-    cache = RedisCache(reader, ttl_seconds=60, prefix="t:cache:", generation=generation)
+    cache = RedisCache(reader, ttl_seconds=60, prefix="t:cache:")
+    reader.on_connect = partial(cache.generation.advance, redis)
     return CacheClient(redis, cache, reader)
 
 

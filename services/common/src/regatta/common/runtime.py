@@ -14,13 +14,7 @@ from opentelemetry.trace import Tracer, TracerProvider
 from redis.asyncio import Redis
 
 from regatta.common.data.db import Database, create_database
-from regatta.common.redis.cache import (
-    CacheGeneration,
-    MemoryCache,
-    NullCache,
-    RedisCache,
-    ResponseCache,
-)
+from regatta.common.redis.cache import MemoryCache, NullCache, RedisCache, ResponseCache
 from regatta.common.redis.events import EventStream, InProcessEventStream, RedisEventStream
 from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 from regatta.common.settings import ServiceSettings
@@ -29,7 +23,6 @@ from regatta.common.telemetry.metrics import PlatformMetrics
 
 logger = logging.getLogger("regatta.runtime")
 
-CACHE_KEYS = "cache:"
 RESTART_DELAY_SECONDS = 1.0
 STOP_GRACE_SECONDS = 10.0
 
@@ -143,16 +136,15 @@ async def open_runtime(
         )
         events = RedisEventStream(redis, settings.redis_key_prefix + "events", pipelined)
         if settings.cache_enabled:
-            generation = CacheGeneration(settings.redis_key_prefix + CACHE_KEYS + "generation")
-            # Advanced by each new pipelined connection: the only one that reads the cache.
-            pipelined.on_connect = partial(generation.advance, redis)
-            cache = RedisCache(
+            shared = RedisCache(
                 pipelined,
                 ttl_seconds=settings.cache_ttl_seconds,
-                prefix=settings.redis_key_prefix + CACHE_KEYS,
-                generation=generation,
+                prefix=settings.redis_key_prefix + "cache:",
                 observer=metrics,
             )
+            # Advanced by each new pipelined connection: the only one that reads the cache.
+            pipelined.on_connect = partial(shared.generation.advance, redis)
+            cache = shared
     if tracer_provider is not None:
         tracing.trace_database(database, tracer_provider)
         if redis is not None:

@@ -122,14 +122,12 @@ class RedisCache:
         *,
         ttl_seconds: int,
         prefix: str = "",
-        generation: CacheGeneration | None = None,
         observer: PlatformMetrics | None = None,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl_ms = ttl_seconds * 1000
-        # A default one stays at 0: every entry is trusted.
-        self.generation = generation or CacheGeneration(prefix + "generation")
+        self.generation = CacheGeneration(prefix + "generation")  # at 0 until advanced
         self._owed: OrderedDict[str, int] = OrderedDict()  # key → tombstone version, oldest first
         self._repaying = asyncio.Lock()
         self.observer = observer

@@ -203,7 +203,6 @@ class PipelinedRedis:
         timeout: float = 2.0,
         connect_timeout: float = 2.0,
         retry_after: float = 1.0,
-        on_connect: Callable[[], Awaitable[None]] | None = None,
         tracer: Tracer | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -216,7 +215,7 @@ class PipelinedRedis:
             "net.transport": "ip_tcp",
         }
         # Awaited after every (re)connect, before any read (cache.py advances its generation).
-        self.on_connect = on_connect
+        self.on_connect: Callable[[], Awaitable[None]] | None = None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retry_after = retry_after

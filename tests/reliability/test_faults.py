@@ -88,7 +88,7 @@ def cache_client(port: int) -> CacheClient:
         retry_after=0.0,  # production waits a second before reconnecting; not needed here
     )
     cache = RedisCache(reader, ttl_seconds=60, prefix="t:cache:")
-    reader.on_connect = partial(cache.generation.advance, redis)
+    reader.on_connect = partial(cache.advance_generation, redis)
     return CacheClient(redis, cache, reader)
 
 

@@ -143,7 +143,7 @@ async def open_runtime(
                 observer=metrics,
             )
             # Advanced by each new pipelined connection: the only one that reads the cache.
-            pipelined.on_connect = partial(shared.generation.advance, redis)
+            pipelined.on_connect = partial(shared.advance_generation, redis)
             cache = shared
     if tracer_provider is not None:
         tracing.trace_database(database, tracer_provider)

@@ -101,18 +101,6 @@ class NullCache:
         """Nothing to forget."""
 
 
-@dataclass
-class CacheGeneration:
-    """The oldest generation of cache entries this process trusts."""
-
-    key: str
-    current: int = 0
-
-    async def advance(self, redis: Redis) -> None:
-        """Advance the generation: the pipelined connection, which reads the cache, is new."""
-        self.current = int(await redis.incr(self.key))
-
-
 class RedisCache:
     """Cache shared by every replica. Redis trouble degrades to misses, never to errors."""
 
@@ -127,7 +115,8 @@ class RedisCache:
         self._redis = redis
         self._prefix = prefix
         self._ttl_ms = ttl_seconds * 1000
-        self.generation = CacheGeneration(prefix + "generation")  # at 0 until advanced
+        self._generation_key = (prefix + "generation").encode()
+        self.generation = 0  # the oldest generation of entries trusted
         self._owed: OrderedDict[str, int] = OrderedDict()  # key → tombstone version, oldest first
         self._repaying = asyncio.Lock()
         self.observer = observer
@@ -144,7 +133,7 @@ class RedisCache:
             self._observe(key, "cache_get", started, failed="read")
             return None
         self._observe(key, "cache_get", started)
-        return _decode(raw, self.generation.current) if raw else None
+        return _decode(raw, self.generation) if raw else None
 
     async def put(self, key: str, entry: CachedResponse) -> None:
         """Store unless a newer version is known."""
@@ -154,10 +143,14 @@ class RedisCache:
         """Leave a tombstone at ``version``."""
         await self._store(key, version, b"\n")
 
+    async def advance_generation(self, redis: Redis) -> None:
+        """Trust only entries stored from now on (as each new pipelined connection opens)."""
+        self.generation = int(await redis.incr(self._generation_key))
+
     async def _run_store(self, key: str, version: int, encoded: bytes) -> None:
         await self._redis.run_script(
             _STORE_SCRIPT,
-            keys=[(self._prefix + key).encode(), self.generation.key.encode()],
+            keys=[(self._prefix + key).encode(), self._generation_key],
             args=[b"%d" % version, encoded, b"%d" % self._ttl_ms],
         )
 

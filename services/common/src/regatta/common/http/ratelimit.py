@@ -116,7 +116,7 @@ class RedisStore:
     """The algorithm in Redis: one EVALSHA per request, atomic, on Redis's clock."""
 
     redis: PipelinedRedis
-    _SCRIPT = Script.of(_GCRA)
+    _SCRIPT = Script(_GCRA)
 
     async def acquire(self, key: str, policy: Policy) -> Decision:
         """Spend one request of ``key``'s quota, if it has one."""

@@ -24,7 +24,7 @@ MAX_OWED_TOMBSTONES = 10_000
 
 # Refuse to move an entry back in version; stamp it with the current generation. Layout: version,
 # "" (the layout before generations reads it as a miss), generation, ETag ("" if a tombstone), body.
-_STORE_SCRIPT = Script.of("""
+_STORE_SCRIPT = Script("""
 local current = redis.call('GET', KEYS[1])
 if current then
   local version = tonumber(string.match(current, '^(%d+)\\n'))

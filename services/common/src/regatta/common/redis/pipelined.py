@@ -60,18 +60,14 @@ class Endpoint:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class Script:
     """A Lua script and its SHA-1, as EVALSHA names it."""
 
-    source: bytes
-    sha: bytes = b""
+    __slots__ = ("sha", "source")
 
-    @classmethod
-    def of(cls, source: str) -> Script:
-        """The script ``source``."""
-        encoded = source.encode()
-        return cls(encoded, hashlib.sha1(encoded, usedforsecurity=False).hexdigest().encode())
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
 
 
 def _command(*args: bytes) -> bytes:

@@ -223,22 +223,25 @@ class PipelinedRedis:
     async def get(self, key: bytes) -> bytes | None:
         """The value under ``key`` or None; :class:`RedisUnavailableError` when Redis is not."""
         command = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
-        reply = await self._traced("GET", 2, command)
+        reply = await self._send("GET", 2, command)
         return reply if isinstance(reply, bytes) else None
 
     async def execute(self, *args: bytes) -> Reply:
         """Any command whose reply is a string, integer, nil or array; errors raise."""
-        return await self._traced(args[0].decode(), len(args), _command(*args))
+        return await self._send(args[0].decode(), len(args), _command(*args))
 
-    async def _traced(self, name: str, length: int, command: bytes) -> Reply:
-        # The span redis-py's instrumentation makes (arguments elided).
+    async def _send(self, name: str, length: int, command: bytes) -> Reply:
+        # In the span redis-py's instrumentation makes (arguments elided).
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT)
         if span.is_recording():
             span.set_attributes(self._span_attributes)
             span.set_attribute("db.statement", name + " ?" * (length - 1))
             span.set_attribute("db.redis.args_length", length)
         try:
-            return await self._send(command)
+            replies = self._replies
+            if replies is None or replies.closed:
+                replies = await self._connect()
+            return await replies.request(command, self.timeout)
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, str(exc)))
@@ -255,12 +258,6 @@ class PipelinedRedis:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         return await self.execute(b"EVAL", script.source, *counts, *keys, *args)
-
-    async def _send(self, command: bytes) -> Reply:
-        replies = self._replies
-        if replies is None or replies.closed:
-            replies = await self._connect()
-        return await replies.request(command, self.timeout)
 
     async def aclose(self) -> None:
         """Close the connection; waiting readers fail."""

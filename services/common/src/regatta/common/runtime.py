@@ -142,7 +142,7 @@ async def open_runtime(
                 prefix=settings.redis_key_prefix + "cache:",
                 observer=metrics,
             )
-            # Advanced by each new pipelined connection: the only one that reads the cache.
+            # Each new pipelined connection (the one reading the cache) advances its generation.
             pipelined.on_connect = partial(shared.advance_generation, redis)
             cache = shared
     if tracer_provider is not None:

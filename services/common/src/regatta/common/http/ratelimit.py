@@ -117,7 +117,7 @@ class RedisStore:
 
     redis: Callable[[], PipelinedRedis | None]  # None until the lifespan has opened it
     round_trip: Histogram  # times each check's round trip
-    _SCRIPT = Script.of(_GCRA)
+    _SCRIPT = Script(_GCRA)
 
     async def acquire(self, key: str, policy: Policy) -> Decision | None:
         """Spend one request of ``key``'s quota, if it has one (None: Redis is not open)."""

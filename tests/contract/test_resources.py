@@ -113,6 +113,18 @@ async def test_if_match_guards_writes(client: httpx.AsyncClient, resource: Resou
     assert (await client.delete(location, headers={"If-Match": '"3"'})).status_code == 204
 
 
+async def test_if_match_with_digits_that_are_not_ascii_never_matches(
+    client: httpx.AsyncClient, resource: ResourceCase
+) -> None:
+    location = (await create(client, resource)).headers["location"]
+    # Latin-1 superscript one: str.isdigit() says a digit, int() refuses it.
+    for tag in (b'"\xb9"', b'"1\xb2"'):
+        headers = {b"If-Match": tag}
+        assert_problem(await client.patch(location, json=resource.change, headers=headers), 412)
+        assert_problem(await client.delete(location, headers=headers), 412)
+    assert (await client.get(location)).json()["version"] == 1
+
+
 async def test_delete_then_404_everywhere(
     client: httpx.AsyncClient, resource: ResourceCase
 ) -> None:

@@ -57,7 +57,7 @@ async def pipelined(url: str) -> AsyncIterator[Operations]:
     """Today's hand-written pipelined connection (redis/pipelined.py)."""
     endpoint = Endpoint.from_url(url)
     assert endpoint is not None
-    client, script = PipelinedRedis(endpoint), Script.of(_GCRA)
+    client, script = PipelinedRedis(endpoint), Script(_GCRA)
     try:
         yield (
             lambda: client.get(KEY),

@@ -32,7 +32,7 @@ class RedisPyCommands:
 
     def __init__(self, url: str) -> None:
         self._client = Redis.from_url(url, max_connections=MAX_CONNECTIONS)
-        self.on_connect = None  # read by the runtime; see the module's docstring
+        self.on_connect = None  # set by the runtime, never awaited; see the module's docstring
 
     async def get(self, key: bytes) -> bytes | None:
         """GET ``key``."""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
 import pytest
 from pydantic import ValidationError
 
 from regatta.common.settings import Environment
+from regatta.notifications.delivery import _read_some
 from regatta.notifications.settings import NotificationsSettings
 from tests.conftest import AppFactory, client_for
 from tests.eventually import eventually
@@ -106,3 +111,14 @@ def test_an_attempt_deadline_must_be_at_most_half_the_lease(
     with pytest.raises(ValidationError, match="DELIVERY_LEASE_SECONDS"):
         NotificationsSettings(environment=Environment.TEST, **settings_values)  # type: ignore[arg-type]
     NotificationsSettings(environment=Environment.TEST, delivery_lease_seconds=20)
+
+
+async def test_a_reply_length_in_digits_that_are_not_ascii_is_not_read() -> None:
+    # "¹" is a digit to str.isdigit() and not a number to int(): the reply is dropped unread.
+    response = httpx.Response(200, headers=[(b"content-length", b"\xb9")], stream=_Unread())
+    await _read_some(response, asyncio.get_running_loop().time() + 1)
+
+
+class _Unread(httpx.AsyncByteStream):
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        raise AssertionError("the reply was read")

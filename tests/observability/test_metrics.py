@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.sampling import Decision, Sampler
 from opentelemetry.trace import SpanKind
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import exc as sa_exc
@@ -318,8 +318,8 @@ def test_processes_serving_together_report_their_sum(tmp_path: Path) -> None:
 
 
 async def test_statements_pool_waits_and_pool_timeouts_are_measured(tmp_path: Path) -> None:
-    registry = CollectorRegistry()
-    metrics = PlatformMetrics(service_name="items", registry=registry)
+    metrics = PlatformMetrics(service_name="items")
+    registry = metrics.registry
     engine = create_async_engine(
         f"sqlite+aiosqlite:///{tmp_path}/pool.db", pool_size=1, max_overflow=0, pool_timeout=0.05
     )

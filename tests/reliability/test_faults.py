@@ -23,7 +23,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from regatta.common.redis.cache import CachedResponse, CacheGeneration, RedisCache
+from regatta.common.redis.cache import CachedResponse, RedisCache
 from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 from tests.eventually import eventually
 from tests.reliability.conftest import FaultyStack
@@ -67,7 +67,7 @@ async def cache_hits(client: httpx.AsyncClient, base: str) -> float:
 
 @dataclass
 class CacheClient:
-    """What a replica holds: clients whose every connection advances the generation first."""
+    """What a replica holds: a pipelined connection advancing the generation as it opens."""
 
     redis: Redis
     cache: RedisCache
@@ -79,22 +79,16 @@ class CacheClient:
 
 
 def cache_client(port: int) -> CacheClient:
-    """The pipelined connection (reads and stores), redis-py advancing the generation."""
-    generation = CacheGeneration("t:cache:generation")
-    redis = Redis(
-        port=port,
-        socket_timeout=0.5,
-        socket_connect_timeout=0.5,
-        redis_connect_func=generation.on_connect,
-    )
+    """The pipelined connection (reads and stores), advancing the generation through redis-py."""
+    redis = Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
     reader = PipelinedRedis(
         Endpoint("127.0.0.1", port),
         timeout=0.5,
         connect_timeout=0.5,
         retry_after=0.0,  # production waits a second before reconnecting; not needed here
-        on_connect=partial(generation.advance, redis),
     )
-    cache = RedisCache(reader, ttl_seconds=60, prefix="t:cache:", generation=generation)
+    cache = RedisCache(reader, ttl_seconds=60, prefix="t:cache:")
+    reader.on_connect = partial(cache.advance_generation, redis)
     return CacheClient(redis, cache, reader)
 
 

@@ -560,9 +560,17 @@ async def test_json_bodies_that_are_not_objects_are_422(client: httpx.AsyncClien
         ("Content-Length: 5", "Transfer-Encoding: chunked"),
         ("Content-Length: -5",),
         ("Content-Length: five",),
+        ("Content-Length: \xb9",),  # a superscript one: a digit to str.isdigit()
         ("Transfer-Encoding: gzip, chunked, identity",),
     ],
-    ids=["two-lengths", "length-and-chunked", "negative", "not-a-number", "bad-coding"],
+    ids=[
+        "two-lengths",
+        "length-and-chunked",
+        "negative",
+        "not-a-number",
+        "superscript",
+        "bad-coding",
+    ],
 )
 def test_ambiguous_framing_is_400(target: Target, headers: tuple[str, ...]) -> None:
     # The request-smuggling shapes: refused by the HTTP parser (or nginx), never routed.

@@ -125,6 +125,15 @@ async def test_requests_waiting_for_a_connection_are_served_in_turn(
     served = 0
     overtaken: list[int] = []
 
+    async def hold() -> None:
+        async with database.connect() as connection:
+            await connection.rows(PID)
+            await asyncio.sleep(0.05)
+
+    # Both connections open first: a client opening one is not overtaken by anybody's turn, but
+    # on a loaded machine the other connection may serve dozens of statements meanwhile.
+    await asyncio.gather(hold(), hold())
+
     async def client() -> None:
         nonlocal served
         for _ in range(statements):

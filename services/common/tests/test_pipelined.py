@@ -26,6 +26,7 @@ from regatta.common.redis.pipelined import Endpoint, PipelinedRedis, RedisUnavai
         ("unix:///run/redis.sock", None),
         ("redis://h:1/0?socket_timeout=3", None),
         ("redis://h:1/cache", None),
+        ("redis://h:1/\u00b9", None),  # a digit to str.isdigit(), not to int()
     ],
 )
 def test_endpoint_from_url(url: str, expected: Endpoint | None) -> None:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from daemons import RedisServer
 from fastapi import Depends, FastAPI
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from regatta.common.http.app import create_app
@@ -87,8 +88,8 @@ def freeze_clock(app: FastAPI) -> None:
     assert len(limiters) == 1
     limiter = limiters[0]
     assert isinstance(limiter, RateLimiter)
-    assert limiter.memory is not None
-    limiter.memory.clock = lambda: 10**12
+    assert isinstance(limiter.store, MemoryStore)
+    limiter.store.clock = lambda: 10**12
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -385,14 +386,21 @@ class BrokenStore(MemoryStore):
 
 async def test_any_store_failure_fails_open_and_pauses_before_asking_again() -> None:
     store = BrokenStore(max_window_seconds=60)
+    registry = CollectorRegistry()
     policy = Policy("reads", quota=1, window_seconds=60)
     limiter = RateLimiter(
-        reads=policy, writes=None, key_prefix="t:", proxies=TrustedProxies([]), memory=store
+        reads=policy,
+        writes=None,
+        key_prefix="t:",
+        proxies=TrustedProxies([]),
+        store=store,
+        unavailable=Counter("unavailable", "Unchecked requests.", registry=registry),
     )
     scope = {"type": "http", "headers": [], "client": PEER}
     assert await limiter.acquire(scope, policy) is None
     assert await limiter.acquire(scope, policy) is None
     assert store.calls == 1  # the second request did not wait on a broken store
+    assert registry.get_sample_value("unavailable_total") == 2
 
 
 class SlowBrokenStore(MemoryStore):
@@ -409,10 +417,16 @@ class SlowBrokenStore(MemoryStore):
 
 async def test_while_redis_fails_one_request_at_a_time_asks_it_again() -> None:
     store = SlowBrokenStore(max_window_seconds=60)
+    registry = CollectorRegistry()
     store.release = asyncio.Event()
     policy = Policy("reads", quota=1, window_seconds=60)
     limiter = RateLimiter(
-        reads=policy, writes=None, key_prefix="t:", proxies=TrustedProxies([]), memory=store
+        reads=policy,
+        writes=None,
+        key_prefix="t:",
+        proxies=TrustedProxies([]),
+        store=store,
+        unavailable=Counter("unavailable", "Unchecked requests.", registry=registry),
     )
     scope = {"type": "http", "headers": [], "client": PEER}
     store.release.set()
@@ -428,3 +442,4 @@ async def test_while_redis_fails_one_request_at_a_time_asks_it_again() -> None:
     store.release.set()
     assert await probe is None
     assert store.calls == 2
+    assert registry.get_sample_value("unavailable_total") == 7

@@ -14,13 +14,7 @@ from opentelemetry.trace import Tracer, TracerProvider
 from redis.asyncio import Redis
 
 from regatta.common.data.db import Database, create_database
-from regatta.common.redis.cache import (
-    CacheGeneration,
-    MemoryCache,
-    NullCache,
-    RedisCache,
-    ResponseCache,
-)
+from regatta.common.redis.cache import MemoryCache, NullCache, RedisCache, ResponseCache
 from regatta.common.redis.events import EventStream, InProcessEventStream, RedisEventStream
 from regatta.common.redis.pipelined import Endpoint, PipelinedRedis
 from regatta.common.settings import ServiceSettings
@@ -29,7 +23,6 @@ from regatta.common.telemetry.metrics import PlatformMetrics
 
 logger = logging.getLogger("regatta.runtime")
 
-CACHE_KEYS = "cache:"
 RESTART_DELAY_SECONDS = 1.0
 STOP_GRACE_SECONDS = 10.0
 
@@ -134,26 +127,24 @@ async def open_runtime(
                 ttl_seconds=settings.cache_ttl_seconds, max_entries=settings.cache_max_entries
             )
     else:
-        # Every connection either client opens first advances the shared cache's generation.
-        generation = CacheGeneration(settings.redis_key_prefix + CACHE_KEYS + "generation")
         redis = Redis.from_url(
             settings.redis_url.get_secret_value(),
             socket_timeout=2.0,  # short: a slow Redis degrades to the database, not a hang
             socket_connect_timeout=0.5,
             health_check_interval=10,
             retry_on_timeout=False,
-            redis_connect_func=generation.on_connect if settings.cache_enabled else None,
         )
         events = RedisEventStream(redis, settings.redis_key_prefix + "events", pipelined)
         if settings.cache_enabled:
-            pipelined.on_connect = partial(generation.advance, redis)
-            cache = RedisCache(
+            shared = RedisCache(
                 pipelined,
                 ttl_seconds=settings.cache_ttl_seconds,
-                prefix=settings.redis_key_prefix + CACHE_KEYS,
-                generation=generation,
+                prefix=settings.redis_key_prefix + "cache:",
                 observer=metrics,
             )
+            # Each new pipelined connection (the one reading the cache) advances its generation.
+            pipelined.on_connect = partial(shared.advance_generation, redis)
+            cache = shared
     if tracer_provider is not None:
         tracing.trace_database(database, tracer_provider)
         if redis is not None:

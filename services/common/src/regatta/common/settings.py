@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-_LOOPBACK: list[IPv4Network | IPv6Network] = [IPv4Network("127.0.0.1/32"), IPv6Network("::1/128")]
 
 
 class Environment(StrEnum):
@@ -54,7 +52,7 @@ class ServiceSettings(BaseSettings):
     rate_limit_writes: int = Field(default=120, ge=0, le=1_000_000)
     # Peers whose X-Forwarded-For is believed (the ingress), by the rate limit and uvicorn.
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
-        default_factory=_LOOPBACK.copy
+        default_factory=lambda: [ip_network("127.0.0.1/32"), ip_network("::1/128")]
     )
     run_migrations_on_start: bool | None = None
     migrate_wait_seconds: float = Field(default=300, ge=0)

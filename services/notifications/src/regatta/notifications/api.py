@@ -45,7 +45,7 @@ WRITE_ERRORS = problem_responses(401, 403, 409)
 
 def address_policy(context: RequestContext) -> AddressPolicy:
     """The webhook address policy of this process's settings."""
-    settings = service.notifications_settings(context.settings)
+    settings = service.notifications_settings(context.runtime.settings)
     return AddressPolicy(settings.allowed_networks)
 
 

@@ -267,7 +267,7 @@ async def _read_some(response: httpx.Response, deadline: float) -> None:
     # The status has arrived and decides the outcome; read a little of the body, within the
     # attempt's deadline, only so a well-behaved receiver's connection can be used again.
     length = response.headers.get("content-length", "")
-    if not length.isdigit() or int(length) > MAX_RESPONSE_BYTES:
+    if not (length.isascii() and length.isdigit()) or int(length) > MAX_RESPONSE_BYTES:
         return  # unknown or large: dropping the connection is cheaper than reading it
     read = 0
     until = min(deadline, asyncio.get_running_loop().time() + RESPONSE_READ_SECONDS)

@@ -115,8 +115,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await migrations.upgrade(settings, [service.migrations for service in services])
     lifecycle, metrics = platform.lifecycle, platform.metrics
     async with (
-        leave_on_exit(),
-        tracing.flush_on_exit(platform.tracer_provider),
+        leave_on_exit(platform.tracer_provider),
         open_runtime(
             settings,
             metrics=metrics,

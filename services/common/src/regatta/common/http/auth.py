@@ -1,7 +1,4 @@
-"""API keys for writes and private reads: SHA-256 digests, compared in constant time, never logged.
-
-Rotatable: ``API_KEYS_FILE`` is re-read when it changes.
-"""
+"""API keys for writes and private reads: SHA-256 digests, compared in constant time, unlogged."""
 
 from __future__ import annotations
 
@@ -20,8 +17,6 @@ logger = logging.getLogger("regatta.auth")
 ANONYMOUS = "anonymous"
 # Who may call a route that needs a key.
 KeyAccess = Literal["reader", "writer"]
-_DIGEST_PREFIX = "sha256:"
-_DIGEST_BYTES = 32
 # What a key is needed for: the 401's subject and the 403's action.
 _NEEDED_FOR: dict[KeyAccess, tuple[str, str]] = {
     "writer": ("Writes", "write"),
@@ -35,10 +30,10 @@ def _digest(key: str) -> bytes:
 
 def _parse_line(line: str) -> bytes | None:
     entry = line.split("#", 1)[0].strip()
-    if not entry.startswith(_DIGEST_PREFIX):
+    if not entry.startswith("sha256:"):
         return _digest(entry) if entry else None
-    digest = bytes.fromhex(entry.removeprefix(_DIGEST_PREFIX))
-    if len(digest) != _DIGEST_BYTES:
+    digest = bytes.fromhex(entry.removeprefix("sha256:"))
+    if len(digest) != hashlib.sha256().digest_size:
         raise ValueError("a sha256: entry needs 64 hexadecimal digits")
     return digest
 

@@ -59,22 +59,12 @@ class RequestContext:
     """Everything a handler of one service needs for one request."""
 
     request: Request
-    platform: Platform
+    runtime: Runtime  # pools, clients and background work of the process
     database: Database
     cache: ResponseCache
     idempotency: IdempotencyStore | None  # None for a service that keeps no records
     # A key's stable id, "anonymous" with keys off, or None when the route asked for no key.
     principal: str | None
-
-    @property
-    def settings(self) -> ServiceSettings:
-        """The process's settings."""
-        return self.platform.settings
-
-    @property
-    def runtime(self) -> Runtime:
-        """Pools, clients and background work of the process."""
-        return self.platform.serving
 
     @property
     def store(self) -> IdempotencyStore:
@@ -108,7 +98,7 @@ class ContextFactory:
         )
         return RequestContext(
             request=request,
-            platform=platform,
+            runtime=runtime,
             database=runtime.database,
             cache=runtime.cache,
             idempotency=platform.idempotency.get(self.service),

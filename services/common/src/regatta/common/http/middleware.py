@@ -6,6 +6,7 @@ import itertools
 import re
 import secrets
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from opentelemetry import trace
@@ -133,9 +134,8 @@ class RequestBodyMiddleware:
     def _refusal_by_headers(
         self, declared: str | None, content_type: str | None, *, json_write: bool
     ) -> Response | None:
-        # A body declared too large is refused at once: no client holds a connection by declaring
-        # gigabytes and sending nothing.
-        if declared is not None and not declared.isdigit():
+        # Refused at once: no client holds a connection by declaring gigabytes and sending nothing.
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
             return problem_response(400, "Content-Length is not a number.")
         if declared is not None and int(declared) > self.max_bytes:
             return self.too_large()
@@ -169,25 +169,21 @@ class RequestBodyMiddleware:
         )
 
 
+@dataclass(eq=False, slots=True)
 class _BodyJudge:
     """One request's body as the app receives it: counted, and judged when it ends."""
 
-    def __init__(
-        self,
-        middleware: RequestBodyMiddleware,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        json_write: bool,
-    ) -> None:
-        self.middleware, self.scope = middleware, scope
-        self._receive, self._send = receive, send
-        self.json_write = json_write
-        self.chunks: list[bytes] = []
-        self.received = self.openers = 0
-        self.refused: Response | None = None
-        self.started = self.ended = False
+    middleware: RequestBodyMiddleware
+    scope: Scope
+    _receive: Receive
+    _send: Send
+    json_write: bool
+    chunks: list[bytes] = field(default_factory=list)
+    received: int = 0
+    openers: int = 0
+    refused: Response | None = None
+    started: bool = False
+    ended: bool = False
 
     async def receive(self) -> Message:
         """The next part of the body; raises once the body is refused."""

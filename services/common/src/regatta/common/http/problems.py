@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -47,26 +48,20 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 logger = logging.getLogger("regatta.errors")
 
 
+@dataclass(eq=False)
 class ProblemError(Exception):
     """An error a client should see, rendered as problem+json by the application's handlers."""
 
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        slug: str | None = None,
-        title: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.slug = slug
-        self.title = title or HTTPStatus(status).phrase
-        self.headers = dict(headers or {})
-        self.extra = dict(extra or {})
+    status: int
+    detail: str
+    _: KW_ONLY
+    slug: str | None = None
+    title: str | None = None
+    headers: Mapping[str, str] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.detail)  # str(error) is its detail, as with any exception
 
 
 def problem_response(
@@ -140,8 +135,7 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    # Starlette names the first route whose path matched; GET and POST /items allow the union.
-    # Asking the router per method works however the routes are nested.
+    # Starlette names the first route whose path matched; asked per method, the router knows all.
     return [
         method
         for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")

@@ -115,14 +115,24 @@ class MemoryStore:
 class RedisStore:
     """The algorithm in Redis: one EVALSHA per request, atomic, on Redis's clock."""
 
-    redis: PipelinedRedis
-    _SCRIPT = Script.of(_GCRA)
+    redis: Callable[[], PipelinedRedis | None]  # None until the lifespan has opened it
+    round_trip: Histogram  # times each check's round trip
+    _SCRIPT = Script(_GCRA)
 
-    async def acquire(self, key: str, policy: Policy) -> Decision:
-        """Spend one request of ``key``'s quota, if it has one."""
-        reply = await self.redis.run_script(
-            self._SCRIPT, [key.encode()], [b"%d" % policy.interval_us, b"%d" % policy.capacity_us]
-        )
+    async def acquire(self, key: str, policy: Policy) -> Decision | None:
+        """Spend one request of ``key``'s quota, if it has one (None: Redis is not open)."""
+        redis = self.redis()
+        if redis is None:
+            return None
+        started = time.perf_counter()
+        try:
+            reply = await redis.run_script(
+                self._SCRIPT,
+                [key.encode()],
+                [b"%d" % policy.interval_us, b"%d" % policy.capacity_us],
+            )
+        finally:
+            self.round_trip.observe(time.perf_counter() - started)
         allowed, remaining, wait, reset = cast("list[int]", reply)
         return Decision(allowed=allowed == 1, remaining=remaining, wait_us=wait, reset_us=reset)
 
@@ -183,13 +193,9 @@ class RateLimiter:
     writes: Policy | None
     key_prefix: str
     proxies: TrustedProxies
+    store: MemoryStore | RedisStore
+    unavailable: Counter  # requests served unchecked, the store being unreachable
     api_keys: ApiKeys | None = None
-    memory: MemoryStore | None = None  # or None: Redis, from redis() once the lifespan opened it
-    redis: Callable[[], PipelinedRedis | None] = lambda: None
-    unavailable: Counter | None = None
-    round_trip: Histogram | None = None  # times each check's round trip to Redis
-    _redis: PipelinedRedis | None = field(default=None, init=False)
-    _redis_store: RedisStore | None = field(default=None, init=False)
     _paused_until: float = field(default=0.0, init=False)
     _failing: bool = field(default=False, init=False)
     _probing: bool = field(default=False, init=False)
@@ -224,24 +230,20 @@ class RateLimiter:
 
     async def acquire(self, scope: Scope, policy: Policy) -> Decision | None:
         """Spend one request of the caller's quota; None when no store could be asked."""
-        store = self._store()
-        if store is None:
-            return None
         probe = False
         if self._failing:
             # One request at a time asks again, after the pause; the others pass unchecked.
             if self._probing or time.monotonic() < self._paused_until:
-                self._count_unavailable()
+                self.unavailable.inc()
                 return None
             self._probing = probe = True
         key = f"{self.key_prefix}{policy.name}:{self.identity(scope)}"
-        started = time.perf_counter()
         try:
-            decision = await store.acquire(key, policy)
+            decision = await self.store.acquire(key, policy)
         # Any error (uvloop's RuntimeError on a closed transport too): the limiter fails no request.
         except Exception as exc:  # noqa: BLE001
             self._paused_until = time.monotonic() + RETRY_PAUSE_SECONDS
-            self._count_unavailable()
+            self.unavailable.inc()
             if not self._failing:
                 self._failing = True
                 logger.warning("rate limiter cannot reach Redis, serving unchecked: %r", exc)
@@ -249,26 +251,10 @@ class RateLimiter:
         finally:
             if probe:
                 self._probing = False
-            if self.round_trip is not None and isinstance(store, RedisStore):
-                self.round_trip.observe(time.perf_counter() - started)
         if self._failing:
             self._failing = False
             logger.warning("rate limiter reaches Redis again; limits apply")
         return decision
-
-    def _store(self) -> MemoryStore | RedisStore | None:
-        if self.memory is not None:
-            return self.memory
-        redis = self.redis()
-        if redis is None:
-            return None  # the lifespan has not opened Redis (yet)
-        if redis is not self._redis:
-            self._redis, self._redis_store = redis, RedisStore(redis)
-        return self._redis_store
-
-    def _count_unavailable(self) -> None:
-        if self.unavailable is not None:
-            self.unavailable.inc()
 
 
 def _seconds(micros: int) -> int:
@@ -325,15 +311,20 @@ def install_rate_limit(app: FastAPI, settings: ServiceSettings) -> None:
     platform = platform_of(app)
     service, window = platform.service_name, settings.rate_limit_window_seconds
     reads, writes = settings.rate_limit_reads, settings.rate_limit_writes
+    if settings.redis_url is None:
+        store: MemoryStore | RedisStore = MemoryStore(max_window_seconds=window)
+    else:
+        store = RedisStore(
+            redis=lambda: platform.runtime.pipelined if platform.runtime is not None else None,
+            round_trip=platform.metrics.redis_command.labels(service, "rate_limit"),
+        )
     limiter = RateLimiter(
         reads=Policy("reads", reads, window) if reads else None,
         writes=Policy("writes", writes, window) if writes else None,
         key_prefix=f"{settings.redis_key_prefix}ratelimit:{service}:",
         proxies=TrustedProxies(settings.trusted_proxies),
+        store=store,
         api_keys=platform.api_keys,
-        memory=MemoryStore(max_window_seconds=window) if settings.redis_url is None else None,
-        redis=lambda: platform.runtime.pipelined if platform.runtime is not None else None,
         unavailable=platform.metrics.rate_limit_unavailable.labels(service),
-        round_trip=platform.metrics.redis_command.labels(service, "rate_limit"),
     )
     app.add_middleware(RateLimitMiddleware, limiter=limiter)

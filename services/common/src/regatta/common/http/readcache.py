@@ -1,7 +1,4 @@
-"""The response cache in front of the routes: ``GET /{resource}/{id}`` answered from final bytes.
-
-A hit is answered byte for byte as the route would (test_read_cache.py).
-"""
+"""The response cache in front of the routes: ``GET /{resource}/{id}`` answered from final bytes."""
 
 from __future__ import annotations
 
@@ -65,7 +62,7 @@ class CachedReads:
 
 
 async def _send(entry: CachedResponse, scope: Scope, send: Send) -> None:
-    # The status, headers and body resources.entry_response() gives through Starlette.
+    # Byte for byte what resources.entry_response() gives through Starlette (test_read_cache.py).
     if none_match(Headers(scope=scope).get("if-none-match"), entry.etag):  # as the route reads it
         status, body = 304, b""
         headers = [(b"etag", entry.etag.encode()), (b"cache-control", _CACHE_CONTROL)]

@@ -146,9 +146,7 @@ class Resource(Generic[M, R]):
         keyed: IdempotentRequest | None,
         values: Mapping[str, Any],
     ) -> StoredResponse:
-        # The id is drawn first (with the key's look-up) so that the response and its event
-        # render before the write: row, event and key then go in one autocommit statement. The
-        # rendering equals the row read back: values are validated to what the columns store.
+        # The id is drawn first so that row, event and key go in one autocommit statement.
         claim = store.claim if keyed is not None else None
         async with database.connect() as connection:
 

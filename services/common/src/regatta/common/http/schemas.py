@@ -72,8 +72,7 @@ def _json_number(value: Any) -> Any:
 JsonNumber = BeforeValidator(_json_number)
 
 MAX_MONEY = 1_000_000_000
-# Money is exact in storage and a JSON number on the wire, as the contract says. The schema
-# says so too, cents included (``multipleOf``), rather than pydantic's "number or any string".
+# Money: exact in storage, a JSON number on the wire, documented so (cents: ``multipleOf``).
 _AS_NUMBER = PlainSerializer(float, return_type=float, when_used="json")
 _MONEY_SCHEMA = {"type": "number", "maximum": MAX_MONEY, "multipleOf": 0.01}
 _PRICE_SCHEMA = WithJsonSchema({**_MONEY_SCHEMA, "exclusiveMinimum": 0})

@@ -11,7 +11,6 @@ from typing import Protocol
 
 from cachetools import TTLCache
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 
 from regatta.common.redis.pipelined import PipelinedRedis, Script
 from regatta.common.telemetry.metrics import PlatformMetrics
@@ -25,7 +24,7 @@ MAX_OWED_TOMBSTONES = 10_000
 
 # Refuse to move an entry back in version; stamp it with the current generation. Layout: version,
 # "" (the layout before generations reads it as a miss), generation, ETag ("" if a tombstone), body.
-_STORE_SCRIPT = Script.of("""
+_STORE_SCRIPT = Script("""
 local current = redis.call('GET', KEYS[1])
 if current then
   local version = tonumber(string.match(current, '^(%d+)\\n'))
@@ -102,24 +101,6 @@ class NullCache:
         """Nothing to forget."""
 
 
-class CacheGeneration:
-    """The oldest generation of cache entries this process trusts."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.current = 0
-
-    async def on_connect(self, connection: AbstractConnection) -> None:
-        """Set up a new redis-py connection, then advance the generation before any command."""
-        await connection.on_connect()
-        await connection.send_command("INCR", self.key)
-        self.current = int(await connection.read_response())
-
-    async def advance(self, redis: Redis) -> None:
-        """Advance the generation (for pipelined.py's connections, not opened by redis-py)."""
-        self.current = int(await redis.incr(self.key))
-
-
 class RedisCache:
     """Cache shared by every replica. Redis trouble degrades to misses, never to errors."""
 
@@ -129,14 +110,13 @@ class RedisCache:
         *,
         ttl_seconds: int,
         prefix: str = "",
-        generation: CacheGeneration | None = None,
         observer: PlatformMetrics | None = None,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl_ms = ttl_seconds * 1000
-        # A default one stays at 0: every entry is trusted.
-        self.generation = generation or CacheGeneration(prefix + "generation")
+        self._generation_key = (prefix + "generation").encode()
+        self.generation = 0  # the oldest generation of entries trusted
         self._owed: OrderedDict[str, int] = OrderedDict()  # key → tombstone version, oldest first
         self._repaying = asyncio.Lock()
         self.observer = observer
@@ -153,7 +133,7 @@ class RedisCache:
             self._observe(key, "cache_get", started, failed="read")
             return None
         self._observe(key, "cache_get", started)
-        return _decode(raw, self.generation.current) if raw else None
+        return _decode(raw, self.generation) if raw else None
 
     async def put(self, key: str, entry: CachedResponse) -> None:
         """Store unless a newer version is known."""
@@ -163,10 +143,14 @@ class RedisCache:
         """Leave a tombstone at ``version``."""
         await self._store(key, version, b"\n")
 
+    async def advance_generation(self, redis: Redis) -> None:
+        """Trust only entries stored from now on (as each new pipelined connection opens)."""
+        self.generation = int(await redis.incr(self._generation_key))
+
     async def _run_store(self, key: str, version: int, encoded: bytes) -> None:
         await self._redis.run_script(
             _STORE_SCRIPT,
-            keys=[(self._prefix + key).encode(), self.generation.key.encode()],
+            keys=[(self._prefix + key).encode(), self._generation_key],
             args=[b"%d" % version, encoded, b"%d" % self._ttl_ms],
         )
 

@@ -1,7 +1,4 @@
-"""The per-request Redis commands over one shared connection: pipelined, no pool, no lock.
-
-Measured against redis-py, coredis, valkey-glide: tests/load/README.md, services/common/README.md.
-"""
+"""The per-request Redis commands over one shared connection: pipelined, no pool, no lock."""
 
 from __future__ import annotations
 
@@ -49,7 +46,7 @@ class Endpoint:
             parts.scheme not in {"redis", "rediss"}
             or not parts.hostname
             or parts.query
-            or (path and not path.isdigit())
+            or (path and not (path.isascii() and path.isdigit()))
         ):
             message = "a Redis URL must be redis://[user:password@]host[:port][/db] or rediss://"
             raise ValueError(message)
@@ -63,18 +60,14 @@ class Endpoint:
         )
 
 
-@dataclass(frozen=True, slots=True)
 class Script:
     """A Lua script and its SHA-1, as EVALSHA names it."""
 
-    source: bytes
-    sha: bytes = b""
+    __slots__ = ("sha", "source")
 
-    @classmethod
-    def of(cls, source: str) -> Script:
-        """The script ``source``."""
-        encoded = source.encode()
-        return cls(encoded, hashlib.sha1(encoded, usedforsecurity=False).hexdigest().encode())
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
 
 
 def _command(*args: bytes) -> bytes:
@@ -101,11 +94,15 @@ class _Replies(asyncio.Protocol):
                 if hasattr(socket, option):  # macOS names TCP_KEEPIDLE differently
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
-    def send(self, command: bytes) -> None:
-        """Queue ``command``; everything queued in this turn of the loop is written together."""
+    def request(self, command: bytes, timeout: float) -> asyncio.Future[Reply]:
+        """Queue ``command`` (what this turn of the loop queues is written together); its reply."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
+        self.waiting.append((future, loop.time() + timeout))
         if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._outgoing.append(command)
+        return future
 
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
@@ -202,7 +199,6 @@ class PipelinedRedis:
         timeout: float = 2.0,
         connect_timeout: float = 2.0,
         retry_after: float = 1.0,
-        on_connect: Callable[[], Awaitable[None]] | None = None,
         tracer: Tracer | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -215,7 +211,7 @@ class PipelinedRedis:
             "net.transport": "ip_tcp",
         }
         # Awaited after every (re)connect, before any read (cache.py advances its generation).
-        self.on_connect = on_connect
+        self.on_connect: Callable[[], Awaitable[None]] | None = None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retry_after = retry_after
@@ -227,22 +223,25 @@ class PipelinedRedis:
     async def get(self, key: bytes) -> bytes | None:
         """The value under ``key`` or None; :class:`RedisUnavailableError` when Redis is not."""
         command = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
-        reply = await self._traced("GET", 2, command)
+        reply = await self._send("GET", 2, command)
         return reply if isinstance(reply, bytes) else None
 
     async def execute(self, *args: bytes) -> Reply:
         """Any command whose reply is a string, integer, nil or array; errors raise."""
-        return await self._traced(args[0].decode(), len(args), _command(*args))
+        return await self._send(args[0].decode(), len(args), _command(*args))
 
-    async def _traced(self, name: str, length: int, command: bytes) -> Reply:
-        # The span redis-py's instrumentation makes (arguments elided).
+    async def _send(self, name: str, length: int, command: bytes) -> Reply:
+        # In the span redis-py's instrumentation makes (arguments elided).
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT)
         if span.is_recording():
             span.set_attributes(self._span_attributes)
             span.set_attribute("db.statement", name + " ?" * (length - 1))
             span.set_attribute("db.redis.args_length", length)
         try:
-            return await self._send(command)
+            replies = self._replies
+            if replies is None or replies.closed:
+                replies = await self._connect()
+            return await replies.request(command, self.timeout)
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, str(exc)))
@@ -259,16 +258,6 @@ class PipelinedRedis:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         return await self.execute(b"EVAL", script.source, *counts, *keys, *args)
-
-    async def _send(self, command: bytes) -> Reply:
-        replies = self._replies
-        if replies is None or replies.closed:
-            replies = await self._connect()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Reply] = loop.create_future()
-        replies.waiting.append((future, loop.time() + self.timeout))
-        replies.send(command)
-        return await future
 
     async def aclose(self) -> None:
         """Close the connection; waiting readers fail."""
@@ -303,9 +292,8 @@ class PipelinedRedis:
             return replies
 
     async def _open(self) -> _Replies:
-        loop = asyncio.get_running_loop()
         endpoint = self.endpoint
-        _, replies = await loop.create_connection(
+        _, replies = await asyncio.get_running_loop().create_connection(
             _Replies,
             endpoint.host,
             endpoint.port,
@@ -317,12 +305,8 @@ class PipelinedRedis:
             setup.append(_command(b"AUTH", *auth, endpoint.password.encode()))
         if endpoint.db:
             setup.append(_command(b"SELECT", str(endpoint.db).encode()))
-        futures = [loop.create_future() for _ in setup]
-        for future, command in zip(futures, setup, strict=True):
-            replies.waiting.append((future, loop.time() + self.connect_timeout))
-            replies.send(command)
         try:
-            await asyncio.gather(*futures)
+            await asyncio.gather(*(replies.request(each, self.connect_timeout) for each in setup))
         except RedisUnavailableError:
             replies.fail(RedisUnavailableError("setup refused"))
             raise

@@ -15,8 +15,7 @@ from regatta.common.http.middleware import request_id_var
 
 access_logger = logging.getLogger("regatta.access")
 
-# Attributes every LogRecord has; anything else on a record came from ``extra`` (but uvicorn's
-# terminal-coloured copy of its message, which is noise here).
+# Attributes every LogRecord has (and uvicorn's coloured copy of its message): not ``extra``.
 _RECORD_ATTRIBUTES: Final = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
     | {"message", "asctime", "taskName", "color_message"}
@@ -75,11 +74,9 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(*, level: str, log_format: Literal["json", "text"], service: str) -> None:
     """Send every logger's records to stdout, as JSON lines or as plain text for a terminal."""
+    text = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     handler = logging.StreamHandler(sys.stdout)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter(service))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(JsonFormatter(service) if log_format == "json" else text)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -14,9 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric, multiprocess
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from regatta.common.telemetry.logs import log_request, request_logged
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
     from sqlalchemy.engine import ExceptionContext
 
     from regatta.common.data.db import Database
@@ -43,21 +45,18 @@ LAG_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 )  # fmt: skip
 
-# Probes and scrapes are neither measured nor traced: they would drown the signal.
 UNOBSERVED_PATHS: Final = ("/metrics", "/livez", "/readyz", "/healthz")
 MAX_REMEMBERED_SERIES: Final = 1024
+API_KEY_ID_STATE: Final = "api_key_id"  # where the rate limiter leaves a request's key id
+
+P = TypeVar("P")
+_RequestSeries = tuple[str, Counter, Histogram]  # its service, request counter and durations
+KeyPrincipal = Callable[[str], "str | None"]  # a presented API key's id, or None (http/auth.py)
 
 
 def multiprocess_dir() -> str | None:
     """The directory shared by processes serving together, when metrics are multi-process."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-P = TypeVar("P")
-# A request series: its service name, its request counter and its duration histogram.
-_RequestSeries = tuple[str, Counter, Histogram]
-# The API keys' look-up: a presented key's stable id, or None (http/auth.py's ApiKeys).
-KeyPrincipal = Callable[[str], "str | None"]
 
 
 class PlatformMetrics:
@@ -68,16 +67,12 @@ class PlatformMetrics:
         *,
         service_name: str,
         services: Sequence[str] = (),
-        registry: CollectorRegistry | None = None,
     ) -> None:
         self.service_name = service_name
         self.services = frozenset(services)
-        self.registry = registry if registry is not None else CollectorRegistry()
-        # Who a request's API key names, for its log line (instrument_http sets it).
-        self.key_principal: KeyPrincipal | None = None
-        r = self.registry
+        self.registry = r = CollectorRegistry()
+        self.key_principal: KeyPrincipal | None = None  # for log lines; instrument_http sets it
 
-        # Every family is labelled by service_name first, and lives in this app's registry.
         def counter(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, documentation, ("service_name", *labels), registry=r)
 
@@ -121,7 +116,6 @@ class PlatformMetrics:
         self.pool_checked_out = gauge(
             "regatta_db_pool_checked_out", "Database connections currently in use.", mode="livesum"
         )
-        # Why is it slow: waiting for a pooled connection, the statements, Redis.
         self.pool_wait = histogram(
             "regatta_db_pool_wait_seconds",
             "Time to get a connection from the database pool (waiting for a free one, or "
@@ -148,8 +142,7 @@ class PlatformMetrics:
             "operation (read: served from the database; write: retried later).",
             ("operation",),
         )
-        # Engines whose statements and pool waits are measured (instrument_database).
-        self._instrumented: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._instrumented: weakref.WeakSet[Any] = weakref.WeakSet()  # engines instrumented
         self.idempotency = counter(
             "regatta_idempotency_requests_total",
             "Creating requests with an Idempotency-Key, by outcome "
@@ -186,8 +179,7 @@ class PlatformMetrics:
             mode="livemax",
         )
         self.up.labels(service_name).set(1)
-        # Metrics a service declares for itself (part()), made once each.
-        self._parts: dict[Callable[[CollectorRegistry], Any], Any] = {}
+        self._parts: dict[Callable[[CollectorRegistry], Any], Any] = {}  # part()'s, made once
         # Zero is an answer ("nothing was refused"), so these exist before the first event.
         for name in services:
             self.rate_limited.labels(name)
@@ -195,8 +187,7 @@ class PlatformMetrics:
                 self.cache_errors.labels(name, operation)
             for outcome in ("stored", "replayed", "conflict", "mismatch"):
                 self.idempotency.labels(name, outcome)
-        if multiprocess_dir() is None:
-            # Per-process CPU and memory; in multiprocess mode only files are aggregated.
+        if multiprocess_dir() is None:  # CPU and memory; multiprocess mode adds up only files
             r.register(_WithLabels(prometheus_client.ProcessCollector(registry=None), service_name))
 
     def part(self, declare: Callable[[CollectorRegistry], P]) -> P:
@@ -245,9 +236,7 @@ class PlatformMetrics:
             )
 
     def _series_of(self, handler: str, method: str, status: str) -> _RequestSeries:
-        # Remembered, so a request skips labels() (it validates under a lock: a few µs).
-        # Handlers are templates (or "none"): few series; past the bound, none are added.
-        # The service is the template's first segment when it names one, else this app's.
+        # Remembered (up to a bound), so a request skips labels(): it validates under a lock.
         first = handler.split("/", 2)[1] if handler.startswith("/") else ""
         service = first if first in self.services else self.service_name
         series = (
@@ -334,8 +323,7 @@ class PlatformMetrics:
             if timed_out:
                 timeouts.inc()
 
-        # SQLAlchemy has no event before a checkout: its pool's one method that waits (or
-        # connects) is timed instead, on this pool object only.
+        # SQLAlchemy has no event before a checkout: this pool's method that waits is timed.
         pool._do_get = timed_get  # type: ignore[method-assign]  # noqa: SLF001
         executor.observe_wait = observe_wait
 
@@ -348,9 +336,6 @@ class PlatformMetrics:
             self.pool_size.labels(self.service_name).set(pool.size() + statements.size)
             in_use = pool.checkedout() + statements.in_use
             self.pool_checked_out.labels(self.service_name).set(in_use)
-
-
-API_KEY_ID_STATE: Final = "api_key_id"
 
 
 def api_key_id(request: Request, principal: KeyPrincipal | None) -> str | None:
@@ -372,14 +357,12 @@ class _WithLabels(Collector):
         self.service_name = service_name
 
     def collect(self) -> Iterable[Metric]:
-        """The inner collector's families, each sample labelled."""
-        for family in self.inner.collect():  # copied: the inner collector's stay its own
-            labelled = Metric(family.name, family.documentation, family.type, family.unit)
-            labelled.samples = [
+        for family in self.inner.collect():  # made afresh at each collect()
+            family.samples = [
                 sample._replace(labels={**sample.labels, "service_name": self.service_name})
                 for sample in family.samples
             ]
-            yield labelled
+            yield family
 
 
 def trace_exemplar() -> dict[str, str] | None:
@@ -447,10 +430,12 @@ def instrument_http(
 
 
 @contextlib.asynccontextmanager
-async def leave_on_exit() -> AsyncIterator[None]:
-    """Multiprocess mode: live gauges drop this process as the app stops (uvicorn skips atexit)."""
+async def leave_on_exit(tracer_provider: TracerProvider | None) -> AsyncIterator[None]:
+    """As the app stops (uvicorn skips ``atexit``): send the queued spans, leave live gauges."""
     try:
         yield
     finally:
+        if isinstance(tracer_provider, SdkTracerProvider):
+            await asyncio.to_thread(tracer_provider.force_flush, 5000)  # milliseconds
         if multiprocess_dir() is not None:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Final
 
 from fastapi import FastAPI
 from opentelemetry import propagate, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.trace import sampling
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
+from opentelemetry.sdk.trace import export, sampling
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider, TraceState
 
@@ -35,19 +28,6 @@ if TYPE_CHECKING:
     from regatta.common.data.db import Database
 
 logger = logging.getLogger("regatta.tracing")
-
-
-@contextlib.asynccontextmanager
-async def flush_on_exit(provider: TracerProvider | None) -> AsyncIterator[None]:
-    """When the app stops, send the spans still queued (uvicorn's exit runs no ``atexit`` hook)."""
-    try:
-        yield
-    finally:
-        force_flush = getattr(provider, "force_flush", None)
-        if callable(force_flush):
-            await asyncio.to_thread(force_flush, 5000)  # milliseconds
-
-
 SUPPORTED_OTLP_PROTOCOL: Final = "http/protobuf"
 
 
@@ -58,10 +38,8 @@ def tracing_requested(environ: Mapping[str, str]) -> bool:
     exporters = environ.get("OTEL_TRACES_EXPORTER")
     if exporters is not None:
         return any(name.strip() not in {"", "none"} for name in exporters.split(","))
-    return bool(
-        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
+    endpoints = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    return any(environ.get(name) for name in endpoints)
 
 
 class DropOrphanClientSpans(Sampler):
@@ -114,17 +92,17 @@ def sampler_from_environment(environ: Mapping[str, str]) -> Sampler:
     return DropOrphanClientSpans(samplers.get(name, samplers["parentbased_traceidratio"]))
 
 
-def exporters_from_environment(environ: Mapping[str, str]) -> list[SpanExporter] | None:
+def exporters_from_environment(environ: Mapping[str, str]) -> list[export.SpanExporter] | None:
     """The span exporters ``OTEL_TRACES_EXPORTER`` names; None when one cannot be honoured."""
     names = [
         name.strip().lower()
         for name in environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",")
         if name.strip() not in {"", "none"}
     ]
-    exporters: list[SpanExporter] = []
+    exporters: list[export.SpanExporter] = []
     for name in names:
         if name == "console":
-            exporters.append(ConsoleSpanExporter())
+            exporters.append(export.ConsoleSpanExporter())
         elif name == "otlp":
             protocol = environ.get(
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
@@ -138,11 +116,9 @@ def exporters_from_environment(environ: Mapping[str, str]) -> list[SpanExporter]
                 )
                 return None
             # Imported here: the exporter pulls in requests, needless while tracing is off.
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-                OTLPSpanExporter,
-            )
+            from opentelemetry.exporter.otlp.proto.http import trace_exporter  # noqa: PLC0415
 
-            exporters.append(OTLPSpanExporter())
+            exporters.append(trace_exporter.OTLPSpanExporter())
         else:
             logger.error("unknown OTEL_TRACES_EXPORTER %r: tracing stays off", name)
             return None
@@ -175,11 +151,10 @@ def tracer_provider_from_environment(service_name: str) -> TracerProvider | None
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
     provider = SdkTracerProvider(resource=resource, sampler=sampler_from_environment(os.environ))
     for exporter in exporters:
-        if isinstance(exporter, ConsoleSpanExporter):
-            provider.add_span_processor(SimpleSpanProcessor(exporter))
+        if isinstance(exporter, export.ConsoleSpanExporter):
+            provider.add_span_processor(export.SimpleSpanProcessor(exporter))
         else:
-            # Batches leave from a background thread: the event loop never waits on export.
-            provider.add_span_processor(BatchSpanProcessor(exporter))
+            provider.add_span_processor(export.BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _ProcessTracing.provider = provider
     return provider
@@ -205,8 +180,7 @@ def trace_database(database: Database, provider: TracerProvider) -> None:
     unused = NoOpMeterProvider().get_meter(__name__).create_up_down_counter("unused")
     sql_tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
     EngineTracer(sql_tracer, database.engine.sync_engine, unused)  # type: ignore[no-untyped-call]
-    # The statements asyncpg runs itself (executor.py) span through the same tracer.
-    database.statements.tracer = sql_tracer
+    database.statements.tracer = sql_tracer  # and those asyncpg runs itself (executor.py)
 
 
 def instrument_redis(client: Redis, provider: TracerProvider) -> None:
@@ -239,13 +213,11 @@ def parent_context(carrier: str | None) -> Context | None:
     """The context stored in a JSON carrier, to start a span under; None without one."""
     if not carrier:
         return None
-    try:
-        fields: Any = json.loads(carrier)
-    except ValueError:
-        return None
-    if not isinstance(fields, dict):
-        return None
-    return propagate.extract({str(key): str(value) for key, value in fields.items()})
+    with contextlib.suppress(ValueError):
+        fields = json.loads(carrier)
+        if isinstance(fields, dict):
+            return propagate.extract({str(key): str(value) for key, value in fields.items()})
+    return None
 
 
 def continue_trace(

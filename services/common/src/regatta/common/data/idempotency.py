@@ -142,19 +142,7 @@ class IdempotencyStore:
         if request is None:
             async with session.begin():
                 return await write(session)
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":  # an advisory lock covers every replica
-            return await self._observed(self._write_keyed(session, request, write, dialect))
-        # SQLite runs in one process: the keys in flight are held in memory.
-        claim = (request.scope, request.key)
-        if claim in self._in_flight:
-            self._observe("conflict")
-            raise IdempotencyKeyInFlightError
-        self._in_flight.add(claim)
-        try:
-            return await self._observed(self._write_keyed(session, request, write, dialect))
-        finally:
-            self._in_flight.discard(claim)
+        return await self._observed(self._run_keyed(session, request, write))
 
     async def run_claiming(
         self,
@@ -232,6 +220,22 @@ class IdempotencyStore:
         if stored is None:  # ... and its record expired in between: let the client retry
             raise IdempotencyKeyInFlightError
         return stored
+
+    async def _run_keyed(
+        self, session: AsyncSession, request: IdempotentRequest, write: SessionWrite
+    ) -> StoredResponse:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":  # an advisory lock covers every replica
+            return await self._write_keyed(session, request, write, dialect)
+        # SQLite runs in one process: the keys in flight are held in memory.
+        claim = (request.scope, request.key)
+        if claim in self._in_flight:
+            raise IdempotencyKeyInFlightError
+        self._in_flight.add(claim)
+        try:
+            return await self._write_keyed(session, request, write, dialect)
+        finally:
+            self._in_flight.discard(claim)
 
     async def _write_keyed(
         self, session: AsyncSession, request: IdempotentRequest, write: SessionWrite, dialect: str

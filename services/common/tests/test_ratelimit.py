@@ -384,11 +384,9 @@ class BrokenStore(MemoryStore):
         raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
 
 
-async def test_any_store_failure_fails_open_and_pauses_before_asking_again() -> None:
-    store = BrokenStore(max_window_seconds=60)
-    registry = CollectorRegistry()
-    policy = Policy("reads", quota=1, window_seconds=60)
-    limiter = RateLimiter(
+def reads_limiter(policy: Policy, store: MemoryStore, registry: CollectorRegistry) -> RateLimiter:
+    """A limiter of reads only over ``store``, counting unchecked requests in ``registry``."""
+    return RateLimiter(
         reads=policy,
         writes=None,
         key_prefix="t:",
@@ -396,6 +394,13 @@ async def test_any_store_failure_fails_open_and_pauses_before_asking_again() -> 
         store=store,
         unavailable=Counter("unavailable", "Unchecked requests.", registry=registry),
     )
+
+
+async def test_any_store_failure_fails_open_and_pauses_before_asking_again() -> None:
+    store = BrokenStore(max_window_seconds=60)
+    registry = CollectorRegistry()
+    policy = Policy("reads", quota=1, window_seconds=60)
+    limiter = reads_limiter(policy, store, registry)
     scope = {"type": "http", "headers": [], "client": PEER}
     assert await limiter.acquire(scope, policy) is None
     assert await limiter.acquire(scope, policy) is None
@@ -420,14 +425,7 @@ async def test_while_redis_fails_one_request_at_a_time_asks_it_again() -> None:
     registry = CollectorRegistry()
     store.release = asyncio.Event()
     policy = Policy("reads", quota=1, window_seconds=60)
-    limiter = RateLimiter(
-        reads=policy,
-        writes=None,
-        key_prefix="t:",
-        proxies=TrustedProxies([]),
-        store=store,
-        unavailable=Counter("unavailable", "Unchecked requests.", registry=registry),
-    )
+    limiter = reads_limiter(policy, store, registry)
     scope = {"type": "http", "headers": [], "client": PEER}
     store.release.set()
     assert await limiter.acquire(scope, policy) is None  # Redis fails: the outage begins

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from daemons import RedisServer
 from fastapi import Depends, FastAPI
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from regatta.common.http.app import create_app
@@ -27,10 +27,12 @@ from regatta.common.http.ratelimit import (
     Policy,
     RateLimiter,
     RateLimitMiddleware,
+    RedisStore,
     TrustedProxies,
     client_address,
     gcra,
 )
+from regatta.common.redis.pipelined import PipelinedRedis
 from regatta.common.settings import Environment, ServiceSettings
 from tests.lifespan import lifespan
 
@@ -384,7 +386,9 @@ class BrokenStore(MemoryStore):
         raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
 
 
-def reads_limiter(policy: Policy, store: MemoryStore, registry: CollectorRegistry) -> RateLimiter:
+def reads_limiter(
+    policy: Policy, store: MemoryStore | RedisStore, registry: CollectorRegistry
+) -> RateLimiter:
     """A limiter of reads only over ``store``, counting unchecked requests in ``registry``."""
     return RateLimiter(
         reads=policy,
@@ -441,3 +445,28 @@ async def test_while_redis_fails_one_request_at_a_time_asks_it_again() -> None:
     assert await probe is None
     assert store.calls == 2
     assert registry.get_sample_value("unavailable_total") == 7
+
+
+async def test_redis_not_open_yet_does_not_end_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    # Redis fails, then the store has no connection to ask (None): nothing answered, so the
+    # limiter may not announce that Redis is reachable again.
+    asked: list[int] = []
+
+    def redis() -> PipelinedRedis | None:
+        asked.append(1)
+        if len(asked) == 1:
+            raise ConnectionError("refused")
+        return None
+
+    registry = CollectorRegistry()
+    store = RedisStore(redis=redis, round_trip=Histogram("trip", "Round trips.", registry=registry))
+    policy = Policy("reads", quota=1, window_seconds=60)
+    limiter = reads_limiter(policy, store, registry)
+    scope = {"type": "http", "headers": [], "client": PEER}
+    with caplog.at_level(logging.WARNING, logger="regatta.ratelimit"):
+        assert await limiter.acquire(scope, policy) is None  # the outage begins
+        limiter._paused_until = 0.0  # the pause is over
+        assert await limiter.acquire(scope, policy) is None  # no connection: nobody answered
+    assert len(asked) == 2
+    assert "reaches Redis again" not in caplog.text
+    assert limiter._failing

@@ -251,7 +251,7 @@ class RateLimiter:
         finally:
             if probe:
                 self._probing = False
-        if self._failing:
+        if self._failing and decision is not None:  # None: Redis not open, so not reached
             self._failing = False
             logger.warning("rate limiter reaches Redis again; limits apply")
         return decision
